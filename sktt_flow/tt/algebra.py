@@ -1,0 +1,222 @@
+"""Tensor-train algebra on lists of cores.
+
+A tensor train (TT) of order ``d`` is a list of cores ``G_k`` of shape
+``(r_{k-1}, n_k, r_k)`` with ``r_0 = r_d = 1``; it represents the tensor
+
+.. math::
+
+    C[i_1, \\dots, i_d] = G_1[:, i_1, :] \\, G_2[:, i_2, :] \\cdots G_d[:, i_d, :].
+
+The functions here change the representation without changing ``C`` (up to an
+explicit truncation), following Oseledets, "Tensor-train decomposition"
+(SIAM J. Sci. Comput. 33, 2011). They accept and return plain tensors so that
+they can be used on parameters, buffers and temporary copies alike; none of
+them modifies its input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from sktt_flow.tt.basis import coefficient_to_nodal_matrix, nodal_to_coefficient_matrix
+
+__all__ = [
+    "check_cores",
+    "coefficients_to_nodal",
+    "left_orthogonalize",
+    "log_norm_squared",
+    "nodal_to_coefficients",
+    "right_orthogonalize",
+    "round_tt",
+    "transform_modes",
+    "tt_ranks",
+    "tt_svd",
+    "tt_to_full",
+]
+
+
+def check_cores(cores: Sequence[torch.Tensor]) -> None:
+    """Raise ``ValueError`` unless ``cores`` is a valid tensor train."""
+    if len(cores) == 0:
+        raise ValueError("A tensor train needs at least one core.")
+    previous_rank = 1
+    for k, core in enumerate(cores):
+        if core.ndim != 3:
+            raise ValueError(
+                f"Core {k} must have 3 dimensions (r_left, n, r_right), "
+                f"got shape {tuple(core.shape)}."
+            )
+        if core.shape[0] != previous_rank:
+            raise ValueError(
+                f"Core {k} has left rank {core.shape[0]} but the previous core "
+                f"has right rank {previous_rank}."
+            )
+        previous_rank = core.shape[2]
+    if previous_rank != 1:
+        raise ValueError(f"The last core must have right rank 1, got {previous_rank}.")
+
+
+def tt_ranks(cores: Sequence[torch.Tensor]) -> tuple[int, ...]:
+    """The ranks ``(r_0, r_1, ..., r_d)``, with ``r_0 = r_d = 1``."""
+    return (1, *(int(core.shape[2]) for core in cores))
+
+
+def tt_to_full(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """The full tensor ``C`` of shape ``(n_1, ..., n_d)``; for small ``d`` only."""
+    full = cores[0].reshape(-1, cores[0].shape[2])
+    for core in cores[1:]:
+        full = (full @ core.reshape(core.shape[0], -1)).reshape(-1, core.shape[2])
+    return full.reshape([core.shape[1] for core in cores])
+
+
+def _truncation_rank(singular_values: torch.Tensor, max_rank: int | None, rtol: float) -> int:
+    """Smallest rank whose discarded tail has relative Frobenius norm <= rtol."""
+    rank = singular_values.numel()
+    if rtol > 0 and rank > 0:
+        energy = singular_values.square()
+        # tail[j] = sum of squared singular values from index j on
+        tail = energy.flip(0).cumsum(0).flip(0)
+        allowed = (rtol**2) * energy.sum()
+        keep = int((tail > allowed).sum())
+        rank = max(keep, 1)
+    if max_rank is not None:
+        rank = min(rank, max_rank)
+    return max(rank, 1)
+
+
+def tt_svd(
+    full: torch.Tensor, max_rank: int | None = None, rtol: float = 0.0
+) -> list[torch.Tensor]:
+    """Decompose a full tensor into a TT by successive truncated SVDs.
+
+    With ``max_rank=None`` and ``rtol=0`` the decomposition is exact.
+    """
+    shape = full.shape
+    cores = []
+    remainder = full.reshape(1, -1)
+    rank = 1
+    for n in shape[:-1]:
+        remainder = remainder.reshape(rank * n, -1)
+        u, s, vh = torch.linalg.svd(remainder, full_matrices=False)
+        new_rank = _truncation_rank(s, max_rank, rtol)
+        cores.append(u[:, :new_rank].reshape(rank, n, new_rank))
+        remainder = s[:new_rank, None] * vh[:new_rank]
+        rank = new_rank
+    cores.append(remainder.reshape(rank, shape[-1], 1))
+    return cores
+
+
+def right_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Equivalent TT whose cores 2..d are right-orthogonal.
+
+    Right-orthogonal means ``sum_{i, b} G[a, i, b] G[a', i, b] = delta_{a a'}``:
+    the cores to the right of any bond contract to the identity, so the whole
+    norm sits in the first core. Ranks larger than the unfolding allows shrink.
+    """
+    cores = list(cores)
+    for k in range(len(cores) - 1, 0, -1):
+        core = cores[k]
+        r_left, n, r_right = core.shape
+        q, r = torch.linalg.qr(core.reshape(r_left, n * r_right).T)
+        new_rank = q.shape[1]
+        cores[k] = q.T.reshape(new_rank, n, r_right)
+        previous = cores[k - 1]
+        cores[k - 1] = (previous.reshape(-1, r_left) @ r.T).reshape(
+            previous.shape[0], previous.shape[1], new_rank
+        )
+    return cores
+
+
+def left_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """Equivalent TT whose cores 1..d-1 are left-orthogonal (norm in the last)."""
+    cores = list(cores)
+    for k in range(len(cores) - 1):
+        core = cores[k]
+        r_left, n, r_right = core.shape
+        q, r = torch.linalg.qr(core.reshape(r_left * n, r_right))
+        new_rank = q.shape[1]
+        cores[k] = q.reshape(r_left, n, new_rank)
+        following = cores[k + 1]
+        cores[k + 1] = (r @ following.reshape(r_right, -1)).reshape(
+            new_rank, following.shape[1], following.shape[2]
+        )
+    return cores
+
+
+def round_tt(
+    cores: Sequence[torch.Tensor], max_rank: int | None = None, rtol: float = 0.0
+) -> list[torch.Tensor]:
+    """TT-SVD rounding: the best TT of ranks ``<= max_rank``, up to ``rtol``.
+
+    Right-orthogonalises, then sweeps left to right with truncated SVDs. The
+    result is left-orthogonal except for its last core. The relative
+    Frobenius error is at most ``sqrt(d - 1)`` times the per-bond tolerance.
+    """
+    cores = right_orthogonalize(cores)
+    for k in range(len(cores) - 1):
+        core = cores[k]
+        r_left, n, r_right = core.shape
+        u, s, vh = torch.linalg.svd(core.reshape(r_left * n, r_right), full_matrices=False)
+        new_rank = _truncation_rank(s, max_rank, rtol)
+        cores[k] = u[:, :new_rank].reshape(r_left, n, new_rank)
+        carry = s[:new_rank, None] * vh[:new_rank]
+        following = cores[k + 1]
+        cores[k + 1] = (carry @ following.reshape(r_right, -1)).reshape(
+            new_rank, following.shape[1], following.shape[2]
+        )
+    return cores
+
+
+def log_norm_squared(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``log ||C||_F^2`` by a left-to-right contraction, O(d n r^3).
+
+    The running Gram matrix is rescaled at every step, so the result neither
+    overflows nor underflows for long trains. Differentiable in the cores.
+    """
+    gram = torch.ones(1, 1, dtype=cores[0].dtype, device=cores[0].device)
+    log_scale = torch.zeros((), dtype=cores[0].dtype, device=cores[0].device)
+    for core in cores:
+        # gram'[c, d] = sum_{a, b, i} G[a, i, c] gram[a, b] G[b, i, d]
+        left = torch.tensordot(gram, core, dims=([0], [0]))  # (b, i, c)
+        gram = torch.tensordot(left, core, dims=([0, 1], [0, 1]))  # (c, d)
+        # gram is positive semi-definite: its trace is its largest scale.
+        trace = torch.diagonal(gram).sum()
+        gram = gram / trace
+        log_scale = log_scale + torch.log(trace)
+    return log_scale + torch.log(gram.reshape(()))
+
+
+def transform_modes(
+    cores: Sequence[torch.Tensor], matrices: torch.Tensor | Sequence[torch.Tensor]
+) -> list[torch.Tensor]:
+    """Apply a matrix to the mode index of every core.
+
+    ``G_k[:, i, :] <- sum_j A_k[i, j] G_k[:, j, :]`` with ``A_k = matrices[k]``.
+    """
+    return [
+        torch.einsum("ij,ajb->aib", matrix.to(core.dtype), core)
+        for matrix, core in zip(matrices, cores, strict=True)
+    ]
+
+
+def nodal_to_coefficients(
+    cores: Sequence[torch.Tensor], low: torch.Tensor, high: torch.Tensor
+) -> list[torch.Tensor]:
+    """From values at the Gauss–Legendre nodes to orthonormal Legendre coefficients.
+
+    ``cores`` hold a function's values on the product grid of the ``n``
+    Gauss–Legendre nodes of each ``[low[k], high[k]]``; the result holds the
+    coefficients of its tensor-product polynomial interpolant, exactly.
+    """
+    n = cores[0].shape[1]
+    return transform_modes(cores, nodal_to_coefficient_matrix(n, low, high))
+
+
+def coefficients_to_nodal(
+    cores: Sequence[torch.Tensor], low: torch.Tensor, high: torch.Tensor
+) -> list[torch.Tensor]:
+    """Inverse of :func:`nodal_to_coefficients`."""
+    n = cores[0].shape[1]
+    return transform_modes(cores, coefficient_to_nodal_matrix(n, low, high))

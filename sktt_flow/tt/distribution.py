@@ -1,0 +1,484 @@
+"""The squared functional tensor-train distribution, a normflows base."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from normflows.distributions import BaseDistribution
+from torch import nn
+
+from sktt_flow.tt.algebra import check_cores, log_norm_squared, right_orthogonalize
+from sktt_flow.tt.basis import orthonormal_legendre
+from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
+from sktt_flow.tt.sampling import ConditionalCDFOperators, sample_right_orthogonal
+from sktt_flow.tt.tails import cauchy_cdf, cauchy_icdf, cauchy_log_prob
+from sktt_flow.utils.optimize import minimize
+from sktt_flow.utils.random import torch_generator
+from sktt_flow.utils.validation import check_domain, check_samples
+
+__all__ = ["TTDistribution"]
+
+#: Samples processed at once by :meth:`TTDistribution.sample`; bounds memory.
+SAMPLE_CHUNK_SIZE = 65536
+
+
+class TTDistribution(BaseDistribution):
+    r"""Exact, normalised density from a squared functional tensor train.
+
+    On the box :math:`B = \prod_k [a_k, b_k]` the train represents
+
+    .. math::
+
+        s(z) = \sum_{i_1 \dots i_d} G_1[:, i_1, :] \cdots G_d[:, i_d, :]\,
+        \phi_{i_1}(z_1) \cdots \phi_{i_d}(z_d),
+        \qquad p_{TT}(z) = \frac{s(z)^2}{\lVert C \rVert_F^2},
+
+    with :math:`\phi_i` the Legendre polynomials orthonormal on each
+    :math:`[a_k, b_k]`, so that the normaliser is one contraction of the cores.
+    To give every finite point a finite log-density, the distribution is the
+    defensive mixture
+
+    .. math::
+
+        q_0(z) = (1 - \varepsilon)\, p_{TT}(z) + \varepsilon\, g(z)
+
+    with ``g`` a product of Cauchy densities centred on the box, with scales
+    equal to its half-widths (see :mod:`sktt_flow.tt.tails`), and
+    :math:`\varepsilon` = ``tail_weight``.
+
+    It is a :class:`normflows.distributions.BaseDistribution`: it can replace
+    the Gaussian base of any normflows flow.
+
+    Parameters
+    ----------
+    cores : sequence of tensors
+        Cores ``G_k`` of shape ``(r_{k-1}, n_basis, r_k)`` with
+        ``r_0 = r_d = 1``, as Legendre coefficients. Their scale is irrelevant:
+        the density is normalised exactly.
+    domain : array-like of shape (d, 2)
+        The box: ``domain[k] = (a_k, b_k)`` with ``a_k < b_k``.
+    tail_weight : float, default=1e-3
+        Weight :math:`\varepsilon` of the Cauchy component, in (0, 1). It
+        bounds the reverse KL cost of the mixture by
+        ``-log(1 - tail_weight)`` nats.
+
+    Attributes
+    ----------
+    cores : torch.nn.ParameterList
+        The cores, as parameters (freeze them with ``requires_grad_(False)``).
+    low, high : buffers of shape (d,)
+        The box.
+
+    See Also
+    --------
+    TTDistribution.from_samples : Fit the train to data by maximum likelihood.
+
+    References
+    ----------
+    .. [1] Khoo, Lindsey and Zhao, "Tensorizing flows: a tool for variational
+       inference", arXiv:2305.02460, 2023.
+    .. [2] Ren, Zhao, Khoo and Ying, "High-dimensional density estimation with
+       tensorizing flow", Res. Math. Sci. 10:30, 2023.
+
+    Examples
+    --------
+    >>> import torch
+    >>> from sktt_flow import TTDistribution
+    >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+    <torch._C.Generator object at ...>
+    >>> cores = [torch.randn(1, 8, 3), torch.randn(3, 8, 1)]
+    >>> base = TTDistribution(cores, domain=[[-1, 1], [-2, 2]])
+    >>> z = base.sample(5)
+    >>> base.log_prob(z).shape
+    torch.Size([5])
+    """
+
+    def __init__(
+        self,
+        cores: Sequence[torch.Tensor],
+        domain,
+        *,
+        tail_weight: float = 1e-3,
+    ):
+        super().__init__()
+        cores = [torch.as_tensor(core) for core in cores]
+        check_cores(cores)
+        n_basis = cores[0].shape[1]
+        if any(core.shape[1] != n_basis for core in cores):
+            raise ValueError(
+                "All cores must have the same number of basis functions, got "
+                f"{[core.shape[1] for core in cores]}."
+            )
+        if not cores[0].is_floating_point():
+            cores = [core.to(torch.get_default_dtype()) for core in cores]
+        dtype = cores[0].dtype
+        low, high = check_domain(domain, len(cores))
+        if not (isinstance(tail_weight, (float, int)) and 0.0 < tail_weight < 1.0):
+            raise ValueError(f"tail_weight must be a float in (0, 1), got {tail_weight!r}.")
+        self.tail_weight = float(tail_weight)
+        self.cores = nn.ParameterList(
+            [nn.Parameter(core.detach().clone().to(dtype)) for core in cores]
+        )
+        device = cores[0].device
+        self.register_buffer("low", torch.as_tensor(low, dtype=dtype, device=device))
+        self.register_buffer("high", torch.as_tensor(high, dtype=dtype, device=device))
+
+    # ------------------------------------------------------------------ shape
+    @property
+    def n_features(self) -> int:
+        """Number of coordinates ``d``."""
+        return len(self.cores)
+
+    @property
+    def n_basis(self) -> int:
+        """Number of Legendre functions per coordinate (degree ``n_basis - 1``)."""
+        return int(self.cores[0].shape[1])
+
+    @property
+    def tt_ranks(self) -> tuple[int, ...]:
+        """Bond ranks ``(1, r_1, ..., r_{d-1}, 1)``."""
+        return (1, *(int(core.shape[2]) for core in self.cores))
+
+    @property
+    def domain(self) -> torch.Tensor:
+        """The box as a (d, 2) tensor of ``(low, high)`` rows."""
+        return torch.stack([self.low, self.high], dim=1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"n_features={self.n_features}, n_basis={self.n_basis}, "
+            f"tt_ranks={self.tt_ranks}, tail_weight={self.tail_weight:g}"
+        )
+
+    # ---------------------------------------------------------------- density
+    def _tail_parameters(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return (self.low + self.high) / 2.0, (self.high - self.low) / 2.0
+
+    def log_norm_squared(self) -> torch.Tensor:
+        """``log ||C||_F^2``, the log-normaliser of ``s^2`` (a scalar tensor)."""
+        return log_norm_squared(list(self.cores))
+
+    def log_abs_tt(self, z: torch.Tensor) -> torch.Tensor:
+        """``log |s(z)|`` for points of the box, shape (N,).
+
+        Points outside the box are clamped onto it first. One GEMM per
+        coordinate (the running vector meets the core before the basis); the
+        running vector is rescaled at every step so that nothing underflows.
+        """
+        z = torch.maximum(torch.minimum(z, self.high), self.low)
+        basis = orthonormal_legendre(z, self.low, self.high, self.n_basis)
+        n_samples = z.shape[0]
+        running = torch.ones(n_samples, 1, dtype=z.dtype, device=z.device)
+        log_scale = torch.zeros(n_samples, dtype=z.dtype, device=z.device)
+        tiny = torch.finfo(z.dtype).tiny
+        for k, core in enumerate(self.cores):
+            r_left, n, r_right = core.shape
+            partial = (running @ core.reshape(r_left, n * r_right)).reshape(n_samples, n, r_right)
+            running = torch.bmm(basis[:, k].unsqueeze(1), partial).squeeze(1)
+            scale = running.abs().amax(dim=1).clamp_min(tiny)
+            running = running / scale.unsqueeze(1)
+            log_scale = log_scale + torch.log(scale)
+        return log_scale + torch.log(running.abs().squeeze(1).clamp_min(tiny))
+
+    def log_prob_tt(self, z: torch.Tensor) -> torch.Tensor:
+        """``log p_TT(z)`` without the tail component; ``-inf`` outside the box."""
+        log_density = 2.0 * self.log_abs_tt(z) - self.log_norm_squared()
+        inside = ((z >= self.low) & (z <= self.high)).all(dim=1)
+        return torch.where(inside, log_density, torch.full_like(log_density, -math.inf))
+
+    def _mix_tail(self, log_tt: torch.Tensor, log_tail: torch.Tensor) -> torch.Tensor:
+        return torch.logaddexp(
+            log_tt + math.log1p(-self.tail_weight), log_tail + math.log(self.tail_weight)
+        )
+
+    def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
+        """Exact normalised log-density ``log q_0(z)``, shape (N,).
+
+        Finite for every finite ``z``; differentiable in ``z`` and the cores.
+        ``context`` is accepted for normflows compatibility and ignored.
+        """
+        z = self._check_points(z)
+        center, scale = self._tail_parameters()
+        return self._mix_tail(self.log_prob_tt(z), cauchy_log_prob(z, center, scale))
+
+    def _check_points(self, z: torch.Tensor) -> torch.Tensor:
+        if z.ndim != 2 or z.shape[1] != self.n_features:
+            raise ValueError(
+                f"Expected points of shape (N, {self.n_features}), got {tuple(z.shape)}."
+            )
+        return z
+
+    # --------------------------------------------------------------- sampling
+    def sample(
+        self,
+        num_samples: int = 1,
+        context=None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Exact samples, shape (num_samples, d), without gradient.
+
+        Each sample comes from the Cauchy component with probability
+        ``tail_weight`` and otherwise from ``p_TT`` by the conditional
+        distribution method with exact inversion of every conditional CDF
+        (:mod:`sktt_flow.tt.sampling`). The work is done in float64 in chunks
+        of :data:`SAMPLE_CHUNK_SIZE` and cast to the distribution's dtype.
+
+        Parameters
+        ----------
+        num_samples : int
+        context : ignored
+        generator : torch.Generator, optional
+            On the distribution's device; fixes the draw.
+        """
+        num_samples = int(num_samples)
+        if num_samples < 0:
+            raise ValueError(f"num_samples must be non-negative, got {num_samples}.")
+        device = self.low.device
+        with torch.no_grad():
+            cores = right_orthogonalize([core.detach().double() for core in self.cores])
+            low, high = self.low.double(), self.high.double()
+            operators = ConditionalCDFOperators(self.n_basis, device=device)
+            center, scale = self._tail_parameters()
+            chunks = []
+            for start in range(0, num_samples, SAMPLE_CHUNK_SIZE):
+                size = min(SAMPLE_CHUNK_SIZE, num_samples - start)
+                uniforms = torch.rand(
+                    size,
+                    self.n_features + 1,
+                    generator=generator,
+                    dtype=torch.float64,
+                    device=device,
+                )
+                z = sample_right_orthogonal(cores, low, high, uniforms[:, 1:], operators)
+                from_tail = uniforms[:, 0] < self.tail_weight
+                if bool(from_tail.any()):
+                    tail = cauchy_icdf(uniforms[from_tail, 1:], center.double(), scale.double())
+                    z[from_tail] = tail
+                chunks.append(z)
+            if not chunks:
+                return torch.empty(0, self.n_features, dtype=self.low.dtype, device=device)
+            return torch.cat(chunks).to(self.low.dtype)
+
+    def forward(self, num_samples: int = 1, context=None, generator=None):
+        """Samples and their log-density, ``(z, log_prob(z))``, as normflows expects."""
+        z = self.sample(num_samples, generator=generator)
+        return z, self.log_prob(z)
+
+    # -------------------------------------------------------------- marginals
+    def marginal_log_prob(self, values: torch.Tensor, dims) -> torch.Tensor:
+        """Exact log-density of the marginal on the coordinates ``dims``.
+
+        Parameters
+        ----------
+        values : tensor (N, len(dims)) or (N,) for one coordinate
+            Points in the coordinates ``dims``, in that order.
+        dims : int or sequence of int
+            One or two (any number works) distinct coordinates.
+
+        Returns
+        -------
+        tensor (N,)
+            Log-density of the marginal of :math:`q_0`, exact: the other
+            coordinates are integrated out by contracting their cores with
+            themselves (orthonormality), and the Cauchy component has closed
+            form marginals.
+        """
+        dims = [int(dims)] if np.ndim(dims) == 0 else [int(k) for k in dims]
+        if len(set(dims)) != len(dims) or not all(0 <= k < self.n_features for k in dims):
+            raise ValueError(
+                f"dims must be distinct coordinates in [0, {self.n_features}), got {dims}."
+            )
+        values = torch.as_tensor(values, dtype=self.low.dtype, device=self.low.device)
+        if values.ndim == 1:
+            values = values.unsqueeze(1)
+        if values.ndim != 2 or values.shape[1] != len(dims):
+            raise ValueError(
+                f"values must have shape (N, {len(dims)}) for dims {dims}, "
+                f"got {tuple(values.shape)}."
+            )
+        order = np.argsort(dims)
+        dims = [dims[i] for i in order]
+        values = values[:, torch.as_tensor(order, device=values.device)]
+        low, high = self.low[dims], self.high[dims]
+        inside = ((values >= low) & (values <= high)).all(dim=1)
+        clamped = torch.maximum(torch.minimum(values, high), low)
+        basis = orthonormal_legendre(clamped, low, high, self.n_basis)
+        n_samples = values.shape[0]
+        # Environment E (batch, r, r) = contraction of s with itself over the
+        # coordinates seen so far; batch is 1 until the first selected one.
+        environment = torch.ones(1, 1, 1, dtype=values.dtype, device=values.device)
+        log_scale = torch.zeros(1, dtype=values.dtype, device=values.device)
+        position = {k: j for j, k in enumerate(dims)}
+        for k, core in enumerate(self.cores):
+            if k in position:
+                matrix = torch.einsum("nm,amb->nab", basis[:, position[k]], core)
+                environment = matrix.transpose(1, 2) @ environment @ matrix
+            else:
+                left = torch.einsum("xab,bic->xaic", environment, core)
+                environment = torch.einsum("xaic,aid->xdc", left, core)
+            trace = (
+                torch.diagonal(environment, dim1=1, dim2=2)
+                .sum(-1)
+                .clamp_min(torch.finfo(values.dtype).tiny)
+            )
+            environment = environment / trace[:, None, None]
+            log_scale = log_scale + torch.log(trace)
+        log_tt = log_scale + torch.log(environment.reshape(-1).clamp_min(0.0))
+        log_tt = log_tt.expand(n_samples) - self.log_norm_squared()
+        log_tt = torch.where(inside, log_tt, torch.full_like(log_tt, -math.inf))
+        center, scale = self._tail_parameters()
+        log_tail = cauchy_log_prob(values, center[dims], scale[dims])
+        return self._mix_tail(log_tt, log_tail)
+
+    def tail_mass_outside(self) -> torch.Tensor:
+        """Probability that ``q_0`` puts outside the box (all from the tail)."""
+        center, scale = self._tail_parameters()
+        inside = cauchy_cdf(self.high, center, scale) - cauchy_cdf(self.low, center, scale)
+        return self.tail_weight * (1.0 - inside.prod())
+
+    # ----------------------------------------------------------- construction
+    @classmethod
+    def from_samples(
+        cls,
+        X,
+        *,
+        tt_rank: int = 8,
+        n_basis: int = 16,
+        domain=None,
+        tail_weight: float = 1e-3,
+        max_iter: int = 300,
+        batch_size: int = 512,
+        learning_rate: float = 1e-3,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 20,
+        random_state=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+        verbose: int = 0,
+    ) -> TTDistribution:
+        """Fit a train to samples by maximum likelihood.
+
+        First an optimisation-free start: the sum over ``tt_rank`` clusters of
+        products of root-Gaussian marginals (with one cluster, the rank-one
+        start from the marginals); then Adam on the mean negative
+        log-likelihood of all cores, with early stopping on a held-out
+        fraction and restoration of the best cores
+        (:mod:`sktt_flow.tt.estimation`).
+
+        Parameters
+        ----------
+        X : array-like or tensor of shape (n_samples, n_features)
+            Samples; at least 2, all finite. Fit in standardised coordinates
+            for best results: the estimator does that for you.
+        tt_rank : int, default=8
+            Maximum bond rank (capped at what each unfolding allows).
+        n_basis : int, default=16
+            Legendre functions per coordinate.
+        domain : array-like of shape (n_features, 2), optional
+            The box. By default the bounding box of ``X`` widened by 10% of
+            its width on each side.
+        tail_weight : float, default=1e-3
+            Weight of the heavy-tailed component (see the class docstring).
+        max_iter : int, default=300
+            Maximum number of epochs of maximum likelihood (0: the start only).
+        batch_size : int, default=512
+        learning_rate : float, default=1e-3
+            Adam's initial step size; halved whenever the held-out score
+            stalls for half of ``n_iter_no_change`` epochs.
+        validation_fraction : float, default=0.1
+            Held-out fraction for early stopping, in [0, 1); 0 uses the
+            training log-likelihood instead.
+        n_iter_no_change : int, default=20
+            Epochs without improvement of the held-out log-likelihood before
+            stopping.
+        random_state : int, RandomState, Generator or None
+            Fixes the split, the clustering and the mini-batches.
+        device : torch device or str, optional
+            Where the train lives and is fitted (default: CPU, or the device
+            of ``X`` when it is a tensor).
+        dtype : torch.dtype, default=torch.float64
+        verbose : int, default=0
+            1 shows a progress bar.
+
+        Returns
+        -------
+        TTDistribution
+            With ``training_history`` (:class:`~sktt_flow.utils.optimize.TrainingHistory`).
+        """
+        for name, value, minimum in (
+            ("tt_rank", tt_rank, 1),
+            ("n_basis", n_basis, 1),
+            ("batch_size", batch_size, 1),
+            ("max_iter", max_iter, 0),
+            ("n_iter_no_change", n_iter_no_change, 1),
+        ):
+            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not integer or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        if not 0.0 <= validation_fraction < 1.0:
+            raise ValueError(
+                f"validation_fraction must be in [0, 1), got {validation_fraction!r}."
+            )
+        if device is None:
+            device = X.device if isinstance(X, torch.Tensor) else "cpu"
+        X = check_samples(X, dtype=dtype, device=device)
+        generator = torch_generator(random_state, X.device)
+        if domain is None:
+            low, high = domain_from_samples(X)
+        else:
+            low, high = (
+                torch.as_tensor(bound, dtype=dtype, device=X.device)
+                for bound in check_domain(domain, X.shape[1])
+            )
+        n_validation = round(validation_fraction * X.shape[0])
+        if validation_fraction > 0 and not 1 <= n_validation < X.shape[0]:
+            raise ValueError(
+                f"validation_fraction={validation_fraction} leaves no validation or no "
+                f"training sample out of {X.shape[0]}."
+            )
+        order = torch.randperm(X.shape[0], generator=generator, device=X.device)
+        train = X[order[n_validation:]]
+        validation = X[order[:n_validation]] if n_validation else train
+        cores = separable_mixture_cores(train, low, high, n_basis, tt_rank, generator)
+        distribution = cls(
+            cores, torch.stack([low, high], dim=1).cpu().numpy(), tail_weight=tail_weight
+        ).to(device=X.device, dtype=dtype)
+
+        def negative_log_likelihood(batch: torch.Tensor) -> torch.Tensor:
+            return -distribution.log_prob(batch).mean()
+
+        def held_out_log_likelihood() -> float:
+            with torch.no_grad():
+                return float(distribution.log_prob(validation).mean())
+
+        distribution.training_history = minimize(
+            distribution,
+            negative_log_likelihood,
+            train,
+            score=held_out_log_likelihood,
+            max_iter=max_iter,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            n_iter_no_change=n_iter_no_change,
+            generator=generator,
+            verbose=verbose,
+            description="TT maximum likelihood",
+        )
+        distribution.canonicalize_()
+        return distribution
+
+    def canonicalize_(self) -> TTDistribution:
+        """Right-orthogonalise the cores and scale them to ``||C||_F = 1``, in place.
+
+        The density does not change; conditionals and normaliser become
+        cheapest and best conditioned in this form.
+        """
+        with torch.no_grad():
+            cores = right_orthogonalize([core.detach() for core in self.cores])
+            cores[0] = cores[0] / cores[0].norm()
+            for parameter, core in zip(self.cores, cores, strict=True):
+                parameter.data = core.contiguous()
+        return self

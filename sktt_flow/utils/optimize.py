@@ -1,0 +1,219 @@
+"""Mini-batch training with early stopping, restoration of the best state and
+guards against non-finite steps and interruption.
+
+One loop serves every model of the package (the TT cores fitted by maximum
+likelihood, the flows), so that they all stop, recover and report alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+__all__ = ["TrainingHistory", "minimize"]
+
+#: Roll-backs after non-finite validation scores before training gives up.
+MAX_ROLLBACKS = 3
+
+
+@dataclass
+class TrainingHistory:
+    """What a call of :func:`minimize` did.
+
+    Attributes
+    ----------
+    loss_curve : list of float
+        Mean training loss of every epoch.
+    validation_scores : list of float
+        Validation score (higher is better) before training (first entry) and
+        after every epoch.
+    n_iter : int
+        Epochs run.
+    best_epoch : int
+        Epoch whose state was restored (0: the initial state).
+    n_skipped_steps : int
+        Steps skipped because the loss or a gradient was not finite.
+    n_rollbacks : int
+        Times the state was rolled back and the learning rate halved.
+    interrupted : bool
+        Whether training stopped on ``KeyboardInterrupt``.
+    """
+
+    loss_curve: list[float] = field(default_factory=list)
+    validation_scores: list[float] = field(default_factory=list)
+    n_iter: int = 0
+    best_epoch: int = 0
+    n_skipped_steps: int = 0
+    n_rollbacks: int = 0
+    interrupted: bool = False
+
+
+def _progress(total: int, description: str, verbose: int):
+    if verbose <= 0:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:  # tqdm is optional: fall back to one line per epoch
+        return None
+    return tqdm(total=total, desc=description, leave=verbose > 1)
+
+
+def _gradients_finite(parameters: list[torch.Tensor]) -> bool:
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return True
+    return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
+
+
+def minimize(
+    module: torch.nn.Module,
+    loss: Callable[[torch.Tensor], torch.Tensor],
+    data: torch.Tensor | int,
+    *,
+    score: Callable[[], float],
+    max_iter: int,
+    batch_size: int,
+    learning_rate: float,
+    n_iter_no_change: int,
+    generator: torch.Generator,
+    parameters: Iterable[torch.Tensor] | None = None,
+    tol: float = 1e-4,
+    verbose: int = 0,
+    description: str = "training",
+) -> TrainingHistory:
+    """Minimise ``loss`` with Adam over epochs of mini-batches.
+
+    Parameters
+    ----------
+    module : torch.nn.Module
+        Owner of the trained parameters; its ``state_dict`` is what is kept
+        and restored.
+    loss : callable
+        ``loss(batch) -> scalar tensor``. With ``data`` a tensor, ``batch`` is
+        a random subset of its rows; with ``data`` an int (no data, as in
+        variational inference), ``batch`` is the batch size as a 0-d tensor
+        and ``data`` is the number of steps per epoch.
+    data : tensor or int
+        Training rows, or steps per epoch.
+    score : callable
+        ``score() -> float`` on held-out data, higher is better; called before
+        training and after every epoch.
+    max_iter : int
+        Maximum number of epochs.
+    batch_size, learning_rate : int, float
+    n_iter_no_change : int
+        Stop when the score has not improved by ``tol`` for this many epochs.
+    generator : torch.Generator
+        Draws the mini-batches (on the device of ``data``).
+    parameters : iterable of tensors, optional
+        What Adam updates; all of ``module``'s parameters that require
+        gradient by default.
+    verbose : int
+        0: silent; 1: a progress bar with the loss and the score.
+
+    Returns
+    -------
+    TrainingHistory
+        ``module`` holds the state with the best score when this returns,
+        also after an interruption or repeated numerical failures.
+    """
+    parameters = [
+        p for p in (module.parameters() if parameters is None else parameters) if p.requires_grad
+    ]
+    history = TrainingHistory()
+    best_score = score()
+    if not math.isfinite(best_score):
+        best_score = -math.inf
+    history.validation_scores.append(best_score)
+    best_state = copy.deepcopy(module.state_dict())
+    if not parameters or max_iter <= 0:
+        return history
+    optimizer = torch.optim.Adam(parameters, lr=learning_rate)
+    from_data = isinstance(data, torch.Tensor)
+    n_rows = data.shape[0] if from_data else int(data) * batch_size
+    epochs_without_improvement = 0
+    bar = _progress(max_iter, description, verbose)
+    try:
+        for epoch in range(1, max_iter + 1):
+            if from_data:
+                order = torch.randperm(n_rows, generator=generator, device=data.device)
+            total, n_steps = 0.0, 0
+            for start in range(0, n_rows, batch_size):
+                if from_data:
+                    batch = data[order[start : start + batch_size]]
+                else:
+                    batch = torch.tensor(min(batch_size, n_rows - start))
+                optimizer.zero_grad(set_to_none=True)
+                value = loss(batch)
+                # One synchronisation per step: a non-finite step must be
+                # skipped before it reaches the parameters.
+                if not bool(torch.isfinite(value)):
+                    history.n_skipped_steps += 1
+                    continue
+                value.backward()
+                if not _gradients_finite(parameters):
+                    history.n_skipped_steps += 1
+                    continue
+                optimizer.step()
+                total += float(value.detach())
+                n_steps += 1
+            history.n_iter = epoch
+            history.loss_curve.append(total / n_steps if n_steps else math.nan)
+            current = score()
+            history.validation_scores.append(current)
+            if not math.isfinite(current) or n_steps == 0:
+                history.n_rollbacks += 1
+                module.load_state_dict(best_state)
+                for group in optimizer.param_groups:
+                    group["lr"] /= 2.0
+                if history.n_rollbacks >= MAX_ROLLBACKS:
+                    warnings.warn(
+                        f"{description}: the loss or the validation score stayed "
+                        f"non-finite after {history.n_rollbacks} roll-backs with a "
+                        "halved learning rate; stopped and kept the best valid state.",
+                        ConvergenceWarning,
+                        stacklevel=2,
+                    )
+                    break
+                continue
+            if current > best_score + tol:
+                best_score = current
+                best_state = copy.deepcopy(module.state_dict())
+                history.best_epoch = epoch
+                epochs_without_improvement = 0
+            else:
+                epochs_without_improvement += 1
+                # Halve the step when progress stalls for half the patience:
+                # a plateau of the held-out score is usually Adam's noise floor.
+                if epochs_without_improvement % max(n_iter_no_change // 2, 1) == 0:
+                    for group in optimizer.param_groups:
+                        group["lr"] /= 2.0
+            if bar is not None:
+                bar.set_postfix(loss=f"{history.loss_curve[-1]:.4f}", score=f"{current:.4f}")
+                bar.update(1)
+            elif verbose > 0:
+                print(
+                    f"{description} epoch {epoch}: loss {history.loss_curve[-1]:.5f}, "
+                    f"validation score {current:.5f}"
+                )
+            if epochs_without_improvement >= n_iter_no_change:
+                break
+    except KeyboardInterrupt:
+        history.interrupted = True
+        warnings.warn(
+            f"{description} interrupted after {history.n_iter} epochs; "
+            "kept the best state so far.",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    finally:
+        if bar is not None:
+            bar.close()
+    module.load_state_dict(best_state)
+    return history

@@ -1,0 +1,77 @@
+"""Input checks that give clear errors before any numerical work starts."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+__all__ = ["check_domain", "check_samples"]
+
+
+def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Validate a box given as ``(d, 2)`` rows of ``(low, high)``.
+
+    A single pair ``(low, high)`` is broadcast to ``n_features`` coordinates
+    when ``n_features`` is given.
+
+    Returns
+    -------
+    low, high : float64 arrays of shape (d,)
+    """
+    try:
+        box = np.asarray(domain, dtype=np.float64)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"domain must be numeric (d, 2) bounds, got {domain!r}.") from error
+    if box.shape == (2,) and n_features is not None:
+        box = np.tile(box, (n_features, 1))
+    if box.ndim != 2 or box.shape[1] != 2:
+        raise ValueError(f"domain must have shape (n_features, 2), got shape {box.shape}.")
+    if n_features is not None and box.shape[0] != n_features:
+        raise ValueError(f"domain has {box.shape[0]} rows but there are {n_features} features.")
+    if not np.all(np.isfinite(box)):
+        raise ValueError("domain bounds must be finite.")
+    bad = np.flatnonzero(box[:, 0] >= box[:, 1])
+    if bad.size:
+        k = int(bad[0])
+        raise ValueError(
+            f"domain needs low < high in every row; row {k} is "
+            f"({box[k, 0]:g}, {box[k, 1]:g}) ({bad.size} bad rows)."
+        )
+    return box[:, 0].copy(), box[:, 1].copy()
+
+
+def check_samples(
+    X, *, dtype: torch.dtype = torch.float64, device=None, min_samples: int = 2
+) -> torch.Tensor:
+    """A finite 2-D float tensor of samples, as a new copy on ``device``.
+
+    Accepts numpy arrays (read-only ones too), array-likes and tensors.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X.detach()
+    else:
+        try:
+            array = np.asarray(X)
+        except (TypeError, ValueError) as error:
+            raise ValueError(f"Could not convert X to an array: {error}") from error
+        if array.dtype.kind not in "biuf":
+            raise ValueError(f"X must hold real numbers, got an array of dtype {array.dtype}.")
+        tensor = torch.tensor(array)
+    if tensor.is_complex() or not (
+        tensor.is_floating_point()
+        or tensor.dtype
+        in (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8, torch.bool)
+    ):
+        raise ValueError(f"X must hold real numbers, got dtype {tensor.dtype}.")
+    if tensor.ndim != 2:
+        raise ValueError(f"Expected a 2-D array (n_samples, n_features), got {tensor.ndim}-D.")
+    if tensor.shape[0] < min_samples:
+        raise ValueError(
+            f"Found {tensor.shape[0]} sample(s) while a minimum of {min_samples} is required."
+        )
+    if tensor.shape[1] < 1:
+        raise ValueError("X has 0 features; at least 1 is required.")
+    tensor = tensor.to(dtype=dtype, device=device, copy=True)
+    if not bool(torch.isfinite(tensor).all()):
+        raise ValueError("Input X contains NaN or infinity.")
+    return tensor

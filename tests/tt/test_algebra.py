@@ -1,0 +1,129 @@
+import numpy as np
+import pytest
+import torch
+
+from sktt_flow.tt.algebra import (
+    check_cores,
+    coefficients_to_nodal,
+    left_orthogonalize,
+    log_norm_squared,
+    nodal_to_coefficients,
+    right_orthogonalize,
+    round_tt,
+    tt_ranks,
+    tt_svd,
+    tt_to_full,
+)
+from sktt_flow.tt.basis import gauss_legendre, orthonormal_legendre
+from tests.conftest import random_cores
+
+
+def test_tt_svd_is_exact_without_truncation():
+    full = torch.randn(4, 5, 3, 6, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cores = tt_svd(full)
+    check_cores(cores)
+    np.testing.assert_allclose(tt_to_full(cores).numpy(), full.numpy(), atol=1e-12)
+
+
+def test_tt_svd_recovers_low_rank_tensor_with_its_rank():
+    cores = random_cores((1, 2, 3, 1), 5, seed=3)
+    recovered = tt_svd(tt_to_full(cores), rtol=1e-12)
+    assert tt_ranks(recovered) == (1, 2, 3, 1)
+    np.testing.assert_allclose(tt_to_full(recovered), tt_to_full(cores), atol=1e-11)
+
+
+@pytest.mark.parametrize("orthogonalize", [right_orthogonalize, left_orthogonalize])
+def test_orthogonalization_keeps_the_tensor(orthogonalize):
+    cores = random_cores((1, 3, 4, 2, 1), 4, seed=4)
+    result = orthogonalize(cores)
+    np.testing.assert_allclose(tt_to_full(result), tt_to_full(cores), rtol=1e-10, atol=1e-12)
+
+
+def test_right_orthogonal_cores_contract_to_identity():
+    cores = right_orthogonalize(random_cores((1, 3, 4, 2, 1), 4, seed=5))
+    for core in cores[1:]:
+        unfolding = core.reshape(core.shape[0], -1)
+        np.testing.assert_allclose(
+            unfolding @ unfolding.T, torch.eye(core.shape[0], dtype=torch.float64), atol=1e-12
+        )
+    # The whole norm then sits in the first core.
+    assert float(cores[0].norm()) == pytest.approx(float(tt_to_full(cores).norm()), rel=1e-12)
+
+
+def test_sweeps_shrink_infeasible_ranks():
+    # With n = 2 a bond next to a boundary core has rank at most 2; a right
+    # sweep enforces the bounds from the right, rounding those from both sides.
+    cores = random_cores((1, 5, 5, 1), 2, seed=6)
+    assert tt_ranks(right_orthogonalize(cores)) == (1, 4, 2, 1)
+    rounded = round_tt(cores)
+    assert tt_ranks(rounded) == (1, 2, 2, 1)
+    np.testing.assert_allclose(tt_to_full(rounded), tt_to_full(cores), atol=1e-11)
+
+
+def test_round_tt_matches_best_truncation_in_two_dimensions():
+    matrix = torch.randn(8, 8, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    cores = tt_svd(matrix)
+    rounded = round_tt(cores, max_rank=3)
+    assert tt_ranks(rounded) == (1, 3, 1)
+    u, s, vh = torch.linalg.svd(matrix)
+    best = (u[:, :3] * s[:3]) @ vh[:3]
+    np.testing.assert_allclose(tt_to_full(rounded), best, atol=1e-11)
+
+
+def test_round_tt_relative_tolerance_bounds_the_error():
+    # A rank-2 tensor plus a perturbation of relative size about 1e-3.
+    signal = tt_to_full(random_cores((1, 2, 2, 2, 1), 6, seed=8))
+    noise = tt_to_full(random_cores((1, 6, 6, 6, 1), 6, seed=18))
+    full = signal + 1e-3 * noise * signal.norm() / noise.norm()
+    rounded = round_tt(tt_svd(full), rtol=1e-2)
+    assert tt_ranks(rounded) == (1, 2, 2, 2, 1)
+    error = float((tt_to_full(rounded) - full).norm() / full.norm())
+    assert error <= 1e-2 * np.sqrt(3)
+    tight = round_tt(tt_svd(full), rtol=1e-6)
+    assert min(tt_ranks(tight)[1:-1]) == 6  # the perturbation is kept
+
+
+def test_log_norm_squared_matches_full_tensor_and_does_not_overflow():
+    cores = random_cores((1, 3, 2, 4, 1), 5, seed=9)
+    expected = np.log(float(tt_to_full(cores).square().sum()))
+    assert float(log_norm_squared(cores)) == pytest.approx(expected, rel=1e-12)
+    huge = [core * 1e30 for core in random_cores((1,) + (4,) * 39 + (1,), 5, seed=10)]
+    value = log_norm_squared(huge)
+    assert torch.isfinite(value)
+    assert float(value) == pytest.approx(
+        float(log_norm_squared([c / 1e30 for c in huge])) + 40 * 2 * np.log(1e30), rel=1e-12
+    )
+
+
+def test_nodal_coefficient_conversion_interpolates_exactly():
+    low = torch.tensor([-1.0, 0.0], dtype=torch.float64)
+    high = torch.tensor([2.0, 1.0], dtype=torch.float64)
+    n = 7
+    nodes, _ = gauss_legendre(n, low, high)
+
+    # f(x, y) = (1 + x^2) y^3 + x: a sum of two products, degree < n.
+    def f(x, y):
+        return (1 + x**2) * y**3 + x
+
+    nodal_cores = tt_svd(f(nodes[0][:, None], nodes[1][None, :]))
+    coefficient_cores = nodal_to_coefficients(nodal_cores, low, high)
+    points = torch.rand(20, 2, dtype=torch.float64) * (high - low) + low
+    basis = orthonormal_legendre(points, low, high, n)
+    values = torch.einsum("ni,nj,ij->n", basis[:, 0], basis[:, 1], tt_to_full(coefficient_cores))
+    np.testing.assert_allclose(values, f(points[:, 0], points[:, 1]), atol=1e-11)
+    back = coefficients_to_nodal(coefficient_cores, low, high)
+    np.testing.assert_allclose(tt_to_full(back), tt_to_full(nodal_cores), atol=1e-11)
+
+
+@pytest.mark.parametrize(
+    "cores, message",
+    [
+        ([], "at least one core"),
+        ([torch.zeros(1, 3)], "3 dimensions"),
+        ([torch.zeros(1, 3, 2), torch.zeros(3, 3, 1)], "left rank 3"),
+        ([torch.zeros(1, 3, 2)], "right rank 1"),
+    ],
+)
+def test_check_cores_names_the_problem(cores, message):
+    with pytest.raises(ValueError, match=message):
+        check_cores(cores)

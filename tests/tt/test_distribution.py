@@ -1,0 +1,264 @@
+import math
+
+import normflows as nf
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+
+from sktt_flow import TTDistribution
+from tests.conftest import random_cores, random_distribution, requires_cuda
+from tests.tt.reference import (
+    brute_force_tt_density,
+    cauchy_density,
+    mixture_density,
+    product_rule,
+)
+
+
+@pytest.mark.parametrize(
+    "ranks",
+    [(1, 1), (1, 1, 1), (1, 5, 1), (1, 2, 3, 1), (1, 4, 4, 1), (1, 6, 2, 1)],
+)
+def test_normalised_by_quadrature_plus_tail_mass(ranks):
+    d = len(ranks) - 1
+    domain = [[-1.0, 2.0], [-3.0, -1.0], [0.0, 5.0]][:d]
+    distribution = random_distribution(ranks, 7, domain, seed=sum(ranks), tail_weight=0.05)
+    points, weights = product_rule(40, *np.array(domain).T)
+    with torch.no_grad():
+        inside = (distribution.log_prob(points).exp() * weights).sum()
+        tt_only = (distribution.log_prob_tt(points).exp() * weights).sum()
+    # Gauss rules with 40 nodes integrate the degree-12 polynomial p_TT exactly
+    # and the smooth Cauchy density inside the box to ~1e-15.
+    assert float(inside + distribution.tail_mass_outside()) == pytest.approx(1.0, abs=1e-6)
+    assert float(tt_only) == pytest.approx(1.0, abs=1e-10)
+    center = np.mean(domain, axis=1)
+    half = np.diff(domain, axis=1)[:, 0] / 2
+    cauchy_inside = np.prod(
+        stats.cauchy.cdf(np.array(domain)[:, 1], center, half)
+        - stats.cauchy.cdf(np.array(domain)[:, 0], center, half)
+    )
+    assert float(distribution.tail_mass_outside()) == pytest.approx(
+        0.05 * (1 - cauchy_inside), rel=1e-12
+    )
+
+
+def test_log_prob_equals_brute_force(distribution_3d):
+    generator = torch.Generator().manual_seed(0)
+    z = torch.rand(200, 3, generator=generator, dtype=torch.float64)
+    z = distribution_3d.low + z * (distribution_3d.high - distribution_3d.low) * 1.2 - 0.1
+    with torch.no_grad():
+        log_prob = distribution_3d.log_prob(z).numpy()
+    np.testing.assert_allclose(log_prob, np.log(mixture_density(distribution_3d, z)), rtol=1e-10)
+    with torch.no_grad():
+        tt = distribution_3d.log_prob_tt(z).exp().numpy()
+    np.testing.assert_allclose(tt, brute_force_tt_density(distribution_3d, z), atol=1e-12)
+
+
+def test_log_prob_is_invariant_to_core_scales_and_gauge(distribution_3d):
+    z = distribution_3d.sample(50, generator=torch.Generator().manual_seed(1))
+    cores = [c.detach().clone() for c in distribution_3d.cores]
+    gauge = torch.randn(3, 3, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    cores[0] = torch.einsum("aib,bc->aic", cores[0], gauge) * 7.0
+    cores[1] = torch.einsum("ab,bic->aic", torch.linalg.inv(gauge), cores[1]) * 1e-3
+    other = TTDistribution(cores, distribution_3d.domain, tail_weight=0.01)
+    with torch.no_grad():
+        np.testing.assert_allclose(other.log_prob(z), distribution_3d.log_prob(z), rtol=1e-10)
+        before = distribution_3d.log_prob(z)
+        distribution_3d.canonicalize_()
+        np.testing.assert_allclose(distribution_3d.log_prob(z), before, rtol=1e-10)
+    assert float(distribution_3d.log_norm_squared().detach()) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_finite_far_outside_the_box():
+    for dtype in (torch.float32, torch.float64):
+        distribution = random_distribution((1, 3, 3, 1), 6, [[-1, 1]] * 3, dtype=dtype)
+        big = torch.finfo(dtype).max / 4
+        z = torch.tensor(
+            [
+                [0.0, 0.0, 0.0],
+                [1e3, -1e3, 0.0],
+                [1e30, 0.0, -1e30],
+                [big, -big, big],
+                [1.0000001, 0.0, 0.0],
+            ],
+            dtype=dtype,
+        )
+        with torch.no_grad():
+            log_prob = distribution.log_prob(z)
+        assert torch.isfinite(log_prob).all(), log_prob
+        # Far away, the density is the tail's: log(eps) + Cauchy.
+        expected = math.log(1e-3) + np.log(cauchy_density(distribution, z[1:2].double()))[0]
+        assert float(log_prob[1]) == pytest.approx(expected, rel=1e-5)
+
+
+def test_log_prob_is_differentiable_in_points_and_cores(distribution_3d):
+    z = distribution_3d.sample(64, generator=torch.Generator().manual_seed(3))
+    z = torch.cat([z, torch.tensor([[5.0, 5.0, 5.0]], dtype=z.dtype)]).requires_grad_()
+    distribution_3d.log_prob(z).sum().backward()
+    assert torch.isfinite(z.grad).all()
+    for core in distribution_3d.cores:
+        assert torch.isfinite(core.grad).all() and core.grad.abs().sum() > 0
+    # Against finite differences in z for one interior point.
+    point = z[:1].detach()
+    step = 1e-6
+    (grad,) = torch.autograd.grad(distribution_3d.log_prob(point.requires_grad_()).sum(), point)
+    for k in range(3):
+        shift = torch.zeros_like(point)
+        shift[0, k] = step
+        with torch.no_grad():
+            numeric = (
+                distribution_3d.log_prob(point + shift) - distribution_3d.log_prob(point - shift)
+            ) / (2 * step)
+        assert float(grad[0, k]) == pytest.approx(float(numeric), rel=1e-5, abs=1e-6)
+
+
+def test_marginals_match_quadrature_of_the_joint(distribution_3d):
+    d = distribution_3d
+    low, high = d.low.numpy(), d.high.numpy()
+    eps = d.tail_weight
+    generator = torch.Generator().manual_seed(4)
+    # One-dimensional marginal of coordinate 1 at interior points.
+    values = torch.rand(7, generator=generator, dtype=torch.float64) * 5 - 2
+    rest, weights = product_rule(12, low[[0, 2]], high[[0, 2]])
+    for dims, grid in (([1], values[:, None]),):
+        expected = []
+        for value in grid:
+            points = torch.stack([rest[:, 0], value.expand(len(rest)), rest[:, 1]], 1)
+            tt = (brute_force_tt_density(d, points) * weights).sum().item()
+            expected.append((1 - eps) * tt + eps * cauchy_density(d, value[None], dims)[0])
+        with torch.no_grad():
+            got = d.marginal_log_prob(grid, dims).exp().numpy()
+        np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Two-dimensional marginal of coordinates (2, 0), given in that order.
+    pairs = torch.stack(
+        [
+            torch.rand(5, generator=generator, dtype=torch.float64) * 0.5,
+            torch.rand(5, generator=generator, dtype=torch.float64) * 2 - 1,
+        ],
+        1,
+    )
+    middle, middle_weights = product_rule(12, low[[1]], high[[1]])
+    expected = []
+    for z2, z0 in pairs:
+        points = torch.stack([z0.expand(len(middle)), middle[:, 0], z2.expand(len(middle))], 1)
+        tt = (brute_force_tt_density(d, points) * middle_weights).sum().item()
+        tail = cauchy_density(d, torch.stack([z2, z0])[None], [2, 0])[0]
+        expected.append((1 - eps) * tt + eps * tail)
+    with torch.no_grad():
+        got = d.marginal_log_prob(pairs, (2, 0)).exp().numpy()
+    np.testing.assert_allclose(got, expected, rtol=1e-10)
+    # Outside the box only the tail remains.
+    with torch.no_grad():
+        outside = d.marginal_log_prob(torch.tensor([10.0], dtype=torch.float64), 0)
+    tail = cauchy_density(d, torch.tensor([[10.0]]), [0])[0]
+    assert float(outside) == pytest.approx(math.log(eps * tail), rel=1e-10)
+
+
+def test_marginal_errors(distribution_3d):
+    with pytest.raises(ValueError, match="distinct coordinates"):
+        distribution_3d.marginal_log_prob(torch.zeros(3, 2), (1, 1))
+    with pytest.raises(ValueError, match="distinct coordinates"):
+        distribution_3d.marginal_log_prob(torch.zeros(3), 5)
+    with pytest.raises(ValueError, match="shape"):
+        distribution_3d.marginal_log_prob(torch.zeros(3, 3), (0, 1))
+
+
+def test_properties_and_repr(distribution_3d):
+    assert distribution_3d.n_features == 3
+    assert distribution_3d.n_basis == 8
+    assert distribution_3d.tt_ranks == (1, 3, 4, 1)
+    np.testing.assert_array_equal(
+        distribution_3d.domain.numpy(), [[-1.0, 1.0], [-2.0, 3.0], [0.0, 0.5]]
+    )
+    assert "tt_ranks=(1, 3, 4, 1)" in repr(distribution_3d)
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, message",
+    [
+        ({"domain": [[0, 1], [1, 0]]}, ValueError, "low < high"),
+        ({"domain": [[0, 1]]}, ValueError, "1 rows but there are 2"),
+        ({"domain": [[0, np.inf], [0, 1]]}, ValueError, "finite"),
+        ({"domain": "box"}, ValueError, "numeric"),
+        ({"tail_weight": 0.0}, ValueError, "tail_weight"),
+        ({"tail_weight": 1.0}, ValueError, "tail_weight"),
+    ],
+)
+def test_constructor_errors(kwargs, error, message):
+    arguments = {"domain": [[0, 1], [0, 1]], **kwargs}
+    with pytest.raises(error, match=message):
+        TTDistribution(random_cores((1, 2, 1), 4), **arguments)
+
+
+def test_constructor_rejects_mismatched_basis_sizes():
+    cores = [torch.zeros(1, 4, 2), torch.zeros(2, 5, 1)]
+    with pytest.raises(ValueError, match="same number of basis functions"):
+        TTDistribution(cores, [[0, 1], [0, 1]])
+
+
+def test_log_prob_rejects_wrong_shape(distribution_3d):
+    with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
+        distribution_3d.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+
+
+def test_float32_and_float64_agree(distribution_3d):
+    z = distribution_3d.sample(100, generator=torch.Generator().manual_seed(5))
+    single = TTDistribution(
+        [c.detach() for c in distribution_3d.cores], distribution_3d.domain, tail_weight=0.01
+    ).float()
+    assert single.cores[0].dtype == torch.float32 and single.low.dtype == torch.float32
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            single.log_prob(z.float()).numpy(),
+            distribution_3d.log_prob(z).numpy(),
+            rtol=1e-4,
+            atol=1e-4,
+        )
+    samples = single.sample(10, generator=torch.Generator().manual_seed(6))
+    assert samples.dtype == torch.float32
+    assert single.double().log_prob(samples.double()).dtype == torch.float64
+
+
+def test_base_of_a_normflows_flow(distribution_3d):
+    """The TT base plugs into normflows: forward KL and sampling run through it."""
+    torch.manual_seed(0)
+    flows = [nf.flows.Planar((3,), act="leaky_relu") for _ in range(2)]
+    model = nf.NormalizingFlow(q0=distribution_3d, flows=flows).double()
+    x = distribution_3d.sample(32, generator=torch.Generator().manual_seed(7))
+    loss = model.forward_kld(x)
+    loss.backward()
+    assert torch.isfinite(loss)
+    z, log_q = model.sample(16)
+    assert z.shape == (16, 3) and log_q.shape == (16,)
+    np.testing.assert_allclose(log_q.detach(), model.log_prob(z).detach(), rtol=1e-6, atol=1e-6)
+    base_z, base_log_p = distribution_3d.forward(8, context=None)
+    assert base_z.shape == (8, 3)
+    np.testing.assert_allclose(base_log_p.detach(), distribution_3d.log_prob(base_z).detach())
+
+
+@requires_cuda
+def test_cuda_matches_cpu(distribution_3d):
+    z = distribution_3d.sample(500, generator=torch.Generator().manual_seed(8))
+    gpu = random_distribution(
+        (1, 3, 4, 1), 8, [[-1.0, 1.0], [-2.0, 3.0], [0.0, 0.5]], seed=1, tail_weight=0.01
+    ).to("cuda")
+    assert gpu.cores[0].is_cuda and gpu.low.is_cuda
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            gpu.log_prob(z.cuda()).cpu().numpy(),
+            distribution_3d.log_prob(z).numpy(),
+            rtol=1e-10,
+        )
+        marginal = gpu.marginal_log_prob(z[:, :2].cuda(), (0, 1)).cpu()
+    np.testing.assert_allclose(
+        marginal, distribution_3d.marginal_log_prob(z[:, :2], (0, 1)).detach(), rtol=1e-10
+    )
+    samples = gpu.sample(20000, generator=torch.Generator("cuda").manual_seed(0))
+    assert samples.is_cuda and torch.isfinite(samples).all()
+    # Same law as on the CPU: compare the first coordinate with a two-sample KS test.
+    reference = distribution_3d.sample(20000, generator=torch.Generator().manual_seed(9))
+    result = stats.ks_2samp(samples[:, 0].cpu().numpy(), reference[:, 0].numpy())
+    assert result.pvalue > 1e-3
+    single = gpu.float()
+    assert torch.isfinite(single.log_prob(samples.float())).all()

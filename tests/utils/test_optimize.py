@@ -1,0 +1,192 @@
+import math
+
+import pytest
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from sktt_flow.utils.optimize import minimize
+
+
+class Quadratic(torch.nn.Module):
+    """Loss (w - batch mean)^2; the score is minus the loss at the data mean."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.tensor(5.0))
+
+
+def setup(target=1.0, n=64):
+    module = Quadratic()
+    data = torch.full((n, 1), target)
+
+    def loss(batch):
+        return (module.weight - batch.mean()) ** 2
+
+    def score():
+        return -float((module.weight.detach() - target) ** 2)
+
+    return module, data, loss, score
+
+
+def test_converges_and_records_history():
+    module, data, loss, score = setup()
+    history = minimize(
+        module,
+        loss,
+        data,
+        score=score,
+        max_iter=300,
+        batch_size=16,
+        learning_rate=0.1,
+        n_iter_no_change=10,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert module.weight.item() == pytest.approx(1.0, abs=1e-2)
+    assert len(history.loss_curve) == history.n_iter
+    assert len(history.validation_scores) == history.n_iter + 1
+    assert history.best_epoch > 0 and not history.interrupted
+
+
+def test_restores_the_best_state_and_never_ends_worse_than_the_start():
+    module, data, _, score = setup(target=5.0)  # the start is already optimal
+
+    def loss(batch):  # pushes away from the optimum
+        return -module.weight
+
+    history = minimize(
+        module,
+        loss,
+        data,
+        score=score,
+        max_iter=5,
+        batch_size=16,
+        learning_rate=0.1,
+        n_iter_no_change=100,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert module.weight.item() == 5.0
+    assert history.best_epoch == 0
+
+
+def test_skips_non_finite_steps():
+    module, data, loss, score = setup()
+    calls = {"n": 0}
+
+    def flaky(batch):
+        calls["n"] += 1
+        return torch.tensor(math.nan) if calls["n"] % 3 == 0 else loss(batch)
+
+    history = minimize(
+        module,
+        flaky,
+        data,
+        score=score,
+        max_iter=200,
+        batch_size=16,
+        learning_rate=0.1,
+        n_iter_no_change=10,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert history.n_skipped_steps > 0
+    assert torch.isfinite(module.weight)
+    assert module.weight.item() == pytest.approx(1.0, abs=5e-2)
+
+
+def test_nan_gradients_are_skipped():
+    module, data, loss, score = setup()
+
+    def bad_gradient(batch):
+        # A finite loss whose gradient is NaN: torch.where differentiates
+        # both branches, and sqrt has a NaN derivative at negative inputs.
+        shifted = module.weight - 100.0
+        return loss(batch) + torch.where(shifted > 0, torch.sqrt(shifted), 0.0)
+
+    with pytest.warns(ConvergenceWarning, match="non-finite"):
+        history = minimize(
+            module,
+            bad_gradient,
+            data,
+            score=score,
+            max_iter=5,
+            batch_size=16,
+            learning_rate=0.1,
+            n_iter_no_change=10,
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert module.weight.item() == 5.0  # every step was skipped
+    assert history.n_skipped_steps > 0
+
+
+def test_persistent_failure_warns_and_keeps_best_state():
+    module, data, _, _ = setup()
+
+    def loss(batch):
+        return (module.weight - 1.0) ** 2
+
+    def broken_score():
+        if module.weight.item() != 5.0:
+            return math.nan
+        return -((module.weight.item() - 1) ** 2)
+
+    with pytest.warns(ConvergenceWarning, match="non-finite"):
+        history = minimize(
+            module,
+            loss,
+            data,
+            score=broken_score,
+            max_iter=50,
+            batch_size=16,
+            learning_rate=0.1,
+            n_iter_no_change=100,
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert module.weight.item() == 5.0
+    assert history.n_rollbacks == 3
+
+
+def test_keyboard_interrupt_keeps_best_state():
+    module, data, loss, score = setup()
+    calls = {"n": 0}
+
+    def interrupted(batch):
+        calls["n"] += 1
+        if calls["n"] > 40:
+            raise KeyboardInterrupt
+        return loss(batch)
+
+    with pytest.warns(RuntimeWarning, match="interrupted"):
+        history = minimize(
+            module,
+            interrupted,
+            data,
+            score=score,
+            max_iter=100,
+            batch_size=16,
+            learning_rate=0.1,
+            n_iter_no_change=100,
+            generator=torch.Generator().manual_seed(0),
+        )
+    assert history.interrupted
+    assert module.weight.item() < 5.0  # the progress of the finished epochs is kept
+
+
+def test_without_data_counts_steps():
+    module, _, _, score = setup()
+    seen = []
+
+    def loss_from_size(batch_size):
+        seen.append(int(batch_size))
+        return (module.weight - 1.0) ** 2
+
+    minimize(
+        module,
+        loss_from_size,
+        3,
+        score=score,
+        max_iter=2,
+        batch_size=8,
+        learning_rate=0.1,
+        n_iter_no_change=10,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert seen == [8] * 6

@@ -1,0 +1,52 @@
+import numpy as np
+import pytest
+import torch
+
+from sktt_flow.utils.validation import check_domain, check_samples
+
+
+def test_check_domain_broadcasts_a_single_pair():
+    low, high = check_domain((-1, 2), 3)
+    np.testing.assert_array_equal(low, [-1, -1, -1])
+    np.testing.assert_array_equal(high, [2, 2, 2])
+
+
+@pytest.mark.parametrize(
+    "domain, message",
+    [
+        ([[0, 1, 2]], r"shape \(n_features, 2\)"),
+        ([[1, 1]], "row 0 is"),
+        ([[0, np.nan]], "finite"),
+        ([["a", "b"]], "numeric"),
+    ],
+)
+def test_check_domain_errors(domain, message):
+    with pytest.raises(ValueError, match=message):
+        check_domain(domain)
+
+
+def test_check_samples_copies_and_converts():
+    X = np.arange(6, dtype=np.int64).reshape(3, 2)
+    X.setflags(write=False)
+    tensor = check_samples(X)
+    assert tensor.dtype == torch.float64 and tensor.shape == (3, 2)
+    source = torch.ones(3, 2)
+    converted = check_samples(source, dtype=torch.float32)
+    converted[0, 0] = 5.0
+    assert source[0, 0] == 1.0  # a copy, never a view of the user's data
+
+
+@pytest.mark.parametrize(
+    "X, message",
+    [
+        (np.zeros((0, 2)), "minimum of 2"),
+        (np.zeros((3, 0)), "0 features"),
+        (np.zeros((2, 2, 2)), "2-D"),
+        (np.array([[1.0, np.inf], [0.0, 0.0]]), "NaN or infinity"),
+        (torch.zeros(3, 2, dtype=torch.complex64), "real numbers"),
+        (np.array([[object(), 1]]), "real numbers"),
+    ],
+)
+def test_check_samples_errors(X, message):
+    with pytest.raises(ValueError, match=message):
+        check_samples(X)
