@@ -10,11 +10,18 @@ import torch
 from normflows.distributions import BaseDistribution
 from torch import nn
 
-from sktt_flow.tt.algebra import check_cores, log_norm_squared, right_orthogonalize
-from sktt_flow.tt.basis import orthonormal_legendre
+from sktt_flow.tt.algebra import (
+    check_cores,
+    log_norm_squared,
+    nodal_to_coefficients,
+    right_orthogonalize,
+    round_tt,
+)
+from sktt_flow.tt.basis import gauss_legendre, orthonormal_legendre
+from sktt_flow.tt.cross import tt_cross
 from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
 from sktt_flow.tt.sampling import ConditionalCDFOperators, sample_right_orthogonal
-from sktt_flow.tt.tails import cauchy_cdf, cauchy_icdf, cauchy_log_prob
+from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
 from sktt_flow.utils.optimize import minimize
 from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.validation import check_domain, check_samples
@@ -45,8 +52,8 @@ class TTDistribution(BaseDistribution):
 
         q_0(z) = (1 - \varepsilon)\, p_{TT}(z) + \varepsilon\, g(z)
 
-    with ``g`` a product of Cauchy densities centred on the box, with scales
-    equal to its half-widths (see :mod:`sktt_flow.tt.tails`), and
+    with ``g`` a product of Gaussians centred on the box, with standard
+    deviations equal to its half-widths (see :mod:`sktt_flow.tt.tails`), and
     :math:`\varepsilon` = ``tail_weight``.
 
     It is a :class:`normflows.distributions.BaseDistribution`: it can replace
@@ -61,9 +68,11 @@ class TTDistribution(BaseDistribution):
     domain : array-like of shape (d, 2)
         The box: ``domain[k] = (a_k, b_k)`` with ``a_k < b_k``.
     tail_weight : float, default=1e-3
-        Weight :math:`\varepsilon` of the Cauchy component, in (0, 1). It
-        bounds the reverse KL cost of the mixture by
-        ``-log(1 - tail_weight)`` nats.
+        Weight :math:`\varepsilon` of the Gaussian component, in (0, 1).
+        Larger values make held-out data outside the box cheaper (data
+        mode); smaller ones make the component's reverse KL cost,
+        about ``tail_weight * E_g[log g - log h]``, negligible (variational
+        inference, where :meth:`from_log_density` defaults to ``1e-9``).
 
     Attributes
     ----------
@@ -202,7 +211,7 @@ class TTDistribution(BaseDistribution):
         """
         z = self._check_points(z)
         center, scale = self._tail_parameters()
-        return self._mix_tail(self.log_prob_tt(z), cauchy_log_prob(z, center, scale))
+        return self._mix_tail(self.log_prob_tt(z), gaussian_log_prob(z, center, scale))
 
     def _check_points(self, z: torch.Tensor) -> torch.Tensor:
         if z.ndim != 2 or z.shape[1] != self.n_features:
@@ -220,7 +229,7 @@ class TTDistribution(BaseDistribution):
     ) -> torch.Tensor:
         """Exact samples, shape (num_samples, d), without gradient.
 
-        Each sample comes from the Cauchy component with probability
+        Each sample comes from the Gaussian component with probability
         ``tail_weight`` and otherwise from ``p_TT`` by the conditional
         distribution method with exact inversion of every conditional CDF
         (:mod:`sktt_flow.tt.sampling`). The work is done in float64 in chunks
@@ -255,7 +264,9 @@ class TTDistribution(BaseDistribution):
                 z = sample_right_orthogonal(cores, low, high, uniforms[:, 1:], operators)
                 from_tail = uniforms[:, 0] < self.tail_weight
                 if bool(from_tail.any()):
-                    tail = cauchy_icdf(uniforms[from_tail, 1:], center.double(), scale.double())
+                    # torch.rand can return 0, where the inverse CDF is -inf.
+                    open_interval = uniforms[from_tail, 1:].clamp(1e-300, 1.0 - 2**-53)
+                    tail = gaussian_icdf(open_interval, center.double(), scale.double())
                     z[from_tail] = tail
                 chunks.append(z)
             if not chunks:
@@ -283,7 +294,7 @@ class TTDistribution(BaseDistribution):
         tensor (N,)
             Log-density of the marginal of :math:`q_0`, exact: the other
             coordinates are integrated out by contracting their cores with
-            themselves (orthonormality), and the Cauchy component has closed
+            themselves (orthonormality), and the Gaussian component has closed
             form marginals.
         """
         dims = [int(dims)] if np.ndim(dims) == 0 else [int(k) for k in dims]
@@ -330,13 +341,13 @@ class TTDistribution(BaseDistribution):
         log_tt = log_tt.expand(n_samples) - self.log_norm_squared()
         log_tt = torch.where(inside, log_tt, torch.full_like(log_tt, -math.inf))
         center, scale = self._tail_parameters()
-        log_tail = cauchy_log_prob(values, center[dims], scale[dims])
+        log_tail = gaussian_log_prob(values, center[dims], scale[dims])
         return self._mix_tail(log_tt, log_tail)
 
     def tail_mass_outside(self) -> torch.Tensor:
         """Probability that ``q_0`` puts outside the box (all from the tail)."""
         center, scale = self._tail_parameters()
-        inside = cauchy_cdf(self.high, center, scale) - cauchy_cdf(self.low, center, scale)
+        inside = gaussian_cdf(self.high, center, scale) - gaussian_cdf(self.low, center, scale)
         return self.tail_weight * (1.0 - inside.prod())
 
     # ----------------------------------------------------------- construction
@@ -381,7 +392,8 @@ class TTDistribution(BaseDistribution):
             The box. By default the bounding box of ``X`` widened by 10% of
             its width on each side.
         tail_weight : float, default=1e-3
-            Weight of the heavy-tailed component (see the class docstring).
+            Weight of the Gaussian full-support component (see the class
+            docstring).
         max_iter : int, default=300
             Maximum number of epochs of maximum likelihood (0: the start only).
         batch_size : int, default=512
@@ -468,6 +480,125 @@ class TTDistribution(BaseDistribution):
             description="TT maximum likelihood",
         )
         distribution.canonicalize_()
+        return distribution
+
+    @classmethod
+    def from_log_density(
+        cls,
+        log_density,
+        domain,
+        *,
+        n_features: int | None = None,
+        tt_rank: int = 8,
+        n_basis: int = 16,
+        tol: float = 1e-4,
+        max_evals: int | None = None,
+        max_sweeps: int = 10,
+        batch_size: int = 100_000,
+        n_seeds: int = 256,
+        n_seed_steps: int = 50,
+        tail_weight: float = 1e-9,
+        random_state=None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float64,
+        verbose: int = 0,
+    ) -> TTDistribution:
+        """Build the train from an unnormalised log-density by TT-cross.
+
+        TT-cross (:mod:`sktt_flow.tt.cross`) interpolates ``sqrt(h)`` on the
+        product grid of ``n_basis`` Gauss–Legendre nodes per coordinate; the
+        nodal values map exactly to Legendre coefficients, and the train is
+        rounded to ``tt_rank`` and normalised, so that ``p_TT`` is proportional
+        to the square of the polynomial interpolant of ``sqrt(h)``.
+
+        Parameters
+        ----------
+        log_density : callable
+            ``log_density(x)``: a tensor (m, d) of points (in ``dtype``, on
+            ``device``) to m values of ``log h`` (tensor or array-like).
+            ``-inf`` means zero density; NaN and ``+inf`` are errors.
+        domain : array-like (d, 2), or a pair (low, high) with ``n_features``
+            The box; ``h`` outside it is ignored (the tail component covers it).
+        n_features : int, optional
+            Needed only when ``domain`` is a single pair.
+        tt_rank : int, default=8
+            Maximum bond rank, during cross and after rounding.
+        n_basis : int, default=16
+            Grid nodes and Legendre functions per coordinate. It sets the
+            resolution: a bump of width ``w`` needs ``n_basis`` well above
+            ``(high - low) / w``.
+        tol : float, default=1e-4
+            Relative error target on held-out grid points.
+        max_evals : int, optional
+            Budget of ``log_density`` evaluations (points).
+        max_sweeps : int, default=10
+            Maximum half-sweeps of cross.
+        batch_size : int, default=100000
+            Maximum points per call of ``log_density``.
+        n_seeds, n_seed_steps : int
+            Random starts and gradient-ascent steps that seed the index sets
+            with high-density points (see :func:`~sktt_flow.tt.cross.find_seeds`).
+        tail_weight : float, default=1e-9
+            Weight of the full-support component; tiny by default so that its
+            reverse KL cost is negligible (see the class docstring).
+        random_state : int, RandomState, Generator or None
+        device, dtype
+            Where and in what precision the callable is evaluated and the
+            distribution lives; cross itself runs in float64.
+        verbose : int, default=0
+
+        Returns
+        -------
+        TTDistribution
+            With ``cross_report`` (:class:`~sktt_flow.tt.cross.CrossReport`):
+            calls, evaluations, sweeps, error and rank histories.
+        """
+        if n_features is None and np.shape(domain) == (2,):
+            raise ValueError("A single (low, high) domain needs n_features.")
+        for name, value, minimum in (
+            ("tt_rank", tt_rank, 1),
+            ("n_basis", n_basis, 2),
+            ("max_sweeps", max_sweeps, 1),
+            ("batch_size", batch_size, 1),
+            ("n_seeds", n_seeds, 1),
+            ("n_seed_steps", n_seed_steps, 0),
+        ):
+            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+            if not integer or value < minimum:
+                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        if not callable(log_density):
+            raise TypeError(f"log_density must be callable, got {type(log_density).__name__}.")
+        low, high = check_domain(domain, n_features)
+        device = torch.device("cpu" if device is None else device)
+        low = torch.as_tensor(low, device=device)
+        high = torch.as_tensor(high, device=device)
+        nodes, _ = gauss_legendre(n_basis, low, high, device=device)
+        generator = torch_generator(random_state, device)
+        nodal_cores, report = tt_cross(
+            log_density,
+            nodes,
+            max_rank=tt_rank,
+            tol=tol,
+            max_evals=max_evals,
+            max_sweeps=max_sweeps,
+            batch_size=batch_size,
+            n_seeds=n_seeds,
+            n_seed_steps=n_seed_steps,
+            generator=generator,
+            dtype=dtype,
+            verbose=verbose,
+        )
+        if report.log_shift == -math.inf:
+            raise ValueError(
+                "log_density was -inf at every evaluated point: the density is zero "
+                "on the domain as far as cross can see. Check the domain."
+            )
+        cores = round_tt(nodal_to_coefficients(nodal_cores, low, high), max_rank=tt_rank)
+        distribution = cls(
+            cores, torch.stack([low, high], dim=1).cpu().numpy(), tail_weight=tail_weight
+        ).to(device=device, dtype=dtype)
+        distribution.canonicalize_()
+        distribution.cross_report = report
         return distribution
 
     def canonicalize_(self) -> TTDistribution:

@@ -1,5 +1,5 @@
 """Independent brute-force computations for the tests: the full coefficient
-tensor, tensor-product quadrature and scipy's Cauchy distribution."""
+tensor, tensor-product quadrature and scipy.s normal distribution."""
 
 from __future__ import annotations
 
@@ -30,17 +30,17 @@ def brute_force_tt_density(distribution, z):
     return torch.where(inside, values.square() / full.square().sum(), torch.zeros_like(values))
 
 
-def cauchy_density(distribution, z, dims=None):
+def tail_density(distribution, z, dims=None):
     center = ((distribution.low + distribution.high) / 2).numpy()
     scale = ((distribution.high - distribution.low) / 2).numpy()
     if dims is not None:
         center, scale = center[dims], scale[dims]
-    return np.prod(stats.cauchy.pdf(z.numpy(), loc=center, scale=scale), axis=1)
+    return np.prod(stats.norm.pdf(z.numpy(), loc=center, scale=scale), axis=1)
 
 
 def mixture_density(distribution, z):
     eps = distribution.tail_weight
-    return (1 - eps) * brute_force_tt_density(distribution, z).numpy() + eps * cauchy_density(
+    return (1 - eps) * brute_force_tt_density(distribution, z).numpy() + eps * tail_density(
         distribution, z
     )
 

@@ -13,6 +13,7 @@ from scipy import stats
 from sktt_flow import TTDistribution
 from sktt_flow.tt.algebra import tt_ranks
 from sktt_flow.tt.estimation import domain_from_samples, kmeans, separable_mixture_cores
+from tests.conftest import requires_cuda
 
 
 class GaussianMixture:
@@ -159,3 +160,20 @@ def test_float32_fit_and_read_only_input():
     distribution = TTDistribution.from_samples(X, dtype=torch.float32, max_iter=2, n_basis=6)
     assert distribution.cores[0].dtype == torch.float32
     assert torch.isfinite(distribution.log_prob(torch.tensor(X, dtype=torch.float32))).all()
+
+
+@requires_cuda
+def test_from_samples_on_cuda():
+    mixture = GaussianMixture(3, 3, 0.1, seed=3)
+    X, X_test = mixture.sample(3000, seed=4), mixture.sample(2000, seed=5)
+    options = {"tt_rank": 4, "n_basis": 10, "max_iter": 30, "random_state": 0}
+    gpu = TTDistribution.from_samples(X, device="cuda", **options)
+    cpu = TTDistribution.from_samples(X, **options)
+    assert gpu.cores[0].is_cuda and gpu.low.is_cuda
+    with torch.no_grad():
+        gpu_score = gpu.log_prob(torch.as_tensor(X_test, device="cuda")).mean().item()
+        cpu_score = cpu.log_prob(torch.as_tensor(X_test)).mean().item()
+    # Different random streams on the two devices: close, not identical.
+    assert abs(gpu_score - cpu_score) < 0.05
+    samples = gpu.sample(5000, generator=torch.Generator("cuda").manual_seed(0))
+    assert samples.is_cuda and torch.isfinite(samples).all()

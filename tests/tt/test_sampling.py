@@ -17,7 +17,7 @@ from sktt_flow.tt.algebra import right_orthogonalize
 from sktt_flow.tt.basis import gauss_legendre
 from sktt_flow.tt.sampling import sample_right_orthogonal
 from tests.conftest import random_cores, random_distribution
-from tests.tt.reference import brute_force_tt_density, cauchy_density, cells, product_rule
+from tests.tt.reference import brute_force_tt_density, cells, product_rule, tail_density
 
 N_SAMPLES = 40_000
 SIGNIFICANCE = 1e-3
@@ -60,7 +60,7 @@ def marginal_cdf(distribution, k):
     def cdf(x):
         inside = antiderivative(np.clip(x, low[k], high[k]))
         inside = np.where(x < low[k], 0.0, np.where(x > high[k], 1.0, inside))
-        return (1 - eps) * inside + eps * stats.cauchy.cdf(x, center, scale)
+        return (1 - eps) * inside + eps * stats.norm.cdf(x, center, scale)
 
     return cdf, antiderivative(high[k])
 
@@ -92,7 +92,7 @@ def cell_probabilities(distribution, dims, bins):
         center, scale = (low + high) / 2, (high - low) / 2
         tail = np.prod(
             [
-                np.diff(stats.cauchy.cdf(c, center[k], scale[k]))[0]
+                np.diff(stats.norm.cdf(c, center[k], scale[k]))[0]
                 for c, k in zip(cell, dims, strict=True)
             ]
         )
@@ -173,7 +173,7 @@ def test_tail_component_is_drawn_with_its_weight():
     expected = float(distribution.tail_mass_outside())
     # binomial standard error sqrt(p (1 - p) / N) ~ 0.0027
     assert outside == pytest.approx(expected, abs=4 * np.sqrt(expected * (1 - expected) / 20000))
-    tail_only = cauchy_density(distribution, torch.tensor([[5.0, 5.0]]))[0] * 0.2
+    tail_only = tail_density(distribution, torch.tensor([[5.0, 5.0]]))[0] * 0.2
     with torch.no_grad():
         log_prob = distribution.log_prob(torch.tensor([[5.0, 5.0]], dtype=torch.float64))
     assert float(log_prob) == pytest.approx(np.log(tail_only), rel=1e-12)

@@ -1,0 +1,237 @@
+"""TT-cross: exact recovery of low-rank functions, agreement with full-grid
+references, mode discovery from seeds, budgets and the errors a bad callable
+gets."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sktt_flow import TTDistribution
+from sktt_flow.tt.algebra import tt_ranks, tt_to_full
+from sktt_flow.tt.basis import gauss_legendre
+from sktt_flow.tt.cross import tt_cross
+from tests.conftest import requires_cuda
+
+
+def grid(d, n, low=-1.0, high=1.0):
+    nodes, _ = gauss_legendre(
+        n, torch.full((d,), low, dtype=torch.float64), torch.full((d,), high, dtype=torch.float64)
+    )
+    return nodes
+
+
+def full_grid_values(function, nodes):
+    d, n = nodes.shape
+    points = torch.stack(torch.meshgrid(*nodes, indexing="ij"), -1).reshape(-1, d)
+    return function(points).reshape([n] * d)
+
+
+def run_cross(log_h, nodes, **kwargs):
+    options = {"max_rank": 6, "tol": 1e-12, "generator": torch.Generator().manual_seed(0)}
+    options.update(kwargs)
+    return tt_cross(log_h, nodes, **options)
+
+
+@pytest.mark.parametrize(
+    "root, rank",
+    [
+        (lambda x: torch.prod(1.5 + torch.sin(x), dim=1), 1),
+        (lambda x: torch.prod(1 + x**2, dim=1) + torch.prod(torch.cos(x), dim=1), 2),
+        (
+            lambda x: (
+                torch.exp(-((x - 0.3) ** 2).sum(1)) + 0.5 * torch.exp(-((x + 0.4) ** 2).sum(1))
+            ),
+            2,
+        ),
+    ],
+    ids=["product", "sum-of-two-products", "two-bumps"],
+)
+@pytest.mark.parametrize("d", [3, 4, 6])
+def test_recovers_low_rank_functions_exactly(root, rank, d):
+    nodes = grid(d, 7)
+    cores, report = run_cross(lambda x: 2 * torch.log(root(x)), nodes)
+    assert max(tt_ranks(cores)) == rank
+    # Compare on random grid points (the full grid is too large for d = 6).
+    indices = torch.randint(7, (2000, d), generator=torch.Generator().manual_seed(1))
+    points = torch.gather(nodes, 1, indices.T).T
+    approximation = torch.ones(2000, 1, dtype=torch.float64)
+    for k, core in enumerate(cores):
+        approximation = torch.einsum("ma,amb->mb", approximation, core[:, indices[:, k], :])
+    exact = root(points) * math.exp(-report.log_shift / 2)
+    np.testing.assert_allclose(approximation.squeeze(1), exact, rtol=1e-8, atol=1e-12)
+    assert report.converged and report.n_evaluations > 0 and report.n_calls > 0
+
+
+@pytest.mark.parametrize("d", [3, 4])
+def test_matches_the_full_grid_reference(d):
+    """A function of full rank: cross with enough rank equals the full tensor."""
+
+    def log_h(x):
+        return -(x.sum(1) ** 2) - 0.5 * (x**4).sum(1) + torch.sin(3 * x[:, 0] * x[:, -1])
+
+    nodes = grid(d, 6)
+    cores, report = run_cross(log_h, nodes, max_rank=36, max_sweeps=6)
+    exact = torch.exp((full_grid_values(log_h, nodes) - report.log_shift) / 2)
+    error = float((tt_to_full(cores) - exact).norm() / exact.norm())
+    assert error < 1e-8, error
+
+
+def test_finds_modes_that_random_starts_miss():
+    """Eight narrow modes in 8-D: every one gets mass 1/8 through the seeds."""
+    rng = np.random.default_rng(0)
+    means = torch.tensor(rng.uniform(-4, 4, (8, 8)))
+    std = 0.5
+
+    def log_h(x):
+        diff = (x[:, None, :] - means) / std
+        log_normal = -0.5 * diff.square().sum(-1) - 8 * math.log(std * math.sqrt(2 * math.pi))
+        return torch.logsumexp(log_normal, dim=1) - math.log(8)
+
+    base = TTDistribution.from_log_density(
+        log_h, [[-6.0, 6.0]] * 8, tt_rank=8, n_basis=32, random_state=0
+    )
+    samples = base.sample(20000, generator=torch.Generator().manual_seed(1))
+    labels = ((samples[:, None, :] - means) ** 2).sum(-1).argmin(1)
+    masses = np.bincount(labels.numpy(), minlength=8) / 20000
+    # binomial standard error sqrt(1/8 * 7/8 / 20000) ~ 0.0023: 0.03 is 13 SE
+    np.testing.assert_allclose(masses, 1 / 8, atol=0.03)
+    with torch.no_grad():
+        log_weights = log_h(samples) - base.log_prob(samples)
+    log_z = float(torch.logsumexp(log_weights, 0) - math.log(20000))
+    assert abs(log_z) < 0.05
+    assert base.cross_report.converged
+    assert base.tt_ranks == (1,) + (8,) * 7 + (1,)
+
+
+def test_budget_is_honoured():
+    nodes = grid(5, 8)
+
+    def log_h(x):
+        return -(x**2).sum(1) + torch.sin(x.prod(1))
+
+    _, report = run_cross(log_h, nodes, max_rank=4, max_evals=60_000, max_sweeps=50)
+    assert report.n_evaluations <= 60_000
+    assert report.stop_reason == "max_evals=60000 reached"
+    with pytest.raises(ValueError, match="too small for one sweep"):
+        run_cross(log_h, nodes, max_rank=4, max_evals=13_000)
+
+
+def test_one_dimension_is_exact():
+    base = TTDistribution.from_log_density(
+        lambda x: -0.5 * x[:, 0] ** 2, [[-6.0, 6.0]], n_basis=40, random_state=0
+    )
+    z = torch.linspace(-2, 2, 9, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            base.log_prob(z), -0.5 * z[:, 0] ** 2 - 0.5 * math.log(2 * math.pi), atol=1e-6
+        )
+
+
+def test_minus_infinity_is_zero_density():
+    def log_h(x):  # a half-space only
+        return torch.where(x[:, 0] > 0, -(x**2).sum(1), torch.full_like(x[:, 0], -math.inf))
+
+    base = TTDistribution.from_log_density(log_h, (-3, 3), n_features=2, random_state=0)
+    samples = base.sample(2000, generator=torch.Generator().manual_seed(0))
+    assert float((samples[:, 0] > -0.3).double().mean()) > 0.97
+
+
+def test_report_counts_calls_and_batches():
+    calls = []
+
+    def log_h(x):
+        calls.append(x.shape[0])
+        return -(x**2).sum(1)
+
+    base = TTDistribution.from_log_density(
+        log_h,
+        [[-3, 3]] * 3,
+        tt_rank=2,
+        n_basis=8,
+        batch_size=500,
+        random_state=0,
+        n_seeds=16,
+        n_seed_steps=5,
+    )
+    report = base.cross_report
+    assert report.n_calls == len(calls) and report.n_evaluations == sum(calls)
+    assert max(calls) <= 500
+    assert report.n_sweeps == len(report.error_history) == len(report.rank_history)
+
+
+@pytest.mark.parametrize(
+    "log_h, error, message",
+    [
+        ("not callable", TypeError, "must be callable"),
+        (lambda x: torch.zeros(x.shape[0] + 1), ValueError, "must return"),
+        (lambda x: torch.zeros(x.shape[0], 2), ValueError, "must return"),
+        (lambda x: torch.where(x[:, 0] > 0.5, math.nan, 0.0), ValueError, "NaN or \\+inf at"),
+        (lambda x: torch.full((x.shape[0],), math.inf), ValueError, "NaN or \\+inf at"),
+        (lambda x: ["a"] * x.shape[0], ValueError, "real numbers"),
+        (lambda x: torch.full((x.shape[0],), -math.inf), ValueError, "-inf at every"),
+    ],
+)
+def test_bad_callables_get_clear_errors(log_h, error, message):
+    with pytest.raises(error, match=message):
+        TTDistribution.from_log_density(
+            log_h,
+            [[-1, 1]] * 2,
+            n_basis=4,
+            tt_rank=2,
+            random_state=0,
+            n_seeds=8,
+            n_seed_steps=2,
+        )
+
+
+def test_a_callable_that_raises_is_reported_with_its_batch():
+    def broken(x):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(ValueError, match="raised ZeroDivisionError on a batch of") as info:
+        TTDistribution.from_log_density(broken, [[-1, 1]] * 2, n_seeds=4, random_state=0)
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+
+
+def test_numpy_callable_without_gradient_still_works():
+    def log_h(x):
+        return -np.sum(x.numpy() ** 2, axis=1)
+
+    base = TTDistribution.from_log_density(
+        log_h, [[-4, 4]] * 2, tt_rank=2, n_basis=16, random_state=0
+    )
+    samples = base.sample(4000, generator=torch.Generator().manual_seed(0))
+    np.testing.assert_allclose(samples.std(0), [np.sqrt(0.5)] * 2, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"domain": (-1, 1)}, "needs n_features"),
+        ({"tt_rank": 0}, "tt_rank"),
+        ({"n_basis": 1}, "n_basis"),
+        ({"domain": [[1, -1]]}, "low < high"),
+    ],
+)
+def test_parameter_errors(kwargs, message):
+    arguments = {"domain": [[-1, 1]], **kwargs}
+    with pytest.raises(ValueError, match=message):
+        TTDistribution.from_log_density(lambda x: -(x**2).sum(1), **arguments)
+
+
+@requires_cuda
+def test_cross_on_cuda_matches_cpu():
+    def log_h(x):
+        return -0.5 * (x**2).sum(1) + torch.log1p(x[:, 0] ** 2)
+
+    options = {"tt_rank": 3, "n_basis": 12, "random_state": 0, "n_seeds": 32}
+    gpu = TTDistribution.from_log_density(log_h, [[-5, 5]] * 3, device="cuda", **options)
+    cpu = TTDistribution.from_log_density(log_h, [[-5, 5]] * 3, **options)
+    assert gpu.cores[0].is_cuda
+    z = cpu.sample(1000, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            gpu.log_prob(z.cuda()).cpu().numpy(), cpu.log_prob(z).numpy(), atol=1e-6
+        )
