@@ -109,7 +109,7 @@ def tt_svd(
 
 
 def right_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Equivalent TT whose cores 2..d are right-orthogonal.
+    """Equivalent TT whose cores 2 to d are right-orthogonal.
 
     Right-orthogonal means ``sum_{i, b} G[a, i, b] G[a', i, b] = delta_{a a'}``:
     the cores to the right of any bond contract to the identity, so the whole
@@ -130,7 +130,7 @@ def right_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
 
 
 def left_orthogonalize(cores: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Equivalent TT whose cores 1..d-1 are left-orthogonal (norm in the last)."""
+    """Equivalent TT whose cores 1 to d-1 are left-orthogonal (norm in the last)."""
     cores = list(cores)
     for k in range(len(cores) - 1):
         core = cores[k]

@@ -33,7 +33,7 @@ __all__ = [
 
 
 def legendre_polynomials(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Legendre polynomials ``P_0 .. P_{n-1}`` at ``t`` (any shape), stacked last.
+    """Legendre polynomials ``P_0, ..., P_{n-1}`` at ``t`` (any shape), stacked last.
 
     Uses the three-term recurrence, which is stable on ``[-1, 1]``. Outside that
     interval the values grow like ``|t|^i``; callers clamp first.
@@ -51,7 +51,7 @@ def legendre_polynomials(t: torch.Tensor, n: int) -> torch.Tensor:
 def legendre_polynomials_and_derivatives(
     t: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values and first derivatives of ``P_0 .. P_{n-1}`` at ``t``, stacked last.
+    """Values and first derivatives of ``P_0, ..., P_{n-1}`` at ``t``, stacked last.
 
     The derivatives follow ``P'_{i+1} = P'_{i-1} + (2i + 1) P_i``.
     """
@@ -74,7 +74,7 @@ def _to_reference(
 def orthonormal_legendre(
     x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, n: int
 ) -> torch.Tensor:
-    """Orthonormal Legendre functions ``phi_0 .. phi_{n-1}`` on ``[low, high]``.
+    """Orthonormal Legendre functions ``phi_0, ..., phi_{n-1}`` on ``[low, high]``.
 
     Parameters
     ----------

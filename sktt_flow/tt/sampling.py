@@ -2,7 +2,7 @@
 
 For a right-orthogonal train (see
 :func:`~sktt_flow.tt.algebra.right_orthogonalize`) the cores right of any bond
-contract to the identity, so after drawing ``z_1 .. z_{k-1}`` with prefix row
+contract to the identity, so after drawing ``z_1, ..., z_{k-1}`` with prefix row
 vector ``l`` the conditional density of ``z_k`` is
 
 .. math::
@@ -137,7 +137,7 @@ def sample_right_orthogonal(
     Parameters
     ----------
     cores : sequence of tensors
-        A right-orthogonal train (cores 2..d right-orthogonal), in the dtype
+        A right-orthogonal train (cores 2 to d right-orthogonal), in the dtype
         the computation should use (float64 is recommended).
     low, high : tensors (d,)
         The box.

@@ -203,6 +203,10 @@ def test_constructor_rejects_mismatched_basis_sizes():
 def test_log_prob_rejects_wrong_shape(distribution_3d):
     with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
         distribution_3d.log_prob(torch.zeros(4, 2, dtype=torch.float64))
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        distribution_3d.log_prob(np.zeros((4, 3)))
+    # Another float dtype is cast, not rejected.
+    assert distribution_3d.log_prob(torch.zeros(4, 3)).dtype == torch.float64
 
 
 def test_float32_and_float64_agree(distribution_3d):
@@ -247,6 +251,8 @@ def test_cuda_matches_cpu(distribution_3d):
         (1, 3, 4, 1), 8, [[-1.0, 1.0], [-2.0, 3.0], [0.0, 0.5]], seed=1, tail_weight=0.01
     ).to("cuda")
     assert gpu.cores[0].is_cuda and gpu.low.is_cuda
+    with pytest.raises(ValueError, match="no silent copies"):
+        gpu.log_prob(z)
     with torch.no_grad():
         np.testing.assert_allclose(
             gpu.log_prob(z.cuda()).cpu().numpy(),
