@@ -18,11 +18,12 @@ messages
     \\alpha_{k+1}(y) = e^{f_{k+1}(y)} \\sum_i w_i\\, \\alpha_k(t_i)\\, e^{g_k(t_i, y)},
     \\qquad Z \\approx \\sum_i w_i\\, \\alpha_d(t_i)
 
-are accumulated in log space (a log-sum-exp per step), so nothing under- or
-overflows however long the chain. Gauss–Legendre quadrature converges
-geometrically for these analytic integrands; :class:`ChainQuadrature` is used
-with a node count checked for convergence in the tests (doubling ``n`` changes
-``log Z`` by less than ``1e-10``).
+are accumulated in log space (each step one matrix product of factors shifted
+by their maxima), so nothing under- or overflows however long the chain.
+Gauss–Legendre quadrature converges geometrically for these analytic
+integrands; :class:`ChainQuadrature` is used with node counts checked for
+convergence in the tests (doubling ``n`` changes ``log Z`` by less than
+``1e-10``).
 
 The same messages give exact samples by backward sampling: draw :math:`x_d`
 from :math:`\\alpha_d`, then :math:`x_k` from
@@ -37,6 +38,11 @@ exact Legendre series solved by safeguarded Newton steps. With panels much
 shorter than the scale on which the conditional varies, the interpolant agrees
 with the density to about machine precision; this is an inverse-CDF sampler,
 not a grid draw plus jitter.
+
+This module is numpy-only and deliberately shares no code with
+:mod:`sktt_flow.tt` (its Gauss rules, Legendre recurrences and CDF inversion
+included): it computes the ground truth that the tensor-train code is checked
+against, and a shared bug would cancel out of such a check.
 """
 
 from __future__ import annotations
@@ -97,7 +103,7 @@ def log_matvec(log_v: np.ndarray, log_k: np.ndarray) -> np.ndarray:
 
 
 def _legendre_values(s: np.ndarray, n: int) -> np.ndarray:
-    """``P_0 .. P_{n-1}`` at ``s`` (any shape), stacked on a new last axis."""
+    """``P_0, ..., P_{n-1}`` at ``s`` (any shape), stacked on a new last axis."""
     values = [np.ones_like(s), s]
     for i in range(1, n - 1):
         values.append(((2 * i + 1) * s * values[i] - i * values[i - 1]) / (i + 1))
@@ -185,39 +191,76 @@ class PanelInverseCDF:
         *,
         tol: float = 1e-14,
         max_iter: int = 60,
+        exact_log_density: Callable[[np.ndarray], np.ndarray] | None = None,
+        newton_steps: int = 2,
     ) -> np.ndarray:
         """One draw per row of ``log_density`` from two uniforms per draw.
 
         Parameters
         ----------
         log_density : array (N, n_panels, order) or (n_panels, order)
-            Log of the (unnormalised) density at :attr:`points`; a 2-D array
-            is shared by all ``N`` draws.
+            Log of the (unnormalised) density at :attr:`points`, per draw; a
+            2-D array is one density shared by all ``N`` draws.
         u_panel, u_inner : arrays (N,)
             Uniform variates on ``[0, 1)``: the first picks the panel, the
             second the point inside it.
+        exact_log_density : callable, optional
+            For a density shared by all draws and known in closed form: the
+            draws are then refined by ``newton_steps`` Newton steps on the
+            exact CDF within the panel (Gauss–Legendre quadrature of the exact
+            density from the panel's left end), removing the interpolation
+            error altogether.
+        newton_steps : int
+            Number of those steps.
         """
         u_panel = np.asarray(u_panel, dtype=np.float64)
         u_inner = np.asarray(u_inner, dtype=np.float64)
-        n = u_panel.shape[0]
-        log_density = np.broadcast_to(log_density, (n, self.n_panels, self.order))
-        rows = np.arange(n)
-        # 1. The panel, with probability proportional to its quadrature mass.
-        values = _safe_exp(log_density - np.max(log_density, axis=(1, 2), keepdims=True))
-        panel_mass = np.einsum("npm,pm->np", values, self._weights)
-        cumulative = np.cumsum(panel_mass, axis=1)
-        threshold = u_panel * cumulative[:, -1]
-        panel = np.minimum((cumulative <= threshold[:, None]).sum(axis=1), self.n_panels - 1)
-        # 2. Inside the panel: Legendre series of the interpolant, CDF by
-        #    int_{-1}^{s} P_l = (P_{l+1}(s) - P_{l-1}(s)) / (2l + 1).
-        local = values[rows, panel]  # (N, order)
-        coef = (local / np.max(local, axis=1, keepdims=True)) @ self._to_coefficients
+        log_density = np.asarray(log_density, dtype=np.float64)
+        if log_density.ndim == 2:
+            # One density for every draw: one CDF table, looked up per draw.
+            values = _safe_exp(log_density - np.max(log_density))
+            cumulative = np.cumsum(np.sum(values * self._weights, axis=1))
+            panel = np.searchsorted(cumulative, u_panel * cumulative[-1], side="right")
+            panel = np.minimum(panel, self.n_panels - 1)
+            table = (values / np.max(values, axis=1, keepdims=True)) @ self._to_coefficients
+            coef = table[panel]
+        else:
+            # 1. The panel, with probability proportional to its quadrature mass.
+            values = _safe_exp(log_density - np.max(log_density, axis=(1, 2), keepdims=True))
+            panel_mass = np.einsum("npm,pm->np", values, self._weights)
+            cumulative = np.cumsum(panel_mass, axis=1)
+            threshold = u_panel * cumulative[:, -1]
+            panel = np.minimum((cumulative <= threshold[:, None]).sum(axis=1), self.n_panels - 1)
+            # 2. Inside the panel: Legendre series of the interpolant, whose CDF
+            #    follows from int_{-1}^{s} P_l = (P_{l+1}(s) - P_{l-1}(s)) / (2l + 1).
+            local = values[np.arange(u_panel.shape[0]), panel]  # (N, order)
+            coef = (local / np.max(local, axis=1, keepdims=True)) @ self._to_coefficients
         total = 2.0 * coef[:, 0]
         target = u_inner * total
         s = self._solve(coef, target, 2.0 * u_inner - 1.0, tol=tol, max_iter=max_iter)
         s = np.clip(s, -1.0, 1.0)
         midpoint = 0.5 * (self.edges[panel] + self.edges[panel + 1])
-        return midpoint + self.half_width[panel] * s
+        x = midpoint + self.half_width[panel] * s
+        if exact_log_density is not None:
+            x = self._refine(x, panel, u_inner, exact_log_density, newton_steps)
+        return x
+
+    def _refine(self, x, panel, u_inner, log_density, steps):
+        """Newton steps on the exact within-panel CDF (see :meth:`sample`)."""
+        ref_nodes, ref_weights = np.polynomial.legendre.leggauss(self.order)
+        left, right = self.edges[panel], self.edges[panel + 1]
+        log_panel = log_density(self.points[panel])  # (N, order)
+        shift = np.max(log_panel, axis=1)
+        mass = np.sum(self._weights[panel] * _safe_exp(log_panel - shift[:, None]), axis=1)
+        target = u_inner * mass
+        for _ in range(steps):
+            half = 0.5 * (x - left)
+            nodes = (left + half)[:, None] + half[:, None] * ref_nodes[None, :]
+            values = _safe_exp(log_density(nodes) - shift[:, None])
+            partial = half * (values @ ref_weights)
+            density = _safe_exp(log_density(x) - shift)
+            x = np.clip(x - (partial - target) / density, left, right)
+        return x
 
 
 class ChainQuadrature:
@@ -315,12 +358,10 @@ class ChainQuadrature:
             u = uniforms[start:stop]
             x_next = None
             for k in range(d - 1, -1, -1):
-                log_density = tables[k]
+                log_density = tables[k]  # the last variable: one shared density
                 if x_next is not None:
                     pair = self.log_pair(k, panels[k].points[None], x_next[:, None, None])
                     log_density = log_density[None] + pair
-                else:
-                    log_density = np.broadcast_to(log_density, (stop - start, *log_density.shape))
                 x_next = panels[k].sample(log_density, u[:, k, 0], u[:, k, 1])
                 out[start:stop, k] = x_next
         return out

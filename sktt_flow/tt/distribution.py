@@ -24,7 +24,7 @@ from sktt_flow.tt.sampling import ConditionalCDFOperators, sample_right_orthogon
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
 from sktt_flow.utils.optimize import minimize
 from sktt_flow.utils.random import torch_generator
-from sktt_flow.utils.validation import check_domain, check_samples
+from sktt_flow.utils.validation import check_domain, check_positive_int, check_samples
 
 __all__ = ["TTDistribution"]
 
@@ -443,9 +443,7 @@ class TTDistribution(BaseDistribution):
             ("max_iter", max_iter, 0),
             ("n_iter_no_change", n_iter_no_change, 1),
         ):
-            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-            if not integer or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+            check_positive_int(value, name, minimum)
         if not 0.0 <= validation_fraction < 1.0:
             raise ValueError(
                 f"validation_fraction must be in [0, 1), got {validation_fraction!r}."
@@ -579,9 +577,7 @@ class TTDistribution(BaseDistribution):
             ("n_seeds", n_seeds, 1),
             ("n_seed_steps", n_seed_steps, 0),
         ):
-            integer = isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-            if not integer or value < minimum:
-                raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+            check_positive_int(value, name, minimum)
         if not callable(log_density):
             raise TypeError(f"log_density must be callable, got {type(log_density).__name__}.")
         low, high = check_domain(domain, n_features)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import torch
 
-__all__ = ["check_domain", "check_samples"]
+__all__ = ["check_domain", "check_positive_float", "check_positive_int", "check_samples"]
 
 
 def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -75,3 +77,21 @@ def check_samples(
     if not bool(torch.isfinite(tensor).all()):
         raise ValueError("Input X contains NaN or infinity.")
     return tensor
+
+
+def check_positive_int(value, name: str, minimum: int = 1) -> int:
+    """``value`` as an int, or a ValueError naming ``name``."""
+    if not isinstance(value, numbers.Integral) or isinstance(value, bool) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+    return int(value)
+
+
+def check_positive_float(value, name: str) -> float:
+    """``value`` as a positive finite float, or a ValueError naming ``name``."""
+    try:
+        out = float(value)
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{name} must be a positive number, got {value!r}.") from error
+    if not np.isfinite(out) or out <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}.")
+    return out
