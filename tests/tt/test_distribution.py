@@ -271,3 +271,21 @@ def test_cuda_matches_cpu(distribution_3d):
     assert result.pvalue > 1e-3
     single = gpu.float()
     assert torch.isfinite(single.log_prob(samples.float())).all()
+
+
+def test_log_prob_does_not_depend_on_batching(distribution_3d):
+    """Rows are independent: chunking (4096 rows on a CPU) and batch size do not
+    change a value, as scikit-learn's subset-invariance check demands."""
+    z = distribution_3d.sample(10_000, generator=torch.Generator().manual_seed(10))
+    z.requires_grad_()
+    all_at_once = distribution_3d.log_prob(z)
+    all_at_once.sum().backward()
+    assert torch.isfinite(z.grad).all()
+    with torch.no_grad():
+        pieces = torch.cat([distribution_3d.log_prob(part) for part in z.split(777)])
+        rows = (0, 4095, 4096, 9999)
+        singles = torch.cat([distribution_3d.log_prob(z[i : i + 1]) for i in rows])
+    np.testing.assert_allclose(pieces.numpy(), all_at_once.detach().numpy(), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(
+        singles.numpy(), all_at_once.detach()[list(rows)].numpy(), rtol=0, atol=1e-12
+    )
