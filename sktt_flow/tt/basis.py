@@ -44,7 +44,12 @@ def legendre_polynomials(t: torch.Tensor, n: int) -> torch.Tensor:
     if n > 1:
         values.append(t)
     for i in range(1, n - 1):
-        values.append(((2 * i + 1) * t * values[i] - i * values[i - 1]) / (i + 1))
+        # P_{i+1} = ((2i + 1) t P_i - i P_{i-1}) / (i + 1), in two fused kernels
+        values.append(
+            torch.addcmul(
+                values[i - 1] * (-i / (i + 1)), t, values[i], value=(2 * i + 1) / (i + 1)
+            )
+        )
     return torch.stack(values, dim=-1)
 
 

@@ -2,25 +2,29 @@
 
 The tensor is ``A[i_1, ..., i_d] = exp((log h(x_{i_1}, ..., x_{i_d}) - c) / 2)``
 on the product grid of ``n`` Gauss–Legendre nodes per coordinate, with ``c`` a
-running maximum of the evaluated ``log h`` so that nothing overflows. It is
-never formed: the two-site cross (DMRG-cross) of Savostyanov and Oseledets
-("Fast adaptive interpolation of multi-dimensional arrays in tensor train
-format", nDS 2011) evaluates it on ``r n n r`` points per bond only,
+fixed shift (the largest ``log h`` seen before the sweeps) so that nothing
+overflows. It is never formed. Cross interpolation (Oseledets and
+Tyrtyshnikov, "TT-cross approximation of multidimensional arrays", Linear
+Algebra Appl. 432, 2010) keeps left index sets ``I_{<k}`` and right index sets
+``J_{>k}`` and sweeps left to right and back:
 
-- at bond ``k`` it evaluates the superblock
-  ``A[I_{<k}, i_k, i_{k+1}, J_{>k+1}]`` (one batched call),
-- truncates its SVD to the tolerance and the maximum rank (so the rank
-  adapts, bond by bond),
-- picks new left (or right) index sets by :func:`~sktt_flow.tt.maxvol.maxvol`
-  on the singular vectors, and keeps the interpolating core ``U U[I]^{-1}``,
+- one-site (the default): at core ``k`` it evaluates the fiber
+  ``A[I_{<k}, i_k, J_{>k}]`` (``r n r`` points, one batched call), takes a QR
+  factorisation, picks the new index set by :func:`~sktt_flow.tt.maxvol.maxvol`
+  on ``Q`` and keeps the interpolating core ``Q Q[I]^{-1}``; the ranks are
+  those of the index sets, up to ``max_rank``;
+- two-site (DMRG-cross, Savostyanov and Oseledets, nDS 2011): at bond ``k`` it
+  evaluates the superblock ``A[I_{<k}, i_k, i_{k+1}, J_{>k+1}]`` (``r n n r``
+  points) and truncates its SVD, so that every rank adapts to the tolerance,
+  at about ``n`` times the evaluations.
 
-sweeping left to right and back until the relative error on held-out random
-grid points is below ``tol`` or the evaluation budget is spent.
+Both stop when the relative error on held-out grid points is below ``tol``,
+when it stagnates, or when the evaluation budget is spent.
 
 Cross only sees what its index sets reach. To find modes that random indices
 never meet, the initial index sets come from *seeds*: points found by short
-gradient ascents of ``log h`` from many random starts (Khoo, Lindsey and Zhao,
-2023, use the same idea in spirit through their initial guesses).
+gradient ascents of ``log h`` from many random starts, chosen far apart from
+each other so that every basin the ascents reached is represented.
 """
 
 from __future__ import annotations
@@ -200,17 +204,19 @@ def _nearest_node(points: torch.Tensor, nodes: torch.Tensor) -> torch.Tensor:
     return (points.unsqueeze(2) - nodes.unsqueeze(0)).abs().argmin(dim=2)
 
 
-def _superblock_points(left: torch.Tensor, right: torch.Tensor, n: int, device) -> torch.Tensor:
-    """Multi-indices ``left x [n] x [n] x right`` as (r_l n n r_r, d), row-major."""
+def _block_points(
+    left: torch.Tensor, right: torch.Tensor, n: int, width: int, device
+) -> torch.Tensor:
+    """Multi-indices ``left x [n]^width x right`` as (r_l n^width r_r, d), row-major."""
     r_left, r_right = left.shape[0], right.shape[0]
-    grid = torch.arange(n, device=device)
-    parts = [
-        left[:, None, None, None, :].expand(r_left, n, n, r_right, left.shape[1]),
-        grid[None, :, None, None, None].expand(r_left, n, n, r_right, 1),
-        grid[None, None, :, None, None].expand(r_left, n, n, r_right, 1),
-        right[None, None, None, :, :].expand(r_left, n, n, r_right, right.shape[1]),
-    ]
-    return torch.cat(parts, dim=-1).reshape(-1, left.shape[1] + right.shape[1] + 2)
+    shape = (r_left, *([n] * width), r_right)
+    parts = [left.reshape(r_left, *([1] * width), 1, -1).expand(*shape, left.shape[1])]
+    for position in range(width):
+        view = [1] * (width + 2)
+        view[position + 1] = n
+        parts.append(torch.arange(n, device=device).reshape(*view, 1).expand(*shape, 1))
+    parts.append(right.reshape(1, *([1] * width), r_right, -1).expand(*shape, right.shape[1]))
+    return torch.cat(parts, dim=-1).reshape(-1, left.shape[1] + right.shape[1] + width)
 
 
 def _tt_at_indices(cores: list[torch.Tensor], indices: torch.Tensor) -> torch.Tensor:
@@ -241,10 +247,11 @@ def tt_cross(
     max_sweeps: int = 20,
     batch_size: int = 100_000,
     n_test: int = 1000,
-    n_seeds: int = 256,
-    n_seed_steps: int = 50,
+    n_seeds: int = 128,
+    n_seed_steps: int = 25,
     generator: torch.Generator,
     dtype: torch.dtype = torch.float64,
+    method: str = "one-site",
     verbose: int = 0,
 ) -> tuple[list[torch.Tensor], CrossReport]:
     """Nodal cores of ``exp((log h - c) / 2)`` on a Gauss–Legendre grid.
@@ -275,6 +282,12 @@ def tt_cross(
     generator : torch.Generator
     dtype : torch.dtype
         Of the points passed to ``log_density``.
+    method : {"one-site", "two-site"}
+        ``"one-site"`` evaluates ``r n r`` points per core and sweep, with the
+        ranks set by the index sets (seeds, then random rows, up to
+        ``max_rank``); ``"two-site"`` evaluates ``r n n r`` points per bond
+        and chooses every rank by a truncated SVD (rank-adaptive, about ``n``
+        times the evaluations).
 
     Returns
     -------
@@ -282,6 +295,8 @@ def tt_cross(
         Values, not coefficients: ``cores`` interpolate the tensor ``A``.
     report : CrossReport
     """
+    if method not in ("one-site", "two-site"):
+        raise ValueError(f'method must be "one-site" or "two-site", got {method!r}.')
     d, n = nodes.shape
     device = nodes.device
     report = CrossReport()
@@ -341,17 +356,24 @@ def tt_cross(
     right[d] = torch.zeros(1, 0, dtype=torch.long, device=device)
     left[0] = torch.zeros(1, 0, dtype=torch.long, device=device)
     for b in range(1, d):
-        right[b] = _unique_rows_in_order(ranked[:, b:])
+        # Seeds first, then random rows up to the rank the bond can have:
+        # one-site cross cannot grow a rank beyond its index sets.
+        target = min(max_rank, n ** min(d - b, 8))
+        # Draw more than needed: random rows repeat when n^(d-b) is small.
+        extra = torch.randint(n, (4 * target, d - b), generator=generator, device=device)
+        candidates = torch.cat([ranked[:, b:], extra])
+        right[b] = _unique_rows_in_order(candidates)[:target]
     cores: list[torch.Tensor] = [None] * d
     per_bond_tol = tol / math.sqrt(max(d - 1, 1))
 
-    def superblock(b: int) -> torch.Tensor | None:
-        """Values on left[b-1] x n x n x right[b+1], as (r n, n r), or None if over budget."""
-        indices = _superblock_points(left[b - 1], right[b + 1], n, device)
+    def block(k: int, width: int) -> torch.Tensor | None:
+        """Values on left[k] x [n]^width x right[k + width], as (r_l n, n^(width-1) r_r),
+        or None when they would exceed the budget."""
+        indices = _block_points(left[k], right[k + width], n, width, device)
         if report.n_evaluations + indices.shape[0] > budget:
             return None
         values = to_values(evaluate(indices))
-        return values.reshape(left[b - 1].shape[0] * n, n * right[b + 1].shape[0])
+        return values.reshape(left[k].shape[0] * n, -1)
 
     def error() -> float:
         approximation = _tt_at_indices(cores, test_indices)
@@ -359,40 +381,77 @@ def tt_cross(
         norm = float(exact.norm())
         return float((approximation - exact).norm()) / norm if norm > 0 else 0.0
 
-    direction = "right"
+    def two_site_step(b: int, forward: bool) -> bool:
+        """Update bond b (between variables b-1 and b); False when over budget."""
+        values = block(b - 1, 2)
+        if values is None:
+            return False
+        r_left, r_right = left[b - 1].shape[0], right[b + 1].shape[0]
+        u, vh = _truncated_svd(values, max_rank, per_bond_tol)
+        rank = u.shape[1]
+        if forward:
+            rows = maxvol(u)
+            a, i = rows // n, rows % n
+            left[b] = torch.cat([left[b - 1][a], i[:, None]], dim=1)
+            cores[b - 1] = torch.linalg.solve(u[rows].T, u.T).T.reshape(r_left, n, rank)
+            cores[b] = values[rows].reshape(rank, n, r_right)
+        else:
+            v = vh.T
+            columns = maxvol(v)
+            j, c = columns // r_right, columns % r_right
+            right[b] = torch.cat([j[:, None], right[b + 1][c]], dim=1)
+            interpolation = torch.linalg.solve(v[columns].T, v.T).T
+            cores[b] = interpolation.T.reshape(rank, n, r_right)
+            cores[b - 1] = values[:, columns].reshape(r_left, n, rank)
+        return True
+
+    def one_site_step(k: int, forward: bool) -> bool:
+        """Update core k from its fiber; False when over budget."""
+        values = block(k, 1)
+        if values is None:
+            return False
+        r_left, r_right = left[k].shape[0], right[k + 1].shape[0]
+        if forward and k == d - 1:
+            cores[k] = values.reshape(r_left, n, 1)
+        elif forward:
+            q, _ = torch.linalg.qr(values)
+            rows = maxvol(q)
+            a, i = rows // n, rows % n
+            left[k + 1] = torch.cat([left[k][a], i[:, None]], dim=1)
+            cores[k] = torch.linalg.solve(q[rows].T, q.T).T.reshape(r_left, n, q.shape[1])
+        elif k == 0:
+            cores[0] = values.reshape(1, n, r_right)
+        else:
+            q, _ = torch.linalg.qr(values.reshape(r_left, n * r_right).T)
+            columns = maxvol(q)
+            j, c = columns // r_right, columns % r_right
+            right[k] = torch.cat([j[:, None], right[k + 1][c]], dim=1)
+            interpolation = torch.linalg.solve(q[columns].T, q.T).T
+            cores[k] = interpolation.T.reshape(q.shape[1], n, r_right)
+        return True
+
+    if method == "two-site":
+        step, positions = two_site_step, list(range(1, d))
+    else:
+        step, positions = one_site_step, list(range(d))
+    completed: list[torch.Tensor] | None = None
+    forward = True
     stop_reason = f"max_sweeps={max_sweeps} reached"
     for sweep in range(max_sweeps):
-        bonds = range(1, d) if direction == "right" else range(d - 1, 0, -1)
-        over_budget = False
-        for b in bonds:
-            block = superblock(b)
-            if block is None:
-                over_budget = True
-                break
-            r_left, r_right = left[b - 1].shape[0], right[b + 1].shape[0]
-            u, vh = _truncated_svd(block, max_rank, per_bond_tol)
-            rank = u.shape[1]
-            if direction == "right":
-                rows = maxvol(u)
-                a, i = rows // n, rows % n
-                left[b] = torch.cat([left[b - 1][a], i[:, None]], dim=1)
-                interpolation = torch.linalg.solve(u[rows].T, u.T).T
-                cores[b - 1] = interpolation.reshape(r_left, n, rank)
-                cores[b] = block[rows].reshape(rank, n, r_right)
-            else:
-                v = vh.T
-                columns = maxvol(v)
-                j, c = columns // r_right, columns % r_right
-                right[b] = torch.cat([j[:, None], right[b + 1][c]], dim=1)
-                interpolation = torch.linalg.solve(v[columns].T, v.T).T
-                cores[b] = interpolation.T.reshape(rank, n, r_right)
-                cores[b - 1] = block[:, columns].reshape(r_left, n, rank)
-        if any(core is None for core in cores):
-            stop_reason = "max_evals reached before the first sweep finished"
-            raise ValueError(
-                f"max_evals={max_evals} is too small for one sweep of TT-cross "
-                f"({report.n_evaluations} evaluations spent); raise it."
-            )
+        order = positions if forward else positions[::-1]
+        over_budget = not all(step(position, forward) for position in order)
+        if over_budget:
+            # A half-sweep cut short leaves a train whose centre is stale:
+            # return the last complete one.
+            stop_reason = f"max_evals={max_evals} reached"
+            if completed is None:
+                raise ValueError(
+                    f"max_evals={max_evals} is too small for one sweep of TT-cross "
+                    f"({report.n_evaluations} evaluations spent); raise it."
+                )
+            cores[:] = completed
+            break
+        completed = list(cores)
         report.n_sweeps = sweep + 1
         report.error_history.append(error())
         report.rank_history.append((1, *(core.shape[2] for core in cores)))
@@ -402,14 +461,17 @@ def tt_cross(
                 f"held-out relative error {report.error_history[-1]:.3e}, "
                 f"{report.n_evaluations} evaluations"
             )
-        if over_budget:
-            stop_reason = f"max_evals={max_evals} reached"
-            break
         if report.error_history[-1] <= tol:
             report.converged = True
             stop_reason = "held-out error below tol"
             break
-        direction = "left" if direction == "right" else "right"
+        # Stagnation: a full sweep (two half-sweeps) gained less than 5%;
+        # more sweeps would spend evaluations for nothing at these ranks.
+        history = report.error_history
+        if len(history) >= 3 and history[-1] >= 0.95 * history[-3]:
+            stop_reason = "held-out error stagnated above tol (raise tt_rank or n_basis)"
+            break
+        forward = not forward
     report.stop_reason = stop_reason
     report.log_shift = shift
     return cores, report

@@ -196,16 +196,12 @@ class TTDistribution(BaseDistribution):
         """
         z = torch.maximum(torch.minimum(z, self.high), self.low)
         chunk_size = LOG_PROB_CHUNK_SIZE.get(z.device.type, LOG_PROB_CHUNK_SIZE["cpu"])
-        core_matrices = [
-            core.permute(1, 0, 2).reshape(core.shape[1], -1) for core in self.cores
-        ]
+        core_matrices = [core.permute(1, 0, 2).reshape(core.shape[1], -1) for core in self.cores]
         return torch.cat(
             [self._log_abs_tt_rows(rows, core_matrices) for rows in z.split(chunk_size)]
         )
 
-    def _log_abs_tt_rows(
-        self, z: torch.Tensor, core_matrices: list[torch.Tensor]
-    ) -> torch.Tensor:
+    def _log_abs_tt_rows(self, z: torch.Tensor, core_matrices: list[torch.Tensor]) -> torch.Tensor:
         basis = orthonormal_legendre(z, self.low, self.high, self.n_basis)
         n_samples = z.shape[0]
         running = torch.ones(n_samples, 1, 1, dtype=z.dtype, device=z.device)
@@ -528,8 +524,9 @@ class TTDistribution(BaseDistribution):
         max_evals: int | None = None,
         max_sweeps: int = 10,
         batch_size: int = 100_000,
-        n_seeds: int = 256,
-        n_seed_steps: int = 50,
+        n_seeds: int = 128,
+        n_seed_steps: int = 25,
+        cross_method: str = "one-site",
         tail_weight: float = 1e-9,
         random_state=None,
         device: torch.device | str | None = None,
@@ -571,6 +568,10 @@ class TTDistribution(BaseDistribution):
         n_seeds, n_seed_steps : int
             Random starts and gradient-ascent steps that seed the index sets
             with high-density points (see :func:`~sktt_flow.tt.cross.find_seeds`).
+        cross_method : {"one-site", "two-site"}, default="one-site"
+            One-site cross costs ``r n r`` evaluations per core and sweep with
+            ranks fixed by the index sets; two-site costs ``r n n r`` per bond
+            and adapts every rank by SVD (see :func:`~sktt_flow.tt.cross.tt_cross`).
         tail_weight : float, default=1e-9
             Weight of the full-support component; tiny by default so that its
             reverse KL cost is negligible (see the class docstring).
@@ -617,6 +618,7 @@ class TTDistribution(BaseDistribution):
             n_seed_steps=n_seed_steps,
             generator=generator,
             dtype=dtype,
+            method=cross_method,
             verbose=verbose,
         )
         if report.log_shift == -math.inf:
@@ -624,7 +626,11 @@ class TTDistribution(BaseDistribution):
                 "log_density was -inf at every evaluated point: the density is zero "
                 "on the domain as far as cross can see. Check the domain."
             )
-        cores = round_tt(nodal_to_coefficients(nodal_cores, low, high), max_rank=tt_rank)
+        # Rounding at a tolerance far below the cross error only drops the
+        # redundant ranks that one-site cross keeps.
+        cores = round_tt(
+            nodal_to_coefficients(nodal_cores, low, high), max_rank=tt_rank, rtol=1e-12
+        )
         distribution = cls(
             cores, torch.stack([low, high], dim=1).cpu().numpy(), tail_weight=tail_weight
         ).to(device=device, dtype=dtype)

@@ -115,8 +115,8 @@ def _invert_cdf(
         accept = (newton >= low) & (newton <= high) & torch.isfinite(newton)
         step = torch.where(accept, newton, 0.5 * (low + high)) - t
         t = t + step
-        # Checked every few iterations: each check synchronises the device.
-        if iteration % 4 == 3:
+        # Checked every other iteration: each check synchronises the device.
+        if iteration % 2 == 1:
             converged = (
                 (residual.abs() <= tolerance) | (step.abs() <= 4 * eps) | (high - low <= 4 * eps)
             )

@@ -50,10 +50,12 @@ def run_cross(log_h, nodes, **kwargs):
     ids=["product", "sum-of-two-products", "two-bumps"],
 )
 @pytest.mark.parametrize("d", [3, 4, 6])
-def test_recovers_low_rank_functions_exactly(root, rank, d):
+@pytest.mark.parametrize("method", ["one-site", "two-site"])
+def test_recovers_low_rank_functions_exactly(root, rank, d, method):
     nodes = grid(d, 7)
-    cores, report = run_cross(lambda x: 2 * torch.log(root(x)), nodes)
-    assert max(tt_ranks(cores)) == rank
+    cores, report = run_cross(lambda x: 2 * torch.log(root(x)), nodes, method=method)
+    if method == "two-site":  # rank-adaptive: finds the rank itself
+        assert max(tt_ranks(cores)) == rank
     # Compare on random grid points (the full grid is too large for d = 6).
     indices = torch.randint(7, (2000, d), generator=torch.Generator().manual_seed(1))
     points = torch.gather(nodes, 1, indices.T).T
@@ -66,14 +68,15 @@ def test_recovers_low_rank_functions_exactly(root, rank, d):
 
 
 @pytest.mark.parametrize("d", [3, 4])
-def test_matches_the_full_grid_reference(d):
+@pytest.mark.parametrize("method", ["one-site", "two-site"])
+def test_matches_the_full_grid_reference(d, method):
     """A function of full rank: cross with enough rank equals the full tensor."""
 
     def log_h(x):
         return -(x.sum(1) ** 2) - 0.5 * (x**4).sum(1) + torch.sin(3 * x[:, 0] * x[:, -1])
 
     nodes = grid(d, 6)
-    cores, report = run_cross(log_h, nodes, max_rank=36, max_sweeps=6)
+    cores, report = run_cross(log_h, nodes, max_rank=36, max_sweeps=6, method=method)
     exact = torch.exp((full_grid_values(log_h, nodes) - report.log_shift) / 2)
     error = float((tt_to_full(cores) - exact).norm() / exact.norm())
     assert error < 1e-8, error
@@ -126,17 +129,23 @@ def test_finds_modes_that_random_starts_miss():
     assert base.tt_ranks == (1,) + (8,) * 7 + (1,)
 
 
-def test_budget_is_honoured():
+@pytest.mark.parametrize("method", ["one-site", "two-site"])
+def test_budget_is_honoured(method):
     nodes = grid(5, 8)
 
     def log_h(x):
-        return -(x**2).sum(1) + torch.sin(x.prod(1))
+        return -(x**2).sum(1) + torch.sin(3 * x.prod(1))
 
-    _, report = run_cross(log_h, nodes, max_rank=4, max_evals=60_000, max_sweeps=50)
-    assert report.n_evaluations <= 60_000
-    assert report.stop_reason == "max_evals=60000 reached"
+    _, free = run_cross(log_h, nodes, max_rank=4, max_sweeps=8, method=method)
+    assert free.n_sweeps > 1
+    # A budget that covers the start and one half-sweep but not the rest.
+    budget = free.n_evaluations - 1
+    _, report = run_cross(log_h, nodes, max_rank=4, max_evals=budget, max_sweeps=8, method=method)
+    assert report.n_evaluations <= budget
+    assert report.stop_reason == f"max_evals={budget} reached"
+    assert report.n_sweeps < free.n_sweeps
     with pytest.raises(ValueError, match="too small for one sweep"):
-        run_cross(log_h, nodes, max_rank=4, max_evals=13_000)
+        run_cross(log_h, nodes, max_rank=4, max_evals=4500, method=method)
 
 
 def test_one_dimension_is_exact():
