@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from normflows.distributions import BaseDistribution
+from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from sktt_flow.tt.algebra import (
@@ -586,6 +588,15 @@ class TTDistribution(BaseDistribution):
         TTDistribution
             With ``cross_report`` (:class:`~sktt_flow.tt.cross.CrossReport`):
             calls, evaluations, sweeps, error and rank histories.
+
+        Warns
+        -----
+        ConvergenceWarning
+            When cross stops (stagnation, budget, ``max_sweeps``) above
+            ``tol``. One-site cross is the cheap default and is accurate on
+            moderate dimensions; on long chains such as GinzburgLandau1D(50)
+            it stagnates where two-site cross, at many more evaluations, does
+            not (``benchmarks/results/cross_cpu.md``).
         """
         if n_features is None and np.shape(domain) == (2,):
             raise ValueError("A single (low, high) domain needs n_features.")
@@ -636,6 +647,16 @@ class TTDistribution(BaseDistribution):
         ).to(device=device, dtype=dtype)
         distribution.canonicalize_()
         distribution.cross_report = report
+        if not report.converged:
+            warnings.warn(
+                f"TT-cross stopped without reaching tol={tol}: {report.stop_reason}; "
+                f"held-out relative error {report.error_history[-1]:.2e} after "
+                f"{report.n_evaluations} evaluations. The base may miss mass; check "
+                "its effective sample size, and try cross_method='two-site' (rank-"
+                "adaptive), a larger n_basis or tt_rank, or a tighter domain.",
+                ConvergenceWarning,
+                stacklevel=2,
+            )
         return distribution
 
     def canonicalize_(self) -> TTDistribution:

@@ -7,6 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.exceptions import ConvergenceWarning
 
 from sktt_flow import TTDistribution
 from sktt_flow.targets import GinzburgLandau1D, MixtureOfGaussians
@@ -265,3 +266,14 @@ def test_cross_on_cuda_matches_cpu():
         np.testing.assert_allclose(
             gpu.log_prob(z.cuda()).cpu().numpy(), cpu.log_prob(z).numpy(), atol=1e-6
         )
+
+
+def test_warns_when_cross_does_not_converge():
+    def log_h(x):  # of high rank: rank 2 cannot reach the tolerance
+        return 5 * torch.sin(10 * x.prod(1)) - (x.sum(1) - 0.5) ** 2
+
+    with pytest.warns(ConvergenceWarning, match="without reaching tol"):
+        base = TTDistribution.from_log_density(
+            log_h, [[-1, 1]] * 3, tt_rank=2, n_basis=6, tol=1e-12, max_sweeps=3, random_state=0
+        )
+    assert not base.cross_report.converged
