@@ -62,6 +62,8 @@ class CrossReport:
         The constant ``c``: the train holds ``exp((log h - c) / 2)``. It is
         the largest ``log h`` among the seeds and test points, fixed before
         the sweeps so that all cores share one scale.
+    best_error : float
+        Held-out error of the returned train: the best of all half-sweeps.
     converged : bool
         Whether the error fell below the tolerance.
     stop_reason : str
@@ -73,6 +75,7 @@ class CrossReport:
     error_history: list[float] = field(default_factory=list)
     rank_history: list[tuple[int, ...]] = field(default_factory=list)
     log_shift: float = -math.inf
+    best_error: float = math.inf
     converged: bool = False
     stop_reason: str = ""
 
@@ -293,6 +296,7 @@ def tt_cross(
     -------
     cores : list of tensors (r_{k-1}, n, r_k), float64
         Values, not coefficients: ``cores`` interpolate the tensor ``A``.
+        Of all complete half-sweeps, the train with the lowest held-out error.
     report : CrossReport
     """
     if method not in ("one-site", "two-site"):
@@ -343,6 +347,7 @@ def tt_cross(
         report.converged = True
         report.stop_reason = "one dimension: the whole fiber was evaluated"
         report.error_history.append(0.0)
+        report.best_error = 0.0
         report.rank_history.append((1, 1))
         return [values.reshape(1, n, 1)], report
 
@@ -434,26 +439,28 @@ def tt_cross(
         step, positions = two_site_step, list(range(1, d))
     else:
         step, positions = one_site_step, list(range(d))
-    completed: list[torch.Tensor] | None = None
+    # The train with the lowest held-out error so far: errors need not
+    # decrease from one half-sweep to the next, so a stop returns this one.
+    best: list[torch.Tensor] | None = None
+    best_error = math.inf
     forward = True
     stop_reason = f"max_sweeps={max_sweeps} reached"
     for sweep in range(max_sweeps):
         order = positions if forward else positions[::-1]
         over_budget = not all(step(position, forward) for position in order)
         if over_budget:
-            # A half-sweep cut short leaves a train whose centre is stale:
-            # return the last complete one.
+            # A half-sweep cut short leaves a train whose centre is stale.
             stop_reason = f"max_evals={max_evals} reached"
-            if completed is None:
+            if best is None:
                 raise ValueError(
                     f"max_evals={max_evals} is too small for one sweep of TT-cross "
                     f"({report.n_evaluations} evaluations spent); raise it."
                 )
-            cores[:] = completed
             break
-        completed = list(cores)
         report.n_sweeps = sweep + 1
         report.error_history.append(error())
+        if report.error_history[-1] < best_error:
+            best, best_error = list(cores), report.error_history[-1]
         report.rank_history.append((1, *(core.shape[2] for core in cores)))
         if verbose:
             print(
@@ -474,7 +481,8 @@ def tt_cross(
         forward = not forward
     report.stop_reason = stop_reason
     report.log_shift = shift
-    return cores, report
+    report.best_error = best_error
+    return best, report
 
 
 def _spread_out(points: torch.Tensor, log_values: torch.Tensor, count: int) -> torch.Tensor:

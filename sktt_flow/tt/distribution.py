@@ -650,7 +650,7 @@ class TTDistribution(BaseDistribution):
         if not report.converged:
             warnings.warn(
                 f"TT-cross stopped without reaching tol={tol}: {report.stop_reason}; "
-                f"held-out relative error {report.error_history[-1]:.2e} after "
+                f"held-out relative error {report.best_error:.2e} after "
                 f"{report.n_evaluations} evaluations. The base may miss mass; check "
                 "its effective sample size, and try cross_method='two-site' (rank-"
                 "adaptive), a larger n_basis or tt_rank, or a tighter domain.",

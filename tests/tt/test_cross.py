@@ -277,3 +277,22 @@ def test_warns_when_cross_does_not_converge():
             log_h, [[-1, 1]] * 3, tt_rank=2, n_basis=6, tol=1e-12, max_sweeps=3, random_state=0
         )
     assert not base.cross_report.converged
+
+
+def test_returns_the_best_half_sweep():
+    """Held-out errors need not decrease; a stop returns the best train, which is
+    the one a run ending at the best half-sweep returns (runs are deterministic)."""
+    nodes = grid(4, 8)
+
+    def log_h(x):
+        return 5 * torch.sin(10 * x.prod(1)) - (x.sum(1) - 0.5) ** 2
+
+    cores, report = run_cross(log_h, nodes, max_rank=3, max_sweeps=6, tol=1e-12)
+    history = report.error_history
+    assert history[-1] > min(history)  # the case this test is about
+    assert report.best_error == min(history)
+    best_sweep = history.index(min(history)) + 1
+    early, early_report = run_cross(log_h, nodes, max_rank=3, max_sweeps=best_sweep, tol=1e-12)
+    assert early_report.error_history == history[:best_sweep]
+    for returned, reference in zip(cores, early, strict=True):
+        assert torch.equal(returned, reference)
