@@ -56,7 +56,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import hashlib
 import importlib.metadata
 import json
 import math
@@ -75,6 +74,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from _common import load_average, source_digest, write_atomically
 
 import sktt_flow
 from sktt_flow import TTDistribution
@@ -661,16 +661,6 @@ def package_version(name: str) -> str | None:
         return None
 
 
-def source_digest() -> str:
-    """SHA-256 of the package's Python sources, to tell which code was run."""
-    digest = hashlib.sha256()
-    root = Path(sktt_flow.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
 def git_commit() -> str | None:
     """``git describe --always --dirty`` of the checkout, where there is one."""
     try:
@@ -685,14 +675,6 @@ def git_commit() -> str | None:
     except (OSError, subprocess.SubprocessError):
         return None
     return completed.stdout.strip() or None
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages, where the platform has them."""
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
 
 
 def metadata(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
@@ -876,13 +858,6 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 # --------------------------------------------------------------------- main

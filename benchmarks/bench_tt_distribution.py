@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -46,6 +45,7 @@ from typing import Any
 import normflows as nf
 import numpy as np
 import torch
+from _common import load_average, source_digest, write_atomically
 
 import sktt_flow
 from sktt_flow.tt.distribution import TTDistribution
@@ -412,24 +412,6 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
-def source_digest() -> str:
-    """SHA-256 of the package's Python sources, to tell which code was timed."""
-    digest = hashlib.sha256()
-    root = Path(sktt_flow.__file__).resolve().parent
-    for path in sorted(root.rglob("*.py")):
-        digest.update(path.relative_to(root).as_posix().encode())
-        digest.update(path.read_bytes())
-    return digest.hexdigest()
-
-
-def load_average() -> list[float] | None:
-    """1, 5 and 15 minute load averages, where the platform has them."""
-    try:
-        return [round(value, 2) for value in os.getloadavg()]
-    except (AttributeError, OSError):
-        return None
-
-
 def metadata(device: torch.device, plan: Plan, quick: bool) -> dict[str, Any]:
     """Where and how the numbers were taken."""
     return {
@@ -612,13 +594,6 @@ def markdown_report(meta: dict[str, Any], results: Sequence[Result],
             *sweep_table(results, operation),
         ]
     return "\n".join(lines) + "\n"
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(text, encoding="utf-8")
-    temporary.replace(path)
 
 
 # ---------------------------------------------------------------------- main
