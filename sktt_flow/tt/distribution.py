@@ -486,9 +486,9 @@ class TTDistribution(BaseDistribution):
         train = X[order[n_validation:]]
         validation = X[order[:n_validation]] if n_validation else train
         cores = separable_mixture_cores(train, low, high, n_basis, tt_rank, generator)
-        distribution = cls(
-            cores, torch.stack([low, high], dim=1).cpu().numpy(), tail_weight=tail_weight
-        ).to(device=X.device, dtype=dtype)
+        distribution = cls(cores, torch.stack([low, high], dim=1), tail_weight=tail_weight).to(
+            device=X.device, dtype=dtype
+        )
 
         def negative_log_likelihood(batch: torch.Tensor) -> torch.Tensor:
             return -distribution.log_prob(batch).mean()
@@ -609,8 +609,7 @@ class TTDistribution(BaseDistribution):
             ("n_seed_steps", n_seed_steps, 0),
         ):
             check_positive_int(value, name, minimum)
-        if not callable(log_density):
-            raise TypeError(f"log_density must be callable, got {type(log_density).__name__}.")
+        # tt_cross checks that log_density is callable.
         low, high = check_domain(domain, n_features)
         device = torch.device("cpu" if device is None else device)
         low = torch.as_tensor(low, device=device)
@@ -642,9 +641,9 @@ class TTDistribution(BaseDistribution):
         cores = round_tt(
             nodal_to_coefficients(nodal_cores, low, high), max_rank=tt_rank, rtol=1e-12
         )
-        distribution = cls(
-            cores, torch.stack([low, high], dim=1).cpu().numpy(), tail_weight=tail_weight
-        ).to(device=device, dtype=dtype)
+        distribution = cls(cores, torch.stack([low, high], dim=1), tail_weight=tail_weight).to(
+            device=device, dtype=dtype
+        )
         distribution.canonicalize_()
         distribution.cross_report = report
         if not report.converged:

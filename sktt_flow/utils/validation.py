@@ -13,6 +13,8 @@ __all__ = ["check_domain", "check_positive_float", "check_positive_int", "check_
 def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Validate a box given as ``(d, 2)`` rows of ``(low, high)``.
 
+    Array-likes and tensors on any device are accepted.
+
     A single pair ``(low, high)`` is broadcast to ``n_features`` coordinates
     when ``n_features`` is given.
 
@@ -20,6 +22,8 @@ def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.
     -------
     low, high : float64 arrays of shape (d,)
     """
+    if isinstance(domain, torch.Tensor):  # on any device
+        domain = domain.detach().cpu()
     try:
         box = np.asarray(domain, dtype=np.float64)
     except (TypeError, ValueError) as error:

@@ -50,3 +50,9 @@ def test_check_samples_copies_and_converts():
 def test_check_samples_errors(X, message):
     with pytest.raises(ValueError, match=message):
         check_samples(X)
+
+
+def test_check_domain_accepts_tensors():
+    low, high = check_domain(torch.tensor([[-1.0, 2.0], [0.0, 3.0]]))
+    np.testing.assert_array_equal(low, [-1.0, 0.0])
+    np.testing.assert_array_equal(high, [2.0, 3.0])
