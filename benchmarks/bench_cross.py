@@ -707,8 +707,12 @@ def metadata(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
             "methods": list(args.methods),
         },
         "cases": [
-            {"name": case.name, "n_basis": case.n_basis, "tt_rank": case.tt_rank,
-             "note": case.note}
+            {
+                "name": case.name,
+                "n_basis": case.n_basis,
+                "tt_rank": case.tt_rank,
+                "note": case.note,
+            }
             for case in cases
         ],
     }
@@ -811,8 +815,10 @@ def markdown_report(
         *markdown_table(results),
         "",
         "Grid and rank per target: "
-        + "; ".join(f"{c['name']}: n_basis {c['n_basis']}, tt_rank {c['tt_rank']}"
-                    for c in meta["cases"]) + ".",
+        + "; ".join(
+            f"{c['name']}: n_basis {c['n_basis']}, tt_rank {c['tt_rank']}" for c in meta["cases"]
+        )
+        + ".",
         "",
         *alternatives_section(alternatives),
         "## Columns",
@@ -864,23 +870,46 @@ def json_safe(value: Any) -> Any:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true",
-                        help="two targets, fewer draws: a smoke test of under 2 minutes")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).resolve().parent / "results",
-                        help="directory for cross_cpu.json and .md (default: "
-                             "benchmarks/results/)")
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch intra-op threads (default 1: stable on a shared machine)")
-    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS),
-                        help="methods to run (default: all)")
-    parser.add_argument("--n-samples", type=int, default=None,
-                        help="draws per method (default 20000, quick 2000)")
-    parser.add_argument("--n-exact", type=int, default=None,
-                        help="exact target samples for Hellinger (default 2000, quick 500)")
-    parser.add_argument("--dirt-max-evals", type=int, default=None,
-                        help="stop DIRT after the ALS sweep that passes this many "
-                             "evaluations (default 400000, quick 100000)")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="two targets, fewer draws: a smoke test of under 2 minutes",
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="directory for cross_cpu.json and .md (default: benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch intra-op threads (default 1: stable on a shared machine)",
+    )
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(METHODS),
+        help="methods to run (default: all)",
+    )
+    parser.add_argument(
+        "--n-samples", type=int, default=None, help="draws per method (default 20000, quick 2000)"
+    )
+    parser.add_argument(
+        "--n-exact",
+        type=int,
+        default=None,
+        help="exact target samples for Hellinger (default 2000, quick 500)",
+    )
+    parser.add_argument(
+        "--dirt-max-evals",
+        type=int,
+        default=None,
+        help="stop DIRT after the ALS sweep that passes this many "
+        "evaluations (default 400000, quick 100000)",
+    )
     args = parser.parse_args(argv)
     args.n_samples = args.n_samples or (2000 if args.quick else 20_000)
     args.n_exact = args.n_exact or (500 if args.quick else 2000)
@@ -898,8 +927,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.set_default_dtype(torch.float64)
     cases = make_cases(args.quick)
     meta = metadata(args, cases)
-    print(f"TT-cross benchmark on {meta['cpu']}, {meta['torch_num_threads']} threads, "
-          f"quick={args.quick}", flush=True)
+    print(
+        f"TT-cross benchmark on {meta['cpu']}, {meta['torch_num_threads']} threads, "
+        f"quick={args.quick}",
+        flush=True,
+    )
     warm_up(args.methods, args)
     start = time.perf_counter()
     results: list[Result] = []

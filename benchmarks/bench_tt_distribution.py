@@ -196,9 +196,7 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_call(
-    call: Callable[[int], Any], n: int, device: torch.device, plan: Plan
-) -> list[float]:
+def time_call(call: Callable[[int], Any], n: int, device: torch.device, plan: Plan) -> list[float]:
     """Wall-clock seconds of ``call(n)``, repeated under the plan's rules.
 
     One untimed warm-up call (on ``min(n, plan.warmup_points)`` points), then
@@ -250,8 +248,15 @@ class Result:
 
     def key(self) -> tuple:
         """What identifies a configuration, whichever sweep measured it."""
-        return (self.model, self.operation, self.dtype, self.d, self.tt_rank,
-                self.n_basis, self.n_points)
+        return (
+            self.model,
+            self.operation,
+            self.dtype,
+            self.d,
+            self.tt_rank,
+            self.n_basis,
+            self.n_points,
+        )
 
 
 class Runner:
@@ -315,8 +320,15 @@ class Runner:
         """Time one configuration (or reuse an earlier timing of it) and print it."""
         dtype_name = str(dtype).removeprefix("torch.")
         is_tt = model == "tt"
-        key = (model, operation, dtype_name, d, tt_rank if is_tt else None,
-               n_basis if is_tt else None, n_points)
+        key = (
+            model,
+            operation,
+            dtype_name,
+            d,
+            tt_rank if is_tt else None,
+            n_basis if is_tt else None,
+            n_points,
+        )
         if key not in self.cache:
             if is_tt:
                 call = self._tt_call(operation, d, tt_rank, n_basis, dtype, n_points)
@@ -327,9 +339,15 @@ class Runner:
             if self.device.type == "cuda":
                 torch.cuda.empty_cache()
         result = Result(
-            model=model, operation=operation, sweep=sweep, dtype=dtype_name, d=d,
-            tt_rank=tt_rank if is_tt else None, n_basis=n_basis if is_tt else None,
-            n_points=n_points, times=list(self.cache[key]),
+            model=model,
+            operation=operation,
+            sweep=sweep,
+            dtype=dtype_name,
+            d=d,
+            tt_rank=tt_rank if is_tt else None,
+            n_basis=n_basis if is_tt else None,
+            n_points=n_points,
+            times=list(self.cache[key]),
         )
         print(
             f"  {model:>13} {operation:>8} {sweep:>9} {dtype_name:>7} d={d:<3} "
@@ -353,12 +371,17 @@ def attach_baselines(results: Sequence[Result], plan: Plan) -> None:
     for result in results:
         if result.model != "tt" or result.sweep == "reference":
             continue
-        baseline_n = (
-            plan.reference_n[result.operation] if result.sweep == "N" else result.n_points
-        )
+        baseline_n = plan.reference_n[result.operation] if result.sweep == "N" else result.n_points
         baseline = by_key.get(
-            ("tt", result.operation, result.dtype, REFERENCE_D, REFERENCE_RANK,
-             REFERENCE_BASIS, baseline_n)
+            (
+                "tt",
+                result.operation,
+                result.dtype,
+                REFERENCE_D,
+                REFERENCE_RANK,
+                REFERENCE_BASIS,
+                baseline_n,
+            )
         )
         if baseline is None:
             continue
@@ -390,9 +413,7 @@ def run_benchmark(device: torch.device, plan: Plan) -> list[Result]:
         for rank in plan.rank_values:
             results.append(runner.measure("tt", operation, "tt_rank", tt_rank=rank, n_points=n))
         for n_basis in plan.basis_values:
-            results.append(
-                runner.measure("tt", operation, "n_basis", n_basis=n_basis, n_points=n)
-            )
+            results.append(runner.measure("tt", operation, "n_basis", n_basis=n_basis, n_points=n))
     attach_baselines(results, plan)
     return results
 
@@ -433,8 +454,12 @@ def metadata(device: torch.device, plan: Plan, quick: bool) -> dict[str, Any]:
         "load_average_start": load_average(),
         "quick": quick,
         "reference": {
-            "d": REFERENCE_D, "tt_rank": REFERENCE_RANK, "n_basis": REFERENCE_BASIS,
-            "n_points": REFERENCE_N, "domain": [-BOX, BOX], "tail_weight": 1e-3,
+            "d": REFERENCE_D,
+            "tt_rank": REFERENCE_RANK,
+            "n_basis": REFERENCE_BASIS,
+            "n_points": REFERENCE_N,
+            "domain": [-BOX, BOX],
+            "tail_weight": 1e-3,
         },
         "plan": asdict(plan),
     }
@@ -458,7 +483,8 @@ def reference_table(results: Sequence[Result]) -> list[str]:
     reference = [r for r in results if r.sweep == "reference"]
     for tt in (r for r in reference if r.model == "tt"):
         gauss = next(
-            r for r in reference
+            r
+            for r in reference
             if r.model == "diag_gaussian" and r.operation == tt.operation and r.dtype == tt.dtype
         )
         lines.append(
@@ -500,9 +526,13 @@ def linearity_checks(results: Sequence[Result], plan: Plan) -> list[dict[str, An
             ("d", "d", REFERENCE_D),
         ):
             rows = [
-                r for r in results
-                if r.model == "tt" and r.operation == operation and r.sweep == sweep
-                and r.ratio_to_baseline is not None and getattr(r, attribute) != reference
+                r
+                for r in results
+                if r.model == "tt"
+                and r.operation == operation
+                and r.sweep == sweep
+                and r.ratio_to_baseline is not None
+                and getattr(r, attribute) != reference
             ]
             if not rows:
                 continue
@@ -513,15 +543,17 @@ def linearity_checks(results: Sequence[Result], plan: Plan) -> list[dict[str, An
                 ends.append(("smallest", smallest))
             for end, row in ends:
                 ratio = row.ratio_to_baseline
-                checks.append({
-                    "operation": operation,
-                    "sweep": sweep,
-                    "end": end,
-                    "value": getattr(row, attribute),
-                    "baseline": row.baseline,
-                    "ratio": ratio,
-                    "linear": bool(ratio is not None and 0.67 <= ratio <= 1.5),
-                })
+                checks.append(
+                    {
+                        "operation": operation,
+                        "sweep": sweep,
+                        "end": end,
+                        "value": getattr(row, attribute),
+                        "baseline": row.baseline,
+                        "ratio": ratio,
+                        "linear": bool(ratio is not None and 0.67 <= ratio <= 1.5),
+                    }
+                )
     return checks
 
 
@@ -539,8 +571,9 @@ def contention_note(meta: dict[str, Any]) -> list[str]:
     ]
 
 
-def markdown_report(meta: dict[str, Any], results: Sequence[Result],
-                    checks: Sequence[dict[str, Any]]) -> str:
+def markdown_report(
+    meta: dict[str, Any], results: Sequence[Result], checks: Sequence[dict[str, Any]]
+) -> str:
     """The Markdown summary: metadata, reference table, linearity checks, sweeps."""
     lines = [
         f"# TTDistribution speed on {meta['device']} ({meta['device_name']})",
@@ -600,16 +633,24 @@ def markdown_report(meta: dict[str, Any], results: Sequence[Result],
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
-                        help="where to run (default: cpu)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small sweeps, a smoke test of under a minute")
-    parser.add_argument("--output", type=Path,
-                        default=Path(__file__).resolve().parent / "results",
-                        help="directory for the JSON and Markdown results "
-                             "(default: benchmarks/results/)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch intra-op threads (default: torch's choice)")
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu", help="where to run (default: cpu)"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small sweeps, a smoke test of under a minute"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="directory for the JSON and Markdown results (default: benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's choice)",
+    )
     return parser.parse_args(argv)
 
 
@@ -624,8 +665,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     device = torch.device(args.device)
     plan = make_plan(device, args.quick)
     meta = metadata(device, plan, args.quick)
-    print(f"TTDistribution benchmark on {device} ({meta['device_name']}), "
-          f"{meta['torch_num_threads']} threads, quick={args.quick}", flush=True)
+    print(
+        f"TTDistribution benchmark on {device} ({meta['device_name']}), "
+        f"{meta['torch_num_threads']} threads, quick={args.quick}",
+        flush=True,
+    )
     start = time.perf_counter()
     results = run_benchmark(device, plan)
     meta["wall_time_s"] = time.perf_counter() - start

@@ -94,12 +94,17 @@ class LogDensityEvaluator:
     dtype, device
         Of the tensors passed to ``log_density``.
     report : CrossReport
-        Receives the counts.
+        Receives the counts (any object with ``n_calls`` and ``n_evaluations``).
+    name : str, default="log_density"
+        What error messages call the callable.
     """
 
-    def __init__(self, log_density, n_features, batch_size, dtype, device, report):
+    def __init__(
+        self, log_density, n_features, batch_size, dtype, device, report, name="log_density"
+    ):
         if not callable(log_density):
-            raise TypeError(f"log_density must be callable, got {type(log_density).__name__}.")
+            raise TypeError(f"{name} must be callable, got {type(log_density).__name__}.")
+        self.name = name
         self.log_density = log_density
         self.n_features = n_features
         self.batch_size = batch_size
@@ -125,7 +130,7 @@ class LogDensityEvaluator:
                 values = self.log_density(batch)
         except Exception as error:
             raise ValueError(
-                f"log_density raised {type(error).__name__} on a batch of "
+                f"{self.name} raised {type(error).__name__} on a batch of "
                 f"{batch.shape[0]} points (first point {_format(batch[0])}): {error}"
             ) from error
         if not isinstance(values, torch.Tensor):
@@ -133,15 +138,15 @@ class LogDensityEvaluator:
                 values = torch.as_tensor(np.asarray(values, dtype=np.float64))
             except (TypeError, ValueError) as error:
                 raise ValueError(
-                    "log_density must return m real numbers for m points; could not "
+                    f"{self.name} must return m real numbers for m points; could not "
                     f"convert {type(values).__name__}: {error}"
                 ) from error
         if values.is_complex():
-            raise ValueError("log_density returned complex values; it must return real ones.")
+            raise ValueError(f"{self.name} returned complex values; it must return real ones.")
         values = values.to(device=self.device)
         if values.shape not in ((batch.shape[0],), (batch.shape[0], 1)):
             raise ValueError(
-                f"log_density must return {batch.shape[0]} values for a batch of "
+                f"{self.name} must return {batch.shape[0]} values for a batch of "
                 f"{batch.shape[0]} points, got shape {tuple(values.shape)}."
             )
         values = values.reshape(-1)
@@ -150,7 +155,7 @@ class LogDensityEvaluator:
         if bool(bad.any()):
             index = int(torch.nonzero(bad)[0])
             raise ValueError(
-                f"log_density returned NaN or +inf at {int(bad.sum())} of "
+                f"{self.name} returned NaN or +inf at {int(bad.sum())} of "
                 f"{batch.shape[0]} points, e.g. {float(values[index])} at "
                 f"{_format(batch[index])}. Return -inf for zero density."
             )
@@ -256,6 +261,7 @@ def tt_cross(
     dtype: torch.dtype = torch.float64,
     method: str = "one-site",
     verbose: int = 0,
+    callable_name: str = "log_density",
 ) -> tuple[list[torch.Tensor], CrossReport]:
     """Nodal cores of ``exp((log h - c) / 2)`` on a Gauss–Legendre grid.
 
@@ -292,6 +298,10 @@ def tt_cross(
         and chooses every rank by a truncated SVD (rank-adaptive, about ``n``
         times the evaluations).
 
+    callable_name : str, default="log_density"
+        What error messages call ``log_density`` (the estimator says
+        ``log_target``).
+
     Returns
     -------
     cores : list of tensors (r_{k-1}, n, r_k), float64
@@ -304,7 +314,9 @@ def tt_cross(
     d, n = nodes.shape
     device = nodes.device
     report = CrossReport()
-    evaluator = LogDensityEvaluator(log_density, d, batch_size, dtype, device, report)
+    evaluator = LogDensityEvaluator(
+        log_density, d, batch_size, dtype, device, report, name=callable_name
+    )
     budget = math.inf if max_evals is None else int(max_evals)
     shift = -math.inf
 

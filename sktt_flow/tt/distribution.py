@@ -398,6 +398,7 @@ class TTDistribution(BaseDistribution):
         learning_rate: float = 1e-3,
         validation_fraction: float = 0.1,
         n_iter_no_change: int = 20,
+        validation=None,
         random_state=None,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
@@ -439,6 +440,10 @@ class TTDistribution(BaseDistribution):
         n_iter_no_change : int, default=20
             Epochs without improvement of the held-out log-likelihood before
             stopping.
+        validation : array-like or tensor of shape (n_validation, n_features), optional
+            Held-out samples for early stopping. When given, all of ``X`` is
+            trained on and ``validation_fraction`` is ignored (the estimator
+            uses this to share one split between the base and the flow).
         random_state : int, RandomState, Generator or None
             Fixes the split, the clustering and the mini-batches.
         device : torch device or str, optional
@@ -476,15 +481,23 @@ class TTDistribution(BaseDistribution):
                 torch.as_tensor(bound, dtype=dtype, device=X.device)
                 for bound in check_domain(domain, X.shape[1])
             )
-        n_validation = round(validation_fraction * X.shape[0])
-        if validation_fraction > 0 and not 1 <= n_validation < X.shape[0]:
-            raise ValueError(
-                f"validation_fraction={validation_fraction} leaves no validation or no "
-                f"training sample out of {X.shape[0]}."
-            )
-        order = torch.randperm(X.shape[0], generator=generator, device=X.device)
-        train = X[order[n_validation:]]
-        validation = X[order[:n_validation]] if n_validation else train
+        if validation is not None:
+            validation = check_samples(validation, dtype=dtype, device=X.device, min_samples=1)
+            if validation.shape[1] != X.shape[1]:
+                raise ValueError(
+                    f"validation has {validation.shape[1]} features but X has {X.shape[1]}."
+                )
+            train = X
+        else:
+            n_validation = round(validation_fraction * X.shape[0])
+            if validation_fraction > 0 and not 1 <= n_validation < X.shape[0]:
+                raise ValueError(
+                    f"validation_fraction={validation_fraction} leaves no validation or no "
+                    f"training sample out of {X.shape[0]}."
+                )
+            order = torch.randperm(X.shape[0], generator=generator, device=X.device)
+            train = X[order[n_validation:]]
+            validation = X[order[:n_validation]] if n_validation else train
         cores = separable_mixture_cores(train, low, high, n_basis, tt_rank, generator)
         distribution = cls(cores, torch.stack([low, high], dim=1), tail_weight=tail_weight).to(
             device=X.device, dtype=dtype
@@ -534,6 +547,7 @@ class TTDistribution(BaseDistribution):
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float64,
         verbose: int = 0,
+        callable_name: str = "log_density",
     ) -> TTDistribution:
         """Build the train from an unnormalised log-density by TT-cross.
 
@@ -582,6 +596,8 @@ class TTDistribution(BaseDistribution):
             Where and in what precision the callable is evaluated and the
             distribution lives; cross itself runs in float64.
         verbose : int, default=0
+        callable_name : str, default="log_density"
+            What error messages call ``log_density``.
 
         Returns
         -------
@@ -630,6 +646,7 @@ class TTDistribution(BaseDistribution):
             dtype=dtype,
             method=cross_method,
             verbose=verbose,
+            callable_name=callable_name,
         )
         if report.log_shift == -math.inf:
             raise ValueError(

@@ -1,0 +1,13 @@
+"""Normalizing flows on a tensor-train base: layers, builders by name, the model."""
+
+from sktt_flow.flows.builders import FLOW_NAMES, build_flow_layers
+from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine
+from sktt_flow.flows.model import TensorizingFlow
+
+__all__ = [
+    "FLOW_NAMES",
+    "AffineAutoregressive",
+    "FixedAffine",
+    "TensorizingFlow",
+    "build_flow_layers",
+]

@@ -1,0 +1,377 @@
+"""TensorizingFlowDensity in data mode: the model, scikit-learn integration,
+persistence and reproducibility."""
+
+from __future__ import annotations
+
+import io
+
+import joblib
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from sklearn.base import clone
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV
+from sklearn.pipeline import Pipeline
+from sklearn.preprocessing import StandardScaler
+
+import sktt_flow.estimator._density as density_module
+from sktt_flow import TensorizingFlowDensity
+from sktt_flow.flows import TensorizingFlow
+from sktt_flow.targets import MixtureOfGaussians
+from sktt_flow.tt.distribution import TTDistribution
+from tests.conftest import requires_cuda
+
+SMALL = {
+    "tt_rank": 4,
+    "n_basis": 12,
+    "n_flow_layers": 2,
+    "hidden_units": 16,
+    "max_iter": 15,
+    "random_state": 0,
+}
+
+
+def two_moons_like(n: int, seed: int) -> np.ndarray:
+    """A skewed, bimodal 2-D sample with features on very different scales."""
+    rng = np.random.default_rng(seed)
+    centre = rng.choice([-2.0, 2.0], size=n)
+    x0 = centre + 0.4 * rng.standard_normal(n)
+    x1 = 0.5 * x0**2 + 0.3 * rng.standard_normal(n)
+    return np.column_stack([100.0 + 50.0 * x0, 0.01 * x1])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return two_moons_like(1500, seed=0), two_moons_like(1500, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    return TensorizingFlowDensity(**SMALL).fit(data[0])
+
+
+def grid_log_density(model, low, high, n_points):
+    axes = [np.linspace(a, b, n_points) for a, b in zip(low, high, strict=True)]
+    mesh = np.stack(np.meshgrid(*axes, indexing="ij"), axis=-1).reshape(-1, len(low))
+    return axes, model.score_samples(mesh).reshape(n_points, n_points)
+
+
+def test_fitted_attributes_and_types(fitted, data):
+    assert isinstance(fitted.tt_, TTDistribution)
+    assert isinstance(fitted.flow_, TensorizingFlow) and fitted.flow_.q0 is fitted.tt_
+    assert fitted.n_features_in_ == 2 and fitted.n_iter_ >= 1
+    assert len(fitted.validation_scores_) == fitted.n_iter_ + 1
+    assert len(fitted.loss_curve_) == fitted.n_iter_ and fitted.fit_time_ > 0
+    log_density = fitted.score_samples(data[1][:10])
+    assert log_density.dtype == np.float64 and log_density.shape == (10,)
+    assert fitted.score(data[1]) == pytest.approx(fitted.score_samples(data[1]).mean())
+
+
+def test_density_of_original_features_is_normalised(fitted, data):
+    """Trapezoid quadrature of exp(score_samples) over a box far wider than the
+    data (the features differ in scale by 10^4, so a missing Jacobian of the
+    standardisation would be off by orders of magnitude). The grid resolves
+    the fitted bumps (spacing << their width); the 0.02 tolerance covers the
+    discretisation and the tail mass outside the box."""
+    X = data[0]
+    low = X.min(0) - 0.5 * np.ptp(X, 0)
+    high = X.max(0) + 0.5 * np.ptp(X, 0)
+    axes, log_density = grid_log_density(fitted, low, high, 401)
+    total = np.trapezoid(np.trapezoid(np.exp(log_density), axes[1], axis=1), axes[0])
+    assert total == pytest.approx(1.0, abs=0.02)
+
+
+def test_log_density_transforms_with_the_data(data):
+    """Fitting on a X + b gives the density of the transformed variable:
+    log q'(a x + b) = log q(x) - sum log a, because standardisation removes
+    the affine map. Training in float64 keeps the rounding differences of the
+    two standardised data sets (~1e-16) from growing through the epochs."""
+    X, X_test = data
+    scale, shift = np.array([3.0, 0.25]), np.array([-7.0, 40.0])
+    model = TensorizingFlowDensity(**SMALL, dtype="float64").fit(X)
+    moved = TensorizingFlowDensity(**SMALL, dtype="float64").fit(X * scale + shift)
+    np.testing.assert_allclose(
+        moved.score_samples(X_test * scale + shift),
+        model.score_samples(X_test) - np.log(scale).sum(),
+        atol=1e-6,
+    )
+
+
+def test_samples_follow_the_model_density(fitted, data):
+    """KS test of each coordinate of 4000 samples against the marginal CDF of
+    exp(score_samples) computed by quadrature on a grid. With a fixed seed the
+    p-values are deterministic; the threshold 1e-3 fails a sampler whose
+    distribution is off by more than about 0.03 in CDF."""
+    X = data[0]
+    low = X.min(0) - 0.5 * np.ptp(X, 0)
+    high = X.max(0) + 0.5 * np.ptp(X, 0)
+    axes, log_density = grid_log_density(fitted, low, high, 401)
+    density = np.exp(log_density)
+    samples = fitted.sample(4000, random_state=3)
+    for k in range(2):
+        marginal = np.trapezoid(density, axes[1 - k], axis=1 - k)
+        cdf = np.concatenate(
+            [[0.0], np.cumsum((marginal[1:] + marginal[:-1]) / 2 * np.diff(axes[k]))]
+        )
+        cdf /= cdf[-1]
+        result = stats.kstest(samples[:, k], lambda t, k=k, cdf=cdf: np.interp(t, axes[k], cdf))
+        assert result.pvalue > 1e-3, (k, result)
+
+
+def test_sample_and_score_agree_with_score_samples(fitted):
+    samples, log_density = fitted.sample_and_score(500, random_state=0)
+    np.testing.assert_allclose(log_density, fitted.score_samples(samples), atol=1e-9)
+    np.testing.assert_array_equal(samples, fitted.sample(500, random_state=0))
+    assert not np.array_equal(samples, fitted.sample(500, random_state=1))
+
+
+def test_flow_improves_on_the_base_alone(data):
+    """Held-out log-likelihood with the flow is at least the base's: the flow
+    starts at the identity and its best validation state is kept."""
+    X, X_test = data
+    base_only = TensorizingFlowDensity(**{**SMALL, "flow": "none"}).fit(X)
+    with_flow = TensorizingFlowDensity(**SMALL).fit(X)
+    assert with_flow.validation_scores_[0] == pytest.approx(base_only.validation_scores_[-1])
+    assert max(with_flow.validation_scores_) >= with_flow.validation_scores_[0]
+    assert with_flow.score(X_test) > base_only.score(X_test) - 0.02
+
+
+@pytest.mark.parametrize("flow", ["nsf", "maf"])
+def test_other_flows_fit(flow, data):
+    X, X_test = data
+    model = TensorizingFlowDensity(**{**SMALL, "flow": flow, "max_iter": 3}).fit(X)
+    assert np.isfinite(model.score(X_test))
+    assert model.sample(5, random_state=0).shape == (5, 2)
+
+
+def test_custom_flow_callable(data):
+    import normflows as nf
+
+    def affine_flow(n_features):
+        return [nf.flows.AffineConstFlow((n_features,))]
+
+    model = TensorizingFlowDensity(**{**SMALL, "flow": affine_flow}).fit(data[0])
+    assert isinstance(model.flow_.flows[0], nf.flows.AffineConstFlow)
+
+
+def test_train_base_refines_the_cores(data):
+    X = data[0]
+    frozen = TensorizingFlowDensity(**SMALL).fit(X)
+    joint = TensorizingFlowDensity(**{**SMALL, "train_base": True}).fit(X)
+    assert not all(
+        torch.equal(a, b) for a, b in zip(frozen.tt_.cores, joint.tt_.cores, strict=True)
+    )
+    assert max(joint.validation_scores_) >= joint.validation_scores_[0]
+
+
+def test_warm_start_continues_training(data):
+    """A warm refit starts from the kept state (its first validation score is
+    the best of the first fit: same split, same model) and keeps the base."""
+    X = data[0]
+    model = TensorizingFlowDensity(**{**SMALL, "max_iter": 3, "warm_start": True}).fit(X)
+    best_of_first_fit, start_of_first_fit = (
+        max(model.validation_scores_),
+        model.validation_scores_[0],
+    )
+    cores = [core.clone() for core in model.tt_.cores]
+    model.set_params(max_iter=20).fit(X)
+    assert model.validation_scores_[0] == pytest.approx(best_of_first_fit, abs=1e-6)
+    assert max(model.validation_scores_) >= best_of_first_fit
+    assert all(torch.equal(a, b) for a, b in zip(cores, model.tt_.cores, strict=True))
+    cold = clone(model).set_params(warm_start=False, max_iter=3).fit(X)
+    assert cold.validation_scores_[0] == pytest.approx(start_of_first_fit)
+    with pytest.raises(ValueError, match="features"):
+        model.fit(X[:, :1])
+
+
+def test_user_domain_in_original_units(data):
+    X = data[0]
+    low, high = X.min(0) - 1.0, X.max(0) + 1.0
+    model = TensorizingFlowDensity(**{**SMALL, "domain": np.column_stack([low, high])}).fit(X)
+    mean, std = X.mean(0), X.std(0, ddof=1)
+    # the box of the base is the user's box, standardised (the split's
+    # statistics differ from the full data's by a few percent)
+    np.testing.assert_allclose(model.tt_.low.numpy(), (low - mean) / std, rtol=0.05)
+    np.testing.assert_allclose(model.tt_.high.numpy(), (high - mean) / std, rtol=0.05)
+
+
+# ---------------------------------------------------------- scikit-learn use
+def test_pipeline_with_pca_fits_scores_and_samples():
+    X = MixtureOfGaussians.random_modes(6, 3, low=-4.0, high=4.0, std=0.7, seed=0).sample(
+        800, random_state=0
+    )
+    X = np.hstack([X.numpy(), np.random.default_rng(0).normal(size=(800, 3)) * 0.01])
+    pipeline = Pipeline(
+        [
+            ("scale", StandardScaler()),
+            ("pca", PCA(n_components=4, random_state=0)),
+            ("density", TensorizingFlowDensity(**SMALL)),
+        ]
+    ).fit(X)
+    assert np.isfinite(pipeline.score(X))
+    assert pipeline.score_samples(X[:7]).shape == (7,)
+    latent = pipeline[-1].sample(20, random_state=0)
+    generated = pipeline[:-1].inverse_transform(latent)
+    assert generated.shape == (20, 6) and np.isfinite(generated).all()
+
+
+def test_grid_search_over_rank_uses_the_score():
+    """Default scoring is the mean held-out log-likelihood: the best rank
+    for a 4-mode mixture is not the rank-one model."""
+    target = MixtureOfGaussians.random_modes(4, 2, low=-4.0, high=4.0, std=0.4, seed=1)
+    X = target.sample(1200, random_state=0).numpy()
+    search = GridSearchCV(
+        TensorizingFlowDensity(**{**SMALL, "flow": "none", "max_iter": 30}),
+        {"tt_rank": [1, 4], "n_basis": [8, 16]},
+        cv=3,
+    ).fit(X)
+    assert search.best_params_["tt_rank"] == 4
+    assert np.isfinite(search.cv_results_["mean_test_score"]).all()
+
+
+def test_clone_and_set_params(fitted):
+    copy = clone(fitted)
+    assert not hasattr(copy, "flow_")
+    assert copy.get_params() == fitted.get_params()
+    copy.set_params(tt_rank=3, flow="nsf")
+    assert copy.tt_rank == 3 and copy.flow == "nsf" and fitted.tt_rank == SMALL["tt_rank"]
+
+
+def test_unfitted_model_raises(data):
+    model = TensorizingFlowDensity()
+    for method in (model.score_samples, model.score):
+        with pytest.raises(NotFittedError):
+            method(data[0])
+    with pytest.raises(NotFittedError):
+        model.sample(3)
+
+
+def test_sample_checks_n_samples(fitted):
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ValueError, match="n_samples"):
+            fitted.sample(bad)
+
+
+def test_wrong_number_of_features(fitted, data):
+    with pytest.raises(ValueError, match="X has 1 features, but TensorizingFlowDensity"):
+        fitted.score_samples(data[1][:, :1])
+
+
+# ----------------------------------------------------- persistence and seeds
+def test_joblib_round_trip_is_identical(fitted, data, tmp_path):
+    path = tmp_path / "model.joblib"
+    joblib.dump(fitted, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(data[1]), fitted.score_samples(data[1]))
+    np.testing.assert_array_equal(
+        loaded.sample(100, random_state=4), fitted.sample(100, random_state=4)
+    )
+    assert loaded.tt_ is loaded.flow_.q0
+
+
+def test_pickled_state_holds_cpu_tensors_and_falls_back_to_cpu(fitted, data, monkeypatch):
+    """A model fitted on CUDA loads on a machine without it: its pickle holds
+    CPU tensors, and the device falls back to the CPU with a warning."""
+    state = fitted.__getstate__()
+    assert all(t.device.type == "cpu" for t in state["flow_"].state_dict().values())
+    state["device_"] = "cuda:0"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    buffer = io.BytesIO()
+    joblib.dump(state, buffer)
+    buffer.seek(0)
+    restored = TensorizingFlowDensity.__new__(TensorizingFlowDensity)
+    with pytest.warns(RuntimeWarning, match="not available"):
+        restored.__setstate__(joblib.load(buffer))
+    assert restored.device_ == torch.device("cpu")
+    np.testing.assert_array_equal(
+        restored.score_samples(data[1][:20]), fitted.score_samples(data[1][:20])
+    )
+
+
+def test_same_random_state_gives_identical_models(data):
+    X = data[0]
+    first = TensorizingFlowDensity(**SMALL).fit(X)
+    second = TensorizingFlowDensity(**SMALL).fit(X)
+    for (name, a), (_, b) in zip(
+        first.flow_.state_dict().items(), second.flow_.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    assert first.loss_curve_ == second.loss_curve_
+    third = TensorizingFlowDensity(**{**SMALL, "random_state": 1}).fit(X)
+    assert not np.array_equal(third.score_samples(X[:20]), first.score_samples(X[:20]))
+
+
+def test_fit_does_not_touch_global_random_state(data):
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    TensorizingFlowDensity(**SMALL).fit(data[0])
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ------------------------------------------------------- chunking and output
+def test_chunked_scoring_and_sampling_match(fitted, data, monkeypatch):
+    X = data[1]
+    full = fitted.score_samples(X)
+    samples, log_density = fitted.sample_and_score(300, random_state=0)
+    monkeypatch.setitem(density_module.CHUNK_SIZE, "cpu", 64)
+    np.testing.assert_array_equal(fitted.score_samples(X), full)
+    chunked_samples, chunked_log_density = fitted.sample_and_score(300, random_state=0)
+    # torch's CPU generator yields one stream whatever the chunk sizes
+    np.testing.assert_allclose(chunked_samples, samples, atol=1e-12)
+    np.testing.assert_allclose(chunked_log_density, log_density, atol=1e-9)
+
+
+def test_verbose_shows_progress_and_default_is_silent(data, capsys):
+    TensorizingFlowDensity(**{**SMALL, "max_iter": 2}).fit(data[0])
+    captured = capsys.readouterr()
+    assert captured.out == "" and captured.err == ""
+    TensorizingFlowDensity(**{**SMALL, "max_iter": 2, "verbose": 1}).fit(data[0])
+    captured = capsys.readouterr()
+    assert "loss=" in captured.err and "score=" in captured.err
+
+
+def test_failed_refit_leaves_the_model_unchanged(fitted, data):
+    model = clone(fitted).fit(data[0])
+    before = model.score_samples(data[1])
+    state = {k: v for k, v in vars(model).items()}
+    with pytest.raises(ValueError):
+        model.fit(np.full((10, 2), np.nan))
+    with pytest.raises(ValueError):
+        with_inf = data[0].copy()
+        with_inf[3, 1] = np.inf
+        model.fit(with_inf)
+    assert vars(model).keys() == state.keys()
+    assert model.n_features_in_ == 2
+    np.testing.assert_array_equal(model.score_samples(data[1]), before)
+
+
+# ------------------------------------------------------------------ devices
+def test_device_cuda_without_cuda_is_a_clear_error(data, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match="CUDA is not available"):
+        TensorizingFlowDensity(**{**SMALL, "device": "cuda"}).fit(data[0])
+    model = TensorizingFlowDensity(**{**SMALL, "device": "auto", "max_iter": 1}).fit(data[0])
+    assert model.device_ == torch.device("cpu")
+    with pytest.raises(ValueError, match="device"):
+        TensorizingFlowDensity(**{**SMALL, "device": "tpu"}).fit(data[0])
+
+
+@requires_cuda
+def test_fits_scores_and_samples_on_cuda(data, tmp_path):
+    X, X_test = data
+    model = TensorizingFlowDensity(**{**SMALL, "device": "cuda"}).fit(X)
+    assert model.tt_.low.device.type == "cuda"
+    assert np.isfinite(model.score(X_test))
+    samples, log_density = model.sample_and_score(1000, random_state=0)
+    np.testing.assert_allclose(log_density, model.score_samples(samples), atol=1e-8)
+    path = tmp_path / "cuda.joblib"
+    joblib.dump(model, path)
+    loaded = joblib.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(X_test), model.score_samples(X_test))
+    on_cpu = TensorizingFlowDensity(**SMALL).fit(X)
+    # same algorithm on another device: same quality, not bitwise equality
+    assert abs(on_cpu.score(X_test) - model.score(X_test)) < 0.1
