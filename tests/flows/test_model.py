@@ -17,22 +17,7 @@ from sktt_flow import TTDistribution
 from sktt_flow.flows import FLOW_NAMES, FixedAffine, TensorizingFlow, build_flow_layers
 from sktt_flow.tt.basis import orthonormal_legendre
 from tests.conftest import random_distribution
-
-
-def perturb(module, scale, seed):
-    """Add ``scale * N(0, 1)`` noise to every parameter, with a fixed seed."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for parameter in module.parameters():
-            noise = torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype)
-            parameter.add_(scale * noise)
-
-
-def log_abs_det_jacobian(function, point):
-    """log |det J| of a row map ``(1, d) -> (1, d)`` at one point, by autograd."""
-    d = point.shape[1]
-    jacobian = torch.autograd.functional.jacobian(lambda p: function(p)[0], point)
-    return float(torch.linalg.slogdet(jacobian.reshape(d, d)).logabsdet)
+from tests.flows.reference import log_abs_det_jacobian, perturb
 
 
 def perturbed_model(flow, n_features=3, dtype=torch.float64, seed=0):
