@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import re
 import time
 import warnings
 from numbers import Integral, Real
@@ -23,6 +24,7 @@ from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.random import torch_generator
+from sktt_flow.utils.threads import torch_threads_within_limits
 from sktt_flow.utils.validation import check_domain
 
 __all__ = ["TensorizingFlowDensity"]
@@ -38,6 +40,38 @@ CHUNK_SIZE = {"cpu": 4096, "cuda": 1 << 20}
 N_DIAGNOSTIC_SAMPLES = 10_000
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: Fitted attributes that only one of the two modes sets.
+_MODE_ATTRIBUTES = frozenset(
+    {
+        "elbo_",
+        "ess_",
+        "log_normalizer_",
+        "log_normalizer_std_error_",
+        "n_target_evaluations_",
+        "feature_names_in_",
+    }
+)
+
+
+class _DeviceOption(StrOptions):
+    """``"cpu"``, ``"cuda"``, ``"cuda:N"`` or ``"auto"`` (the syntax only:
+    whether CUDA is there is checked when fitting).
+
+    A ``StrOptions`` so that scikit-learn's parameter validation accepts it,
+    with a pattern for the device index.
+    """
+
+    _pattern = re.compile(r"^(cpu|cuda|auto|cuda:\d+)$")
+
+    def __init__(self):
+        super().__init__({"cpu", "cuda", "auto"})
+
+    def is_satisfied_by(self, value) -> bool:
+        return isinstance(value, str) and bool(self._pattern.match(value))
+
+    def __str__(self) -> str:
+        return "a str among {'cpu', 'cuda', 'cuda:N', 'auto'}"
 
 
 def _resolve_device(device) -> torch.device:
@@ -248,7 +282,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
         "train_base": ["boolean"],
-        "device": [str, torch.device],
+        "device": [_DeviceOption(), torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
@@ -313,8 +347,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), or None
-            Training data (data mode). Must be None in variational mode
-            (``log_target`` set).
+            Training data (data mode): dense, finite, real, at least 2 rows
+            (sparse matrices are not supported: densify them first). Must be
+            None in variational mode (``log_target`` set).
         y : None
             Ignored; present for API consistency.
 
@@ -328,15 +363,20 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         snapshot = dict(self.__dict__)
         started = time.perf_counter()
         try:
-            if self.log_target is None:
-                fitted = self._fit_data(X)
-            else:
-                fitted = self._fit_variational(X)
+            with torch_threads_within_limits():
+                if self.log_target is None:
+                    fitted = self._fit_data(X)
+                else:
+                    fitted = self._fit_variational(X)
         except BaseException:
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
         fitted["fit_time_"] = time.perf_counter() - started
+        # Attributes of an earlier fit in the other mode must not survive
+        # (elbo_ after a refit on data, feature_names_in_ after a VI refit).
+        for name in _MODE_ATTRIBUTES - fitted.keys():
+            self.__dict__.pop(name, None)
         for name, value in fitted.items():
             setattr(self, name, value)
         return self
@@ -460,6 +500,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         elif warm:
             fitted.update(loss_curve_=[], validation_scores_=[], n_iter_=0)
+        if hasattr(self, "feature_names_in_"):  # set by validate_data
+            fitted["feature_names_in_"] = self.feature_names_in_
         return fitted
 
     def _fit_variational(self, X) -> dict:
@@ -584,7 +626,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         log_density = np.empty(X.shape[0], dtype=np.float64)
         step = self._chunk_size()
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads_within_limits():
             for start in range(0, X.shape[0], step):
                 rows = torch.tensor(X[start : start + step], device=self.device_)
                 values = self.flow_.log_prob(rows)
@@ -613,7 +655,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         samples = np.empty((n_samples, n_features), dtype=np.float64)
         log_density = np.empty(n_samples, dtype=np.float64)
         step = CHUNK_SIZE.get(generator.device.type, CHUNK_SIZE["cpu"])
-        with torch.no_grad():
+        with torch.no_grad(), torch_threads_within_limits():
             for start in range(0, n_samples, step):
                 size = min(step, n_samples - start)
                 x, log_q = model.sample(size, generator=generator)
@@ -691,3 +733,48 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             self.flow_ = self.flow_.to(device)
             self.tt_ = self.flow_.q0
             self.device_ = device
+
+    def save(self, path) -> None:
+        """Write the fitted model to a file that runs no code when loaded.
+
+        The file is a zip of plain JSON (parameters, metadata, the package
+        version) and a tensor-only ``torch.save`` of the model's state; see
+        :meth:`load`. Callables (``log_target``, a custom ``flow``) are not
+        stored. joblib and pickle work as well, but run code on load.
+
+        Parameters
+        ----------
+        path : str or path-like
+            Destination; an existing file is replaced.
+        """
+        from sktt_flow.estimator._persistence import save_estimator
+
+        save_estimator(self, path)
+
+    @classmethod
+    def load(cls, path, *, log_target=None, flow=None):
+        """Read a model written by :meth:`save`, rebuilding it without unpickling.
+
+        Parameters
+        ----------
+        path : str or path-like
+        log_target : callable, default=None
+            A variational model's ``log_target``, which is not stored: scoring
+            and sampling work without it, refitting needs it (a warning says so).
+        flow : callable, default=None
+            The custom flow callable of a model fitted with one (required then).
+
+        Returns
+        -------
+        TensorizingFlowDensity
+            The fitted estimator, with identical scores and samples.
+
+        Raises
+        ------
+        ValueError
+            If the file is not a model file, is truncated, corrupted or tampered
+            with, holds anything but tensors, or needs ``flow``.
+        """
+        from sktt_flow.estimator._persistence import load_estimator
+
+        return load_estimator(cls, path, log_target=log_target, flow=flow)

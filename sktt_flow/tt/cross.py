@@ -156,7 +156,7 @@ class LogDensityEvaluator:
             index = int(torch.nonzero(bad)[0])
             raise ValueError(
                 f"{self.name} returned NaN or +inf at {int(bad.sum())} of "
-                f"{batch.shape[0]} points, e.g. {float(values[index])} at "
+                f"{batch.shape[0]} points, e.g. {float(values[index].detach())} at "
                 f"{_format(batch[index])}. Return -inf for zero density."
             )
         return values

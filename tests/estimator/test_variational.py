@@ -8,6 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from sklearn.base import clone
 
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.targets import GinzburgLandau1D
@@ -146,3 +147,12 @@ def test_ginzburg_landau_quality_with_default_parameters():
     ).fit()
     assert model.elbo_ >= base_alone.elbo_ - 1e-3
     assert math.isfinite(model.log_normalizer_std_error_)
+
+
+def test_refits_in_the_other_mode_drop_stale_attributes(gaussian_model):
+    model = clone(gaussian_model)
+    model.fit()
+    assert hasattr(model, "elbo_")
+    model.set_params(log_target=None, domain=None, tt_rank=3, n_basis=8, max_iter=2)
+    model.fit(np.random.default_rng(0).normal(size=(200, 2)))
+    assert not any(hasattr(model, name) for name in ("elbo_", "ess_", "n_target_evaluations_"))
