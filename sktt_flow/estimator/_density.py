@@ -19,7 +19,13 @@ from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sktt_flow.diagnostics import importance_diagnostics
-from sktt_flow.flows import FLOW_NAMES, FixedAffine, TensorizingFlow, build_flow_layers
+from sktt_flow.flows import (
+    FLOW_NAMES,
+    FixedAffine,
+    GaussianBase,
+    TensorizingFlow,
+    build_flow_layers,
+)
 from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse_kl
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
@@ -72,6 +78,16 @@ class _DeviceOption(StrOptions):
 
     def __str__(self) -> str:
         return "a str among {'cpu', 'cuda', 'cuda:N', 'auto'}"
+
+
+def _spline_tail_bound(base, standardized: torch.Tensor) -> float:
+    """Half-width of the interval where spline flows act: the TT box, or the
+    data's range for a Gaussian base, with a margin."""
+    if isinstance(base, TTDistribution):
+        extent = torch.maximum(base.low.abs(), base.high.abs()).max()
+    else:
+        extent = standardized.abs().max()
+    return 1.2 * float(extent)
 
 
 def _resolve_device(device) -> torch.device:
@@ -130,6 +146,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
+    base : {"tt", "gaussian"}, default="tt"
+        The base distribution: the tensor train, or a fixed diagonal Gaussian
+        (:class:`~sktt_flow.flows.GaussianBase`; standard in standardised
+        coordinates from data, centred on ``domain`` with a quarter of its
+        width as standard deviation in variational mode) to compare with an
+        ordinary flow of the same architecture and training. The ``tt_rank``,
+        ``n_basis`` and ``train_base`` parameters only concern the TT base.
     tt_rank : int, default=8
         Maximum bond rank of the tensor train. Higher ranks carry more
         structure (more modes, stronger dependence) at a cost linear in the
@@ -211,8 +234,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Number of features.
     feature_names_in_ : ndarray of shape (`n_features_in_`,)
         Names of the features, when ``X`` has string column names.
-    tt_ : TTDistribution
-        The fitted TT base (in standardised coordinates in data mode).
+    tt_ : TTDistribution or None
+        The fitted TT base (in standardised coordinates in data mode); None
+        with ``base="gaussian"``.
     flow_ : TensorizingFlow
         The fitted model, a :class:`normflows.NormalizingFlow` with ``q0 = tt_``
         whose ``log_prob`` and ``sample`` act on the original features.
@@ -268,6 +292,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: ClassVar[dict] = {
+        "base": [StrOptions({"tt", "gaussian"})],
         "tt_rank": [Interval(Integral, 1, None, closed="left")],
         "n_basis": [Interval(Integral, 2, None, closed="left")],
         "domain": ["array-like", None],
@@ -292,6 +317,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     def __init__(
         self,
         *,
+        base="tt",
         tt_rank=8,
         n_basis=16,
         domain=None,
@@ -312,6 +338,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         verbose=0,
         warm_start=False,
     ):
+        self.base = base
         self.tt_rank = tt_rank
         self.n_basis = n_basis
         self.domain = domain
@@ -438,39 +465,25 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             std = train.std(dim=0) if train.shape[0] > 1 else torch.ones_like(mean)
             # A constant feature keeps the unit scale, as StandardScaler does.
             std = torch.where(std > 0, std, torch.ones_like(std))
-            domain = None
-            if self.domain is not None:
-                low, high = check_domain(self.domain, n_features)
-                low = torch.as_tensor(low, dtype=train_dtype, device=device)
-                high = torch.as_tensor(high, dtype=train_dtype, device=device)
-                domain = torch.stack([(low - mean) / std, (high - mean) / std], dim=1)
-            base = TTDistribution.from_samples(
+            base, base_history = self._base_from_data(
                 (train - mean) / std,
-                tt_rank=self.tt_rank,
-                n_basis=self.n_basis,
-                domain=domain,
-                max_iter=self.max_iter,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                n_iter_no_change=self.n_iter_no_change,
-                validation=(validation - mean) / std if n_validation else None,
-                validation_fraction=0.0,
-                random_state=generator,
-                device=device,
-                dtype=train_dtype,
-                verbose=self.verbose,
+                (validation - mean) / std if n_validation else None,
+                mean,
+                std,
+                generator,
+                device,
+                train_dtype,
             )
-            # The base is fitted to standardised data: report its scores as
-            # log-densities of the original features, like the flow's.
-            log_jacobian = float(torch.log(std).sum())
-            base_history = dataclasses.replace(
-                base.training_history,
-                loss_curve=[v + log_jacobian for v in base.training_history.loss_curve],
-                validation_scores=[
-                    v - log_jacobian for v in base.training_history.validation_scores
-                ],
-            )
-            tail_bound = float(torch.maximum(base.low.abs(), base.high.abs()).max()) * 1.2
+            if base_history is not None:
+                # The base is fitted to standardised data: report its scores
+                # as log-densities of the original features, like the flow's.
+                log_jacobian = float(torch.log(std).sum())
+                base_history = dataclasses.replace(
+                    base_history,
+                    loss_curve=[v + log_jacobian for v in base_history.loss_curve],
+                    validation_scores=[v - log_jacobian for v in base_history.validation_scores],
+                )
+            tail_bound = _spline_tail_bound(base, (train - mean) / std)
             layers = self._flow_layers(n_features, tail_bound, layer_seed)
             standardization = FixedAffine(mean, std)
             model = TensorizingFlow(base, [*layers, standardization]).to(
@@ -503,6 +516,36 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if hasattr(self, "feature_names_in_"):  # set by validate_data
             fitted["feature_names_in_"] = self.feature_names_in_
         return fitted
+
+    def _base_from_data(self, train, validation, mean, std, generator, device, dtype):
+        """The base in standardised coordinates and its training history."""
+        n_features = train.shape[1]
+        if self.base == "gaussian":
+            ones = torch.ones(n_features, dtype=dtype, device=device)
+            return GaussianBase(torch.zeros_like(ones), ones), None
+        domain = None
+        if self.domain is not None:
+            low, high = check_domain(self.domain, n_features)
+            low = torch.as_tensor(low, dtype=dtype, device=device)
+            high = torch.as_tensor(high, dtype=dtype, device=device)
+            domain = torch.stack([(low - mean) / std, (high - mean) / std], dim=1)
+        base = TTDistribution.from_samples(
+            train,
+            tt_rank=self.tt_rank,
+            n_basis=self.n_basis,
+            domain=domain,
+            max_iter=self.max_iter,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            n_iter_no_change=self.n_iter_no_change,
+            validation=validation,
+            validation_fraction=0.0,
+            random_state=generator,
+            device=device,
+            dtype=dtype,
+            verbose=self.verbose,
+        )
+        return base, base.training_history
 
     def _fit_variational(self, X) -> dict:
         if X is not None:
@@ -544,19 +587,27 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
             n_cross_evaluations = 0
         else:
-            base = TTDistribution.from_log_density(
-                self.log_target,
-                np.stack([low, high], axis=1),
-                tt_rank=self.tt_rank,
-                n_basis=self.n_basis,
-                random_state=generator,
-                device=device,
-                dtype=train_dtype,
-                verbose=self.verbose,
-                callable_name="log_target",
-            )
-            n_cross_evaluations = base.cross_report.n_evaluations
-            tail_bound = float(np.maximum(np.abs(low), np.abs(high)).max()) * 1.2
+            if self.base == "gaussian":
+                # Centred on the box, which holds two standard deviations.
+                base = GaussianBase(
+                    torch.as_tensor((low + high) / 2, dtype=train_dtype, device=device),
+                    torch.as_tensor((high - low) / 4, dtype=train_dtype, device=device),
+                )
+                n_cross_evaluations = 0
+            else:
+                base = TTDistribution.from_log_density(
+                    self.log_target,
+                    np.stack([low, high], axis=1),
+                    tt_rank=self.tt_rank,
+                    n_basis=self.n_basis,
+                    random_state=generator,
+                    device=device,
+                    dtype=train_dtype,
+                    verbose=self.verbose,
+                    callable_name="log_target",
+                )
+                n_cross_evaluations = base.cross_report.n_evaluations
+            tail_bound = 1.2 * float(np.maximum(np.abs(low), np.abs(high)).max())
             layers = self._flow_layers(n_features, tail_bound, layer_seed)
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
         parameters = self._trained_parameters(model)
@@ -602,7 +653,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         model = model.to(dtype=torch.float64)
         model.requires_grad_(False)
         model.eval()
-        return {"flow_": model, "tt_": model.q0, "device_": device}
+        tt = model.q0 if isinstance(model.q0, TTDistribution) else None
+        return {"flow_": model, "tt_": tt, "device_": device}
 
     # ------------------------------------------------------------- inference
     def _chunk_size(self) -> int:

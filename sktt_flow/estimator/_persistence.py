@@ -37,7 +37,7 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from sktt_flow.flows import FixedAffine, TensorizingFlow, build_flow_layers
+from sktt_flow.flows import FixedAffine, GaussianBase, TensorizingFlow, build_flow_layers
 from sktt_flow.tt.distribution import TTDistribution
 
 if TYPE_CHECKING:
@@ -146,6 +146,8 @@ def _tail_bound(model: TensorizingFlow) -> float:
         if isinstance(bound, Real) and not isinstance(bound, bool):
             return float(bound)
     base = model.q0
+    if not isinstance(base, TTDistribution):
+        return 1.0  # no spline layer: the bound is not used
     return float(torch.maximum(base.low.abs(), base.high.abs()).max()) * 1.2
 
 
@@ -186,6 +188,7 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     params, random_state_note = _json_params(estimator)
     feature_names = getattr(estimator, "feature_names_in_", None)
     base = model.q0
+    is_tt = isinstance(base, TTDistribution)
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -196,9 +199,11 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "mode": "data" if estimator.log_target is None else "variational",
         "n_features": int(estimator.n_features_in_),
         "feature_names": None if feature_names is None else [str(n) for n in feature_names],
-        "tt_core_shapes": [list(core.shape) for core in base.cores],
-        "domain": base.domain.detach().cpu().double().tolist(),
-        "tail_weight": float(base.tail_weight),
+        # A Gaussian base (params["base"] == "gaussian") has no train: its
+        # loc and scale are in the state.
+        "tt_core_shapes": [list(core.shape) for core in base.cores] if is_tt else [],
+        "domain": base.domain.detach().cpu().double().tolist() if is_tt else [],
+        "tail_weight": float(base.tail_weight) if is_tt else 0.0,
         "tail_bound": _tail_bound(model),
         "device": str(estimator.device_),
         "fitted": {
@@ -343,10 +348,16 @@ def _build_model(
     try:
         n_features = metadata["n_features"]
         shapes = [tuple(int(size) for size in shape) for shape in metadata["tt_core_shapes"]]
-        if len(shapes) != n_features:
-            raise ValueError(f"{len(shapes)} core shapes for {n_features} features")
-        cores = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
-        base = TTDistribution(cores, metadata["domain"], tail_weight=metadata["tail_weight"])
+        if estimator.base == "gaussian":
+            if shapes:
+                raise ValueError("core shapes for a Gaussian base")
+            ones = torch.ones(n_features, dtype=torch.float64)
+            base = GaussianBase(torch.zeros_like(ones), ones)
+        else:
+            if len(shapes) != n_features:
+                raise ValueError(f"{len(shapes)} core shapes for {n_features} features")
+            cores = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+            base = TTDistribution(cores, metadata["domain"], tail_weight=metadata["tail_weight"])
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(
                 flow,
@@ -387,7 +398,9 @@ def _build_model(
             f"parameters ({details})."
         )
     model.load_state_dict(state, strict=True)
-    if not torch.equal(base.domain, torch.tensor(metadata["domain"], dtype=torch.float64)):
+    if isinstance(base, TTDistribution) and not torch.equal(
+        base.domain, torch.tensor(metadata["domain"], dtype=torch.float64)
+    ):
         raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
     return model
 

@@ -1,6 +1,7 @@
 """Normalizing flows on a tensor-train base: layers, builders by name, the model."""
 
 from sktt_flow.flows.builders import FLOW_NAMES, build_flow_layers
+from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine
 from sktt_flow.flows.model import TensorizingFlow
 
@@ -8,6 +9,7 @@ __all__ = [
     "FLOW_NAMES",
     "AffineAutoregressive",
     "FixedAffine",
+    "GaussianBase",
     "TensorizingFlow",
     "build_flow_layers",
 ]

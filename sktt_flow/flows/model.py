@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 import normflows as nf
 import torch
 
+from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.tt.distribution import TTDistribution
 
 __all__ = ["TensorizingFlow"]
@@ -24,8 +25,8 @@ class TensorizingFlow(nf.NormalizingFlow):
 
     Parameters
     ----------
-    q0 : TTDistribution
-        The base.
+    q0 : TTDistribution or GaussianBase
+        The base: any normflows base whose ``sample`` takes a ``generator``.
     flows : sequence of normflows.flows.Flow
         Layers, latent to data; empty for the base alone.
 
@@ -35,7 +36,7 @@ class TensorizingFlow(nf.NormalizingFlow):
        inference", arXiv:2305.02460, 2023.
     """
 
-    def __init__(self, q0: TTDistribution, flows: Sequence[nf.flows.Flow]):
+    def __init__(self, q0: TTDistribution | GaussianBase, flows: Sequence[nf.flows.Flow]):
         super().__init__(q0, list(flows))
 
     @property

@@ -65,7 +65,7 @@ def fit_reverse_kl(
     """
     parameters = list(parameters)
     base_frozen = not any(p.requires_grad for p in model.q0.parameters())
-    device = model.q0.low.device
+    device = generator.device
     cached_base_samples: list[torch.Tensor] = []
 
     def validation_base_samples() -> tuple[torch.Tensor, torch.Tensor]:

@@ -156,3 +156,11 @@ def test_refits_in_the_other_mode_drop_stale_attributes(gaussian_model):
     model.set_params(log_target=None, domain=None, tt_rank=3, n_basis=8, max_iter=2)
     model.fit(np.random.default_rng(0).normal(size=(200, 2)))
     assert not any(hasattr(model, name) for name in ("elbo_", "ess_", "n_target_evaluations_"))
+
+
+def test_gaussian_base_needs_no_cross():
+    model = TensorizingFlowDensity(
+        log_target=gaussian_log_target, **{**SMALL, "base": "gaussian", "max_iter": 20}
+    ).fit()
+    assert model.tt_ is None and model.n_target_evaluations_ > 0
+    assert abs(model.log_normalizer_ - LOG_Z) < 5 * model.log_normalizer_std_error_ + 1e-3
