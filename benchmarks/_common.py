@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
+
+import torch
 
 import sktt_flow
 
@@ -36,3 +40,38 @@ def write_atomically(path: Path, text: str) -> None:
     temporary = path.with_name(path.name + ".tmp")
     temporary.write_text(text, encoding="utf-8")
     temporary.replace(path)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for queued kernels on CUDA; nothing on CPU."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def repeat_timed(
+    call: Callable[[], object],
+    device: torch.device,
+    *,
+    min_time: float,
+    min_repeats: int,
+    max_time: float,
+    max_repeats: int,
+) -> list[float]:
+    """Wall-clock seconds of repeated ``call()``, each bracketed by :func:`synchronize`.
+
+    Repeats until ``min_time`` seconds and ``min_repeats`` repeats are both
+    reached, or ``max_time`` seconds are spent, or ``max_repeats`` are done.
+    Warm up before calling this.
+    """
+    times: list[float] = []
+    while True:
+        synchronize(device)
+        start = time.perf_counter()
+        call()
+        synchronize(device)
+        times.append(time.perf_counter() - start)
+        total = sum(times)
+        if len(times) >= max_repeats or total >= max_time:
+            return times
+        if total >= min_time and len(times) >= min_repeats:
+            return times

@@ -45,7 +45,7 @@ from typing import Any
 import normflows as nf
 import numpy as np
 import torch
-from _common import load_average, source_digest, write_atomically
+from _common import load_average, repeat_timed, source_digest, synchronize, write_atomically
 
 import sktt_flow
 from sktt_flow.tt.distribution import TTDistribution
@@ -190,36 +190,25 @@ def points(n: int, d: int, device: torch.device, dtype: torch.dtype) -> torch.Te
 
 
 # ------------------------------------------------------------------- timing
-def synchronize(device: torch.device) -> None:
-    """Wait for queued kernels on CUDA; nothing on CPU."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def time_call(call: Callable[[int], Any], n: int, device: torch.device, plan: Plan) -> list[float]:
     """Wall-clock seconds of ``call(n)``, repeated under the plan's rules.
 
     One untimed warm-up call (on ``min(n, plan.warmup_points)`` points), then
-    timed repeats until ``min_time`` seconds and ``min_repeats`` repeats are
-    reached, or ``max_time`` seconds are spent, or ``max_repeats`` are done.
-    Each repeat is bracketed by :func:`synchronize`.
+    timed repeats (:func:`_common.repeat_timed`) until ``min_time`` seconds and
+    ``min_repeats`` repeats are reached, or ``max_time`` seconds are spent, or
+    ``max_repeats`` are done.
     """
     warmup = n if plan.warmup_points is None else min(n, plan.warmup_points)
     call(warmup)
     synchronize(device)
-    times: list[float] = []
-    while True:
-        synchronize(device)
-        start = time.perf_counter()
-        call(n)
-        synchronize(device)
-        times.append(time.perf_counter() - start)
-        total = sum(times)
-        if len(times) >= plan.max_repeats or total >= plan.max_time:
-            break
-        if total >= plan.min_time and len(times) >= plan.min_repeats:
-            break
-    return times
+    return repeat_timed(
+        lambda: call(n),
+        device,
+        min_time=plan.min_time,
+        min_repeats=plan.min_repeats,
+        max_time=plan.max_time,
+        max_repeats=plan.max_repeats,
+    )
 
 
 @dataclass

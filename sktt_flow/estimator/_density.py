@@ -47,6 +47,22 @@ N_DIAGNOSTIC_SAMPLES = 10_000
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
+#: Arguments of TTDistribution.from_log_density that the estimator sets itself.
+_CROSS_RESERVED = frozenset(
+    {
+        "log_density",
+        "domain",
+        "n_features",
+        "tt_rank",
+        "n_basis",
+        "random_state",
+        "device",
+        "dtype",
+        "verbose",
+        "callable_name",
+    }
+)
+
 #: Fitted attributes that only one of the two modes sets.
 _MODE_ATTRIBUTES = frozenset(
     {
@@ -184,6 +200,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         ``m`` values, differentiable in torch (reverse KL uses its gradient;
         with ``flow="none"`` no gradient is needed). ``-inf`` means zero
         density; NaN and ``+inf`` are errors.
+    cross_options : dict, default=None
+        Variational mode: further keyword arguments of
+        :meth:`TTDistribution.from_log_density <sktt_flow.TTDistribution.from_log_density>`
+        that build the base by TT-cross, e.g. ``{"cross_method": "two-site",
+        "max_evals": 10**7, "tol": 1e-5}`` for long chains where the one-site
+        default stagnates.
     n_features : int, default=None
         Dimension for variational inference when ``domain`` is a single
         ``(low, high)`` pair shared by all coordinates.
@@ -300,6 +322,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "n_flow_layers": [Interval(Integral, 1, None, closed="left")],
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
         "log_target": [callable, None],
+        "cross_options": [dict, None],
         "n_features": [Interval(Integral, 1, None, closed="left"), None],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -325,6 +348,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         n_flow_layers=8,
         hidden_units=64,
         log_target=None,
+        cross_options=None,
         n_features=None,
         max_iter=300,
         batch_size=256,
@@ -346,6 +370,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.n_flow_layers = n_flow_layers
         self.hidden_units = hidden_units
         self.log_target = log_target
+        self.cross_options = cross_options
         self.n_features = n_features
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -595,6 +620,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
                 n_cross_evaluations = 0
             else:
+                options = dict(self.cross_options or {})
+                reserved = options.keys() & _CROSS_RESERVED
+                if reserved:
+                    raise ValueError(
+                        f"cross_options cannot set {sorted(reserved)}: they are the "
+                        "estimator's own parameters."
+                    )
                 base = TTDistribution.from_log_density(
                     self.log_target,
                     np.stack([low, high], axis=1),
@@ -605,6 +637,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     dtype=train_dtype,
                     verbose=self.verbose,
                     callable_name="log_target",
+                    **options,
                 )
                 n_cross_evaluations = base.cross_report.n_evaluations
             tail_bound = 1.2 * float(np.maximum(np.abs(low), np.abs(high)).max())

@@ -114,6 +114,8 @@ def _to_json(value: Any, name: str) -> Any:
         return np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value).tolist()
     if isinstance(value, (list, tuple)):
         return [_to_json(item, name) for item in value]
+    if isinstance(value, dict) and all(isinstance(key, str) for key in value):
+        return {key: _to_json(item, f"{name}[{key!r}]") for key, item in value.items()}
     raise TypeError(
         f"Parameter {name}={value!r} cannot be stored in a model file (not JSON "
         "serialisable); use joblib or pickle for this estimator."

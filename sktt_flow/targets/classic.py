@@ -76,7 +76,7 @@ class DoubleRosenbrock(Target):
     ``x_{d-1}`` integrate in closed form (``sqrt(2 pi)``, then
     ``sqrt(pi) exp(-25 (x_{d-2}^2 + 1)^2 / 4)``); the remaining chain
     ``x_1 .. x_{d-2}`` is integrated by the transfer-matrix quadrature of
-    :class:`~sktt_flow.targets._quadrature.ChainQuadrature` on ``[-3, 3]``
+    the chain quadrature of ``sktt_flow/targets/_quadrature.py`` on ``[-3, 3]``
     (doubling the nodes changes ``log Z`` by less than ``1e-10``; d = 3, 4
     agree with scipy's adaptive quadrature). Exact samples: the chain by
     backward sampling, then ``x_{d-1} | x_{d-2} ~ N(-5 (x_{d-2}^2 + 1) / 2, 1/2)``,
@@ -96,6 +96,7 @@ class DoubleRosenbrock(Target):
        inverse Rosenblatt transports", Found. Comput. Math. 22, 2022.
     """
 
+    #: Two modes, one per sign of the last coordinate (see :meth:`mode_of`).
     n_modes = 2
     _CHAIN_HALF_WIDTH = 3.0
     _CHAIN_NODES = 256

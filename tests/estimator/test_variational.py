@@ -164,3 +164,16 @@ def test_gaussian_base_needs_no_cross():
     ).fit()
     assert model.tt_ is None and model.n_target_evaluations_ > 0
     assert abs(model.log_normalizer_ - LOG_Z) < 5 * model.log_normalizer_std_error_ + 1e-3
+
+
+def test_cross_options_reach_tt_cross():
+    model = TensorizingFlowDensity(
+        log_target=gaussian_log_target,
+        cross_options={"cross_method": "two-site", "max_sweeps": 2},
+        **{**SMALL, "flow": "none"},
+    )
+    model.fit()
+    report = model.tt_.cross_report
+    assert report.n_sweeps <= 2 and len(set(model.tt_.tt_ranks)) > 1
+    with pytest.raises(ValueError, match="cross_options cannot set"):
+        model.set_params(cross_options={"tt_rank": 3}).fit()
