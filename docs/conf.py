@@ -1,6 +1,19 @@
-"""Sphinx configuration of the sktt_flow documentation."""
+"""Sphinx configuration of the sktt_flow documentation.
+
+Build with ``sphinx-build -W docs docs/_build`` (warnings are errors). The
+gallery runs every ``examples/plot_*.py`` script by default; set
+``SKTT_FLOW_DOCS_NO_GALLERY_RUN=1`` to render the gallery without running
+anything (CI does, since ``tests/test_examples.py`` already runs the examples).
+"""
+
+import os
+import shutil
+from pathlib import Path
 
 import sktt_flow
+
+DOCS = Path(__file__).resolve().parent
+ROOT = DOCS.parent
 
 project = "sktt_flow"
 author = "The sktt_flow developers"
@@ -13,11 +26,111 @@ extensions = [
     "sphinx.ext.autosummary",
     "sphinx.ext.mathjax",
     "numpydoc",
+    "sphinx_gallery.gen_gallery",
 ]
 autosummary_generate = True
+templates_path = ["_templates"]
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 # No intersphinx: the build must work without network access.
-exclude_patterns = ["_build"]
+exclude_patterns = ["_build", "_gallery_src", "gallery_header.rst", "**.ipynb_checkpoints"]
 html_theme = "pydata_sphinx_theme"
 html_title = "sktt_flow"
+html_theme_options = {
+    "show_toc_level": 2,
+    "navigation_depth": 3,
+    "header_links_before_dropdown": 7,
+}
+
+# ---------------------------------------------------------------- gallery
+# sphinx-gallery needs a header (GALLERY_HEADER.rst) in the examples folder.
+# While examples/ has none, the scripts are mirrored next to the header kept
+# in docs/gallery_header.rst (docs/_gallery_src/, not under version control);
+# once examples/ has its own header, the gallery is built from ../examples
+# directly.
+EXAMPLES = ROOT / "examples"
+#: The header names sphinx-gallery looks for.
+_HEADER_NAMES = [
+    f"{stem}{ext}" for stem in ("GALLERY_HEADER", "README", "readme") for ext in (".txt", ".rst")
+]
+
+
+def _gallery_source() -> str:
+    if any((EXAMPLES / name).is_file() for name in _HEADER_NAMES):
+        return "../examples"
+    staged = DOCS / "_gallery_src"
+    if staged.exists():
+        shutil.rmtree(staged)
+    staged.mkdir()
+    shutil.copyfile(DOCS / "gallery_header.rst", staged / "GALLERY_HEADER.rst")
+    for item in sorted(EXAMPLES.iterdir()):
+        if item.is_file():
+            shutil.copyfile(item, staged / item.name)
+    return "_gallery_src"
+
+
+#: "1" renders the gallery without running the examples.
+RUN_GALLERY = os.environ.get("SKTT_FLOW_DOCS_NO_GALLERY_RUN", "") != "1"
+
+sphinx_gallery_conf = {
+    "examples_dirs": _gallery_source(),
+    "gallery_dirs": "auto_examples",
+    # Run the plot_*.py scripts.
+    "filename_pattern": r"plot_",
+    # Not in the gallery: demo.py (the README's command-line quick start,
+    # whose docstring has no gallery title), package files and private
+    # helpers (_name.py).
+    "ignore_pattern": r"__init__\.py|(^|[/\\])(demo|_[^/\\]*)\.py$",
+    "within_subsection_order": "FileNameSortKey",
+    "plot_gallery": RUN_GALLERY,
+    "remove_config_comments": True,
+    "doc_module": ("sktt_flow",),
+}
+
+# --------------------------------------------------------- benchmark results
+# docs/benchmarks.rst includes the reports of the benchmark suites that exist
+# in benchmarks/results/; reports still to come are simply not listed.
+RESULTS = ROOT / "benchmarks" / "results"
+_NEW_SUITES = (
+    ("vi_*.md", "Variational inference"),
+    ("density_*.md", "Density estimation"),
+    ("speed_*.md", "Speed"),
+)
+
+
+def _write_new_results_include() -> None:
+    lines = []
+    for pattern, title in _NEW_SUITES:
+        # A smoke test (name_quick.md) is left out when the full report exists.
+        reports = [
+            report
+            for report in sorted(RESULTS.glob(pattern))
+            if not (
+                report.stem.endswith("_quick")
+                and report.with_name(report.stem[: -len("_quick")] + ".md").is_file()
+            )
+        ]
+        if not reports:
+            continue
+        lines += [title, "^" * len(title), ""]
+        for report in reports:
+            lines += [
+                f"``benchmarks/results/{report.name}``:",
+                "",
+                f".. literalinclude:: /../benchmarks/results/{report.name}",
+                "   :language: text",
+                "",
+            ]
+    if not lines:
+        lines = [
+            "No report of these suites is in ``benchmarks/results/`` yet.",
+            "",
+        ]
+    text = "\n".join(lines)
+    target = DOCS / "generated" / "new_benchmark_results.inc"
+    target.parent.mkdir(exist_ok=True)
+    if not target.is_file() or target.read_text() != text:
+        target.write_text(text)
+
+
+_write_new_results_include()
