@@ -7,10 +7,15 @@ on ``sys.path``; that is how they import this module.
 from __future__ import annotations
 
 import hashlib
+import importlib.metadata
+import math
 import os
+import platform
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -75,3 +80,55 @@ def repeat_timed(
             return times
         if total >= min_time and len(times) >= min_repeats:
             return times
+
+
+def cpu_name() -> str:
+    """The CPU model from ``/proc/cpuinfo``, else ``platform``."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_version(name: str) -> str | None:
+    """Installed version of a distribution, or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def git_commit() -> str | None:
+    """``git describe --always --dirty`` of the checkout, where there is one."""
+    try:
+        completed = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return completed.stdout.strip() or None
+
+
+def header_rule(header: str) -> str:
+    """The ``|---|---|`` line under a Markdown header."""
+    return "|" + "---|" * (header.count("|") - 1)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with non-finite floats as strings (``"inf"``, ``"nan"``): strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
+    return value

@@ -56,13 +56,11 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime
-import importlib.metadata
 import json
 import math
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 import traceback
@@ -74,7 +72,16 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import load_average, source_digest, write_atomically
+from _common import (
+    cpu_name,
+    git_commit,
+    header_rule,
+    json_safe,
+    load_average,
+    package_version,
+    source_digest,
+    write_atomically,
+)
 
 import sktt_flow
 from sktt_flow import TTDistribution
@@ -641,40 +648,6 @@ def summary_line(result: Result) -> str:
 
 
 # ----------------------------------------------------------------- metadata
-def cpu_name() -> str:
-    """The CPU model from ``/proc/cpuinfo``, else ``platform``."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def package_version(name: str) -> str | None:
-    """Installed version of a distribution, or None."""
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-def git_commit() -> str | None:
-    """``git describe --always --dirty`` of the checkout, where there is one."""
-    try:
-        completed = subprocess.run(
-            ["git", "describe", "--always", "--dirty"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return completed.stdout.strip() or None
 
 
 def metadata(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
@@ -785,11 +758,6 @@ def alternatives_section(alternatives: Sequence[Result]) -> list[str]:
     ]
 
 
-def header_rule(header: str) -> str:
-    """The ``|---|---|`` line under a Markdown header."""
-    return "|" + "---|" * (header.count("|") - 1)
-
-
 def markdown_report(
     meta: dict[str, Any], results: Sequence[Result], alternatives: Sequence[Result] = ()
 ) -> str:
@@ -853,17 +821,6 @@ def markdown_report(
         if r.notes:
             lines.append(f"- {r.target} / {r.method}: " + "; ".join(r.notes))
     return "\n".join(lines) + "\n"
-
-
-def json_safe(value: Any) -> Any:
-    """``value`` with non-finite floats as strings (``"inf"``, ``"nan"``): strict JSON."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {key: json_safe(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(item) for item in value]
-    return value
 
 
 # --------------------------------------------------------------------- main

@@ -640,8 +640,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     **options,
                 )
                 n_cross_evaluations = base.cross_report.n_evaluations
-            tail_bound = 1.2 * float(np.maximum(np.abs(low), np.abs(high)).max())
-            layers = self._flow_layers(n_features, tail_bound, layer_seed)
+            # The flow acts on the box mapped to [-1, 1]^d (the splines' bound
+            # with a margin), as it acts on standardised data in data mode.
+            layers = self._flow_layers(n_features, 1.2, layer_seed)
+            if layers:
+                center = torch.as_tensor((low + high) / 2, dtype=train_dtype)
+                half_width = torch.as_tensor((high - low) / 2, dtype=train_dtype)
+                to_unit_box = FixedAffine(-center / half_width, 1.0 / half_width)
+                layers = [to_unit_box, *layers, FixedAffine(center, half_width)]
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
         parameters = self._trained_parameters(model)
         history = None

@@ -368,10 +368,14 @@ def _build_model(
                 hidden_units=estimator.hidden_units,
                 tail_bound=float(metadata["tail_bound"]),
             )
+        ones = torch.ones(n_features, dtype=torch.float64)
         if metadata["mode"] == "data":
-            ones = torch.ones(n_features, dtype=torch.float64)
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
-        elif metadata["mode"] != "variational":
+        elif metadata["mode"] == "variational":
+            if layers:  # the maps to and from the unit box, as fit builds them
+                layers = [FixedAffine(torch.zeros_like(ones), ones), *layers]
+                layers.append(FixedAffine(torch.zeros_like(ones), ones))
+        else:
             raise ValueError(f"unknown mode {metadata['mode']!r}")
         model = TensorizingFlow(base, layers).to(dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:

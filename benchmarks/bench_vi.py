@@ -1,0 +1,756 @@
+"""Variational inference: the tensorizing flow next to the same flow on a Gaussian base.
+
+For every target of :mod:`sktt_flow.targets` in the suite, three variational
+fits of :class:`sktt_flow.TensorizingFlowDensity` (``log_target=target.log_prob``,
+``domain`` = the target's own box):
+
+``tt-flow``
+    The tensorizing flow: a TT base built by TT-cross on the box (``tt_rank``
+    and ``n_basis`` per target, as in ``bench_cross.py`` where the target is
+    there), then a RealNVP flow trained by reverse KL with the base frozen.
+``gaussian-flow``
+    The same flow, the same number of steps, batch size, optimiser, learning
+    rate and early stopping, on a fixed diagonal Gaussian base
+    (``base="gaussian"``: centred on the box, a quarter of its width as
+    standard deviation): the ordinary normalizing flow the paper compares
+    against.
+``tt-alone``
+    The TT base alone (``flow="none"``): TT-cross and nothing else.
+
+Metrics per (target, method), from the estimator's own diagnostics on 10,000
+fresh draws (``elbo_``, ``ess_``, ``log_normalizer_`` and its standard
+error, ``n_target_evaluations_``, ``fit_time_``): reverse KL = log Z - ELBO and
+|log Z estimate - log Z| where log Z is known, the normalised ESS, the target
+evaluations and the wall time; and from ``--n-draws`` draws of
+``sample(n, random_state=1)`` the mass per mode (for ``ManyWell``, whose 2^16
+modes cannot be counted with a few thousand draws, the mass on each side of
+each of the 16 double wells). Warnings raised while fitting (ConvergenceWarning
+of TT-cross or of training, ...) are counted per row; a method that raises is
+recorded as failed with its error message, and the suite goes on.
+
+Usage (from the repository root)::
+
+    python benchmarks/bench_vi.py --quick                 # smoke test, a few minutes
+    python benchmarks/bench_vi.py                         # full suite, hours on one core
+    python benchmarks/bench_vi.py --only gl1d-16 mog2d-40 # some targets
+    python benchmarks/bench_vi.py --only funnel-10 --merge  # add rows to an earlier run
+
+Writes ``vi_cpu.json`` (metadata and every number) and ``vi_cpu.md`` into
+``--output`` (default ``benchmarks/results/``); with ``--quick`` the names end
+in ``_quick``. With ``--merge`` the rows of the targets run replace the rows of
+the same targets in an existing result file of the same settings, and the
+metadata keeps one entry per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import shlex
+import sys
+import time
+import traceback
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import (
+    cpu_name,
+    git_commit,
+    header_rule,
+    json_safe,
+    load_average,
+    package_version,
+    source_digest,
+    write_atomically,
+)
+
+import sktt_flow
+from sktt_flow import TensorizingFlowDensity
+from sktt_flow.targets import (
+    DoubleRosenbrock,
+    GinzburgLandau1D,
+    GinzburgLandau2D,
+    ManyWell,
+    MixtureOfGaussians,
+    NealsFunnel,
+    Target,
+)
+from sktt_flow.training import STEPS_PER_ITERATION
+
+SEED = 0
+METHODS = ("tt-flow", "gaussian-flow", "tt-alone")
+#: Estimator parameters of each method (on top of the shared ones).
+METHOD_PARAMETERS: dict[str, dict[str, Any]] = {
+    "tt-flow": {"base": "tt", "flow": "realnvp"},
+    "gaussian-flow": {"base": "gaussian", "flow": "realnvp"},
+    "tt-alone": {"base": "tt", "flow": "none"},
+}
+#: A mode counts as found when it gets more than this fraction of its true
+#: mass (1 / (4 K) for K equal modes).
+FOUND_FRACTION = 0.25
+
+
+# ------------------------------------------------------------------- targets
+@dataclass(frozen=True)
+class Case:
+    """One target with its TT settings (the box is the target's ``domain``)."""
+
+    key: str
+    name: str
+    factory: Callable[[], Target]
+    n_basis: int
+    tt_rank: int
+    note: str = ""
+
+
+def make_cases() -> list[Case]:
+    """Every target of the suite, in report order."""
+    return [
+        Case(
+            "gl1d-16",
+            "GinzburgLandau1D(16)",
+            lambda: GinzburgLandau1D(16),
+            24,
+            8,
+            "settings of bench_cross.py",
+        ),
+        Case(
+            "gl1d-32",
+            "GinzburgLandau1D(32)",
+            lambda: GinzburgLandau1D(32),
+            24,
+            8,
+            "settings of bench_cross.py",
+        ),
+        Case(
+            "gl1d-50",
+            "GinzburgLandau1D(50)",
+            lambda: GinzburgLandau1D(50),
+            24,
+            8,
+            "settings of bench_cross.py (where TT-cross alone reaches ESS 0.01)",
+        ),
+        Case(
+            "gl2d-8x8",
+            "GinzburgLandau2D(8)",
+            lambda: GinzburgLandau2D(8),
+            24,
+            8,
+            "d = 64; log Z unknown: compare ELBOs (higher is better) and mode masses",
+        ),
+        Case(
+            "mog30d-5",
+            "MoG paper_30d_5mode",
+            MixtureOfGaussians.paper_30d_5mode,
+            64,
+            16,
+            "settings of bench_cross.py (0.045-wide modes need the fine grid)",
+        ),
+        Case(
+            "double-rosenbrock",
+            "DoubleRosenbrock(11)",
+            DoubleRosenbrock,
+            256,
+            8,
+            "x_d has unit width on [-200, 200]: TT-cross alone gives ESS 0.002 at "
+            "n_basis 64, 0.03 at 256",
+        ),
+        Case(
+            "mog2d-40",
+            "MoG fab_40_modes",
+            MixtureOfGaussians.fab_40_modes,
+            96,
+            32,
+            "box of width ~92 for modes of std 1.31, so a fine grid; 40 modes need a "
+            "high rank (n_basis 64, rank 16 gives ESS 0.86 alone)",
+        ),
+        Case("manywell-32", "ManyWell(32)", lambda: ManyWell(32), 24, 4, "product of 16 wells"),
+        Case(
+            "funnel-10",
+            "NealsFunnel(10)",
+            NealsFunnel,
+            64,
+            8,
+            "x_i | v has std from 0.01 to 90 on [-100, 100]: no box grid resolves it",
+        ),
+    ]
+
+
+QUICK_KEYS = ("gl1d-16", "mog2d-40", "funnel-10")
+
+
+# ----------------------------------------------------------------- results
+@dataclass
+class Result:
+    """Everything measured for one (target, method)."""
+
+    key: str
+    target: str
+    method: str
+    n_features: int | None = None
+    tt_rank: int | None = None
+    n_basis: int | None = None
+    status: str = "ok"  # "ok" or "failed"
+    error: str | None = None
+    elbo: float | None = None
+    start_elbo: float | None = None
+    best_validation_elbo: float | None = None
+    log_z_true: float | None = None
+    reverse_kl: float | None = None
+    log_z_estimate: float | None = None
+    log_z_std_error: float | None = None
+    log_z_abs_error: float | None = None
+    ess: float | None = None
+    mode_kind: str = "modes"
+    n_mode_groups: int | None = None
+    modes_found: int | None = None
+    max_mode_deviation: float | None = None
+    mode_masses: list[float] | None = None
+    mode_truth: list[float] | None = None
+    n_target_evaluations: int | None = None
+    n_iter: int | None = None
+    best_iter: int | None = None
+    fit_seconds: float | None = None
+    sample_seconds: float | None = None
+    wall_seconds: float | None = None
+    warnings: dict[str, int] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    run: int = 0
+
+
+# ------------------------------------------------------------------ modes
+def _well_positive_mass() -> float:
+    """Mass of ``x > 0`` under ``exp(-x^4 + 6 x^2 + x / 2)`` (one ManyWell well)."""
+    x = np.linspace(-5.0, 5.0, 400_001)
+    density = np.exp(-(x**4) + 6.0 * x**2 + 0.5 * x - 10.0)
+    return float(density[x > 0].sum() / density.sum())
+
+
+def mode_summary(target: Target, samples: torch.Tensor, result: Result) -> None:
+    """Masses per mode (per well side for ManyWell) against the truth."""
+    if isinstance(target, ManyWell):
+        positive = (samples[:, 0::2] > 0).double().mean(0).numpy()
+        truth = np.full(target.n_wells, _well_positive_mass())
+        found = (positive > FOUND_FRACTION * truth) & (
+            1.0 - positive > FOUND_FRACTION * (1.0 - truth)
+        )
+        result.mode_kind = "wells with both sides"
+        result.n_mode_groups = target.n_wells
+        result.modes_found = int(found.sum())
+        result.mode_masses = positive.tolist()
+        result.mode_truth = truth.tolist()
+        result.max_mode_deviation = float(np.abs(positive - truth).max())
+        return
+    counts = np.bincount(target.mode_of(samples).numpy(), minlength=target.n_modes)
+    masses = counts / samples.shape[0]
+    if isinstance(target, MixtureOfGaussians):
+        truth = target.weights / target.weights.sum()
+    else:  # Ginzburg-Landau and double Rosenbrock: equal masses by symmetry
+        truth = np.full(target.n_modes, 1.0 / target.n_modes)
+    result.n_mode_groups = target.n_modes
+    result.modes_found = int((masses > FOUND_FRACTION * truth).sum())
+    result.mode_masses = masses.tolist()
+    result.mode_truth = truth.tolist()
+    result.max_mode_deviation = float(np.abs(masses - truth).max())
+
+
+# ------------------------------------------------------------------ runner
+def estimator(case: Case, target: Target, method: str, args: argparse.Namespace):
+    """The estimator of one method, with the suite's shared settings."""
+    return TensorizingFlowDensity(
+        **METHOD_PARAMETERS[method],
+        tt_rank=case.tt_rank,
+        n_basis=case.n_basis,
+        domain=target.domain,
+        log_target=target.log_prob,
+        max_iter=args.max_iter,
+        batch_size=args.batch_size,
+        learning_rate=args.learning_rate,
+        n_iter_no_change=args.n_iter_no_change,
+        random_state=SEED,
+    )
+
+
+def count_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, int]:
+    """Warnings by category and the start of their message."""
+    counts: dict[str, int] = {}
+    for item in caught:
+        text = str(item.message).splitlines()[0]
+        key = f"{item.category.__name__}: {text[:90]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def run_method(case: Case, target: Target, method: str, args: argparse.Namespace) -> Result:
+    """Fit one method on one target and measure it; failures become rows."""
+    result = Result(case.key, case.name, method, n_features=target.n_features)
+    if method != "gaussian-flow":
+        result.tt_rank, result.n_basis = case.tt_rank, case.n_basis
+    log_z = target.log_normalizer
+    result.log_z_true = log_z
+    start = time.perf_counter()
+    caught: list[warnings.WarningMessage] = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model = estimator(case, target, method, args).fit()
+            result.fit_seconds = model.fit_time_
+            result.elbo = model.elbo_
+            result.ess = model.ess_
+            result.log_z_estimate = model.log_normalizer_
+            result.log_z_std_error = model.log_normalizer_std_error_
+            result.n_target_evaluations = model.n_target_evaluations_
+            result.n_iter = model.n_iter_
+            if model.validation_scores_:
+                scores = model.validation_scores_
+                result.start_elbo = scores[0]
+                result.best_iter = int(np.nanargmax(scores))
+                result.best_validation_elbo = float(np.nanmax(scores))
+            if log_z is not None:
+                result.reverse_kl = log_z - model.elbo_
+                result.log_z_abs_error = abs(model.log_normalizer_ - log_z)
+            sampled = time.perf_counter()
+            samples = torch.as_tensor(model.sample(args.n_draws, random_state=SEED + 1))
+            result.sample_seconds = time.perf_counter() - sampled
+            mode_summary(target, samples, result)
+    except Exception as error:  # a failing method is a result, not a crash
+        result.status = "failed"
+        result.error = f"{type(error).__name__}: {error}"
+        result.notes.append(traceback.format_exc(limit=4).strip().splitlines()[-1])
+    result.warnings = count_warnings(caught)
+    result.wall_seconds = time.perf_counter() - start
+    return result
+
+
+def summary_line(result: Result) -> str:
+    """One line of progress output."""
+    if result.status == "failed":
+        return f"FAILED {result.error}"
+    kl = "n/a" if result.reverse_kl is None else f"{result.reverse_kl:.3g}"
+    return (
+        f"ELBO {result.elbo:.4g}, KL {kl}, ESS {result.ess:.3g}, "
+        f"{result.mode_kind} {result.modes_found}/{result.n_mode_groups}, "
+        f"{result.n_target_evaluations} evals, {result.fit_seconds:.1f} s, "
+        f"{result.n_iter} iters, warnings {sum(result.warnings.values())}"
+    )
+
+
+def warm_up() -> None:
+    """An untimed tiny fit of each method, so one-time costs miss the first row."""
+    target = MixtureOfGaussians(np.zeros((1, 2)), np.ones(1))
+    for parameters in METHOD_PARAMETERS.values():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                TensorizingFlowDensity(
+                    **parameters,
+                    tt_rank=2,
+                    n_basis=8,
+                    domain=target.domain,
+                    log_target=target.log_prob,
+                    max_iter=1,
+                    random_state=SEED,
+                ).fit()
+            except Exception as error:  # the real run reports failures
+                print(f"warm-up failed: {type(error).__name__}: {error}", flush=True)
+
+
+# ----------------------------------------------------------------- metadata
+def settings(args: argparse.Namespace) -> dict[str, Any]:
+    """What must agree between runs merged into one file."""
+    return {
+        "quick": args.quick,
+        "max_iter": args.max_iter,
+        "steps_per_iteration": STEPS_PER_ITERATION,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "n_iter_no_change": args.n_iter_no_change,
+        "flow": "realnvp",
+        "n_flow_layers": TensorizingFlowDensity().n_flow_layers,
+        "hidden_units": TensorizingFlowDensity().hidden_units,
+        "dtype": TensorizingFlowDensity().dtype,
+        "random_state": SEED,
+        "n_draws_for_modes": args.n_draws,
+        "found_fraction": FOUND_FRACTION,
+        "methods": {name: METHOD_PARAMETERS[name] for name in args.methods},
+    }
+
+
+def run_metadata(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
+    """Where, when and with what one run was made."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        "targets": [case.key for case in cases],
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_start": load_average(),
+        "platform": platform.platform(),
+        "python_version": platform.python_version(),
+        "versions": {
+            name: package_version(name)
+            for name in ("torch", "numpy", "scipy", "scikit-learn", "normflows")
+        },
+        "sktt_flow_version": sktt_flow.__version__,
+        "sktt_flow_source_sha256": source_digest(),
+        "git": git_commit(),
+    }
+
+
+def case_metadata(case: Case, target: Target) -> dict[str, Any]:
+    """The target's settings as reported."""
+    domain = target.domain
+    return {
+        "key": case.key,
+        "name": case.name,
+        "n_features": target.n_features,
+        "n_modes": target.n_modes,
+        "log_normalizer": target.log_normalizer,
+        "tt_rank": case.tt_rank,
+        "n_basis": case.n_basis,
+        "domain_low_range": [float(domain[:, 0].min()), float(domain[:, 0].max())],
+        "domain_high_range": [float(domain[:, 1].min()), float(domain[:, 1].max())],
+        "note": case.note,
+    }
+
+
+# ----------------------------------------------------------------- reports
+def _number(value: Any) -> float | None:
+    """A JSON value as a float (non-finite floats are stored as strings), or None."""
+    if value is None:
+        return None
+    return float(value)
+
+
+def _fmt(value: Any, spec: str) -> str:
+    value = _number(value)
+    if value is None or math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return str(value)
+    return format(value, spec)
+
+
+def _count(value: int | None) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value / 1e6:.2f}M" if value >= 1e6 else f"{value / 1e3:.1f}k"
+
+
+def _modes(r: dict[str, Any]) -> str:
+    if r["modes_found"] is None:
+        return "n/a"
+    text = f"{r['modes_found']}/{r['n_mode_groups']}"
+    if r["modes_found"] < r["n_mode_groups"]:
+        text = f"**{text}**"
+    return text + (" wells" if r["mode_kind"] != "modes" else "")
+
+
+def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
+    """The main table, one row per (target, method)."""
+    header = (
+        "| target | d | method | rank / n_basis | ELBO | reverse KL | log Z est (se) | "
+        "abs dlogZ | ESS | modes found | max mode dev | evals | fit s | iters (best) | "
+        "warnings | status |"
+    )
+    lines = [header, header_rule(header)]
+    for r in results:
+        settings_text = "n/a" if r["tt_rank"] is None else f"{r['tt_rank']} / {r['n_basis']}"
+        if r["status"] == "failed":
+            status = f"**FAILED**: {(r['error'] or '')[:150]}"
+        else:
+            status = "ok"
+        log_z = (
+            "n/a"
+            if r["log_z_estimate"] is None
+            else f"{_fmt(r['log_z_estimate'], '.4g')} ({_fmt(r['log_z_std_error'], '.1e')})"
+        )
+        if r["n_iter"] is None:
+            iters = "n/a"
+        elif r["best_iter"] is None:
+            iters = str(r["n_iter"])
+        else:
+            iters = f"{r['n_iter']} ({r['best_iter']})"
+        lines.append(
+            f"| {r['target']} | {r['n_features']} | {r['method']} | {settings_text} | "
+            f"{_fmt(r['elbo'], '.4g')} | {_fmt(r['reverse_kl'], '.3g')} | {log_z} | "
+            f"{_fmt(r['log_z_abs_error'], '.2g')} | {_fmt(r['ess'], '.3g')} | {_modes(r)} | "
+            f"{_fmt(r['max_mode_deviation'], '.3f')} | {_count(r['n_target_evaluations'])} | "
+            f"{_fmt(r['fit_seconds'], '.3g')} | {iters} | {sum(r['warnings'].values())} | "
+            f"{status} |"
+        )
+    return lines
+
+
+def comparison(results: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[str]:
+    """Per target: which method is best on each measure (ties within noise noted)."""
+    lines = [
+        "| target | best ELBO | best ESS | best abs dlogZ | most modes found | "
+        "tt-flow vs gaussian-flow (ELBO gain) | tt-flow vs tt-alone (ELBO gain) |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for key in keys:
+        rows = {r["method"]: r for r in results if r["key"] == key and r["status"] == "ok"}
+        if not rows:
+            continue
+        name = next(r["target"] for r in results if r["key"] == key)
+
+        def best(field_name: str, lowest: bool = False, rows=rows) -> str:
+            values = {m: _number(r[field_name]) for m, r in rows.items()}
+            values = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
+            if not values:
+                return "n/a"
+            top = (min if lowest else max)(values.values())
+            winners = [m for m, v in values.items() if abs(v - top) <= 1e-9 * max(1, abs(top))]
+            return f"{' = '.join(winners)} ({top:.3g})"
+
+        def gain(other: str, rows=rows) -> str:
+            if "tt-flow" not in rows or other not in rows:
+                return "n/a"
+            a, b = _number(rows["tt-flow"]["elbo"]), _number(rows[other]["elbo"])
+            if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
+                return "n/a"
+            return f"{a - b:+.3g}"
+
+        lines.append(
+            f"| {name} | {best('elbo')} | {best('ess')} | "
+            f"{best('log_z_abs_error', lowest=True)} | {best('modes_found')} | "
+            f"{gain('gaussian-flow')} | {gain('tt-alone')} |"
+        )
+    return lines
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """Metadata, the tables, per-row notes and how to read the columns."""
+    meta, results = payload["metadata"], payload["results"]
+    s = meta["settings"]
+    keys = [c["key"] for c in payload["cases"]]
+    all_keys = [case.key for case in make_cases()]
+    missing = [key for key in all_keys if key not in keys]
+    lines = [
+        "# Variational inference: tensorizing flow vs the same flow on a Gaussian base, CPU",
+        "",
+    ]
+    if s["quick"]:
+        lines += [
+            f"**Quick run** (smoke test): {s['max_iter']} iterations at most, a subset "
+            "of targets; not representative of converged fits.",
+            "",
+        ]
+    if missing:
+        lines += [f"**Partial run**: targets not run: {', '.join(missing)}.", ""]
+    for index, run in enumerate(meta["runs"]):
+        versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+        lines += [
+            f"- run {index}: date {run['date']}; command: `{run['command']}`; targets "
+            f"{', '.join(run['targets'])}",
+            f"  - CPU: {run['cpu']} ({run['cpu_count']} CPUs), torch threads "
+            f"{run['torch_num_threads']}, OMP_NUM_THREADS={run['omp_num_threads']}; load "
+            f"average at start {run['load_average_start']}, at end "
+            f"{run.get('load_average_end')}; wall time {run.get('wall_time_s', 0):.0f} s",
+            f"  - versions: {versions}; sktt_flow {run['sktt_flow_version']} (git "
+            f"{run['git']}, sources sha256 {run['sktt_flow_source_sha256'][:12]})",
+        ]
+    lines += [
+        f"- shared by the flows of both bases: RealNVP, {s['n_flow_layers']} layers, "
+        f"{s['hidden_units']} hidden units, {s['dtype']}; Adam, learning rate "
+        f"{s['learning_rate']} (halved on plateaus), batch {s['batch_size']}, at most "
+        f"{s['max_iter']} iterations of {s['steps_per_iteration']} steps "
+        f"(= {s['max_iter'] * s['steps_per_iteration']:,} steps), early stopping after "
+        f"{s['n_iter_no_change']} iterations without a better validation ELBO; "
+        f"random_state {s['random_state']}",
+        f"- diagnostics on the estimator's 10,000 fresh draws; mode masses on "
+        f"{s['n_draws_for_modes']:,} draws of `sample(n, random_state=1)`",
+        "",
+        *markdown_table(results),
+        "",
+        "TT settings and boxes per target (the box is the target's own `domain`):",
+        "",
+    ]
+    for c in payload["cases"]:
+        lows, highs = c["domain_low_range"], c["domain_high_range"]
+        box = (
+            f"[{lows[0]:g}, {highs[0]:g}]^{c['n_features']}"
+            if lows[0] == lows[1] and highs[0] == highs[1]
+            else f"low in [{lows[0]:g}, {lows[1]:g}], high in [{highs[0]:g}, {highs[1]:g}]"
+        )
+        log_z = "unknown" if c["log_normalizer"] is None else f"{c['log_normalizer']:.6g}"
+        lines.append(
+            f"- {c['name']}: d {c['n_features']}, {c['n_modes']} mode(s), log Z {log_z}, box "
+            f"{box}; tt_rank {c['tt_rank']}, n_basis {c['n_basis']}"
+            + (f" ({c['note']})" if c["note"] else "")
+        )
+    lines += [
+        "",
+        "## Which method wins, per target",
+        "",
+        "Computed from the table above (reverse KL = log Z - ELBO, so the best ELBO is "
+        "also the best reverse KL; ESS and ELBO cannot see a missed mode, abs dlogZ and "
+        "modes found can). Positive ELBO gains favour the tensorizing flow.",
+        "",
+        *comparison(results, keys),
+        "",
+        "## Columns",
+        "",
+        "- **ELBO**: E_q[log h - log q] (estimator's `elbo_`); **reverse KL** = log Z - "
+        "ELBO where log Z is known (slightly negative values are sampling noise).",
+        "- **log Z est (se)**: importance-sampling estimate `log_normalizer_` and its "
+        "delta-method standard error; **abs dlogZ** = |estimate - log Z|.",
+        "- **ESS**: normalised effective sample size of the importance weights h / q.",
+        f"- **modes found**: modes whose share of the draws exceeds {FOUND_FRACTION:g} of "
+        "their true mass (1/2 each for Ginzburg-Landau and double Rosenbrock, the weights "
+        "for mixtures); for ManyWell, of the 16 double wells, those where each side gets "
+        "more than a quarter of its true mass (0.844 / 0.156). **max mode dev**: largest "
+        "|share - true mass| over modes (ManyWell: over the wells' positive side).",
+        "- **evals**: target evaluations in `fit` (`n_target_evaluations_`: TT-cross, "
+        "training, validation and the 10,000 diagnostic draws).",
+        "- **fit s**: `fit_time_` (one torch thread); **iters (best)**: iterations of "
+        "reverse-KL training run and the one of the best validation ELBO, whose state "
+        "was kept up to the 1e-4 improvement threshold (0 = the starting "
+        "model, i.e. the flow at the identity on its base).",
+        "- **warnings**: warnings raised while fitting (texts in the notes).",
+        "",
+        "## Notes per row",
+        "",
+    ]
+    for r in results:
+        notes = list(r["notes"])
+        if r["start_elbo"] is not None and r["method"] != "tt-alone":
+            notes.append(
+                f"validation ELBO at start {_fmt(r['start_elbo'], '.4g')}, best "
+                f"{_fmt(r['best_validation_elbo'], '.4g')}"
+            )
+        if r["sample_seconds"] is not None:
+            notes.append(f"drawing the mode-mass samples took {r['sample_seconds']:.2f} s")
+        for text, count in r["warnings"].items():
+            notes.append(f"{count} x {text}")
+        if r["error"]:
+            notes.append(f"error: {r['error']}")
+        if notes:
+            lines.append(f"- {r['target']} / {r['method']}: " + "; ".join(notes))
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------- main
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    keys = [case.key for case in make_cases()]
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help=f"targets {', '.join(QUICK_KEYS)}, 10 iterations, 2,000 draws: a smoke test",
+    )
+    parser.add_argument(
+        "--only", nargs="+", choices=keys, metavar="NAME", help=f"targets: {', '.join(keys)}"
+    )
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=Path(__file__).resolve().parent / "results",
+        help="directory for vi_cpu.json and .md (default: benchmarks/results/)",
+    )
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="replace the rows of the targets run in an existing result file of the "
+        "same settings, keeping the others",
+    )
+    parser.add_argument(
+        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--max-iter", type=int, default=None, help="default 300, quick 10")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--learning-rate", type=float, default=1e-3)
+    parser.add_argument("--n-iter-no-change", type=int, default=None, help="default 20, quick 5")
+    parser.add_argument(
+        "--n-draws", type=int, default=None, help="draws for mode masses (10000, quick 2000)"
+    )
+    args = parser.parse_args(argv)
+    args.max_iter = args.max_iter if args.max_iter is not None else (10 if args.quick else 300)
+    if args.n_iter_no_change is None:
+        args.n_iter_no_change = 5 if args.quick else 20
+    args.n_draws = args.n_draws or (2000 if args.quick else 10_000)
+    return args
+
+
+def merge(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` merged into the result file at ``path`` (same settings only)."""
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old["metadata"]["settings"] != json.loads(json.dumps(payload["metadata"]["settings"])):
+        raise SystemExit(f"--merge: {path} was made with other settings; not merging.")
+    new_keys = {c["key"] for c in payload["cases"]}
+    runs = old["metadata"]["runs"]
+    offset = len(runs)
+    for row in payload["results"]:
+        row["run"] += offset
+    order = [case.key for case in make_cases()]
+    cases = [c for c in old["cases"] if c["key"] not in new_keys] + payload["cases"]
+    cases.sort(key=lambda c: order.index(c["key"]))
+    results = [r for r in old["results"] if r["key"] not in new_keys] + payload["results"]
+    results.sort(key=lambda r: (order.index(r["key"]), METHODS.index(r["method"])))
+    payload["metadata"]["runs"] = runs + payload["metadata"]["runs"]
+    return {"metadata": payload["metadata"], "cases": cases, "results": results}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the suite and write the results; returns the exit status."""
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = make_cases()
+    keys = args.only or (QUICK_KEYS if args.quick else [case.key for case in cases])
+    cases = [case for case in cases if case.key in keys]
+    run = run_metadata(args, cases)
+    print(
+        f"VI benchmark on {run['cpu']}, {run['torch_num_threads']} threads, "
+        f"quick={args.quick}, targets {', '.join(run['targets'])}",
+        flush=True,
+    )
+    warm_up()
+    start = time.perf_counter()
+    results: list[Result] = []
+    case_meta = []
+    for case in cases:
+        target = case.factory()
+        case_meta.append(case_metadata(case, target))
+        for method in args.methods:
+            print(f"[{case.name}] {method} ...", flush=True)
+            result = run_method(case, target, method, args)
+            if case.note and method == "tt-flow":
+                result.notes.insert(0, case.note)
+            print(f"    {summary_line(result)}", flush=True)
+            results.append(result)
+    run["wall_time_s"] = time.perf_counter() - start
+    run["load_average_end"] = load_average()
+    payload: dict[str, Any] = {
+        "metadata": {"settings": settings(args), "runs": [run]},
+        "cases": case_meta,
+        "results": [asdict(result) for result in results],
+    }
+    payload = json.loads(json.dumps(json_safe(payload), allow_nan=False))
+    stem = "vi_cpu" + ("_quick" if args.quick else "")
+    args.output.mkdir(parents=True, exist_ok=True)
+    path = args.output / f"{stem}.json"
+    if args.merge and path.exists():
+        payload = merge(path, payload)
+    text = json.dumps(payload, indent=2, allow_nan=False)
+    write_atomically(path, text + "\n")
+    write_atomically(args.output / f"{stem}.md", markdown_report(payload))
+    print(f"Wrote {args.output / stem}.json and .md in {run['wall_time_s']:.0f} s", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
