@@ -102,3 +102,26 @@ def test_check_differentiable():
         check_differentiable(lambda x: log_target(x).detach(), points)
     assert check_differentiable(log_target, points) is None
     assert not points.requires_grad  # the probe is a copy
+
+
+def test_a_state_that_only_looks_better_is_not_kept():
+    """The target is the base itself, so any change of the flow lowers the true
+    ELBO: the check on fresh draws rejects a perturbed flow (and accepts the
+    identity against a perturbed start)."""
+    from sktt_flow.training.reverse_kl import _confirmed_on_fresh_draws
+    from tests.conftest import random_distribution
+    from tests.flows.reference import perturb
+
+    exact = random_distribution((1, 3, 1), 8, [[-2.0, 2.0]] * 2, seed=3)
+    exact.requires_grad_(False)
+    torch.manual_seed(0)
+    model = TensorizingFlow(exact, build_flow_layers("realnvp", 2, n_layers=2, hidden_units=8))
+    model = model.double()
+    identity = {k: v.clone() for k, v in model.state_dict().items()}
+    perturb(model.flows, 0.05, seed=1)
+    perturbed = {k: v.clone() for k, v in model.state_dict().items()}
+    cpu = torch.device("cpu")
+    assert not _confirmed_on_fresh_draws(model, identity, exact.log_prob, 512, 0, cpu)
+    assert all(torch.equal(perturbed[k], v) for k, v in model.state_dict().items())
+    model.load_state_dict(identity)
+    assert _confirmed_on_fresh_draws(model, perturbed, exact.log_prob, 512, 0, cpu)
