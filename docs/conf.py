@@ -7,7 +7,6 @@ anything (CI does, since ``tests/test_examples.py`` already runs the examples).
 """
 
 import os
-import shutil
 from pathlib import Path
 
 import sktt_flow
@@ -33,7 +32,7 @@ templates_path = ["_templates"]
 numpydoc_show_class_members = False
 numpydoc_xref_param_type = False
 # No intersphinx: the build must work without network access.
-exclude_patterns = ["_build", "_gallery_src", "gallery_header.rst", "**.ipynb_checkpoints"]
+exclude_patterns = ["_build", "**.ipynb_checkpoints"]
 html_theme = "pydata_sphinx_theme"
 html_title = "sktt_flow"
 html_theme_options = {
@@ -43,37 +42,13 @@ html_theme_options = {
 }
 
 # ---------------------------------------------------------------- gallery
-# sphinx-gallery needs a header (GALLERY_HEADER.rst) in the examples folder.
-# While examples/ has none, the scripts are mirrored next to the header kept
-# in docs/gallery_header.rst (docs/_gallery_src/, not under version control);
-# once examples/ has its own header, the gallery is built from ../examples
-# directly.
-EXAMPLES = ROOT / "examples"
-#: The header names sphinx-gallery looks for.
-_HEADER_NAMES = [
-    f"{stem}{ext}" for stem in ("GALLERY_HEADER", "README", "readme") for ext in (".txt", ".rst")
-]
-
-
-def _gallery_source() -> str:
-    if any((EXAMPLES / name).is_file() for name in _HEADER_NAMES):
-        return "../examples"
-    staged = DOCS / "_gallery_src"
-    if staged.exists():
-        shutil.rmtree(staged)
-    staged.mkdir()
-    shutil.copyfile(DOCS / "gallery_header.rst", staged / "GALLERY_HEADER.rst")
-    for item in sorted(EXAMPLES.iterdir()):
-        if item.is_file():
-            shutil.copyfile(item, staged / item.name)
-    return "_gallery_src"
-
+# The gallery is built from ../examples (its header: examples/GALLERY_HEADER.rst).
 
 #: "1" renders the gallery without running the examples.
 RUN_GALLERY = os.environ.get("SKTT_FLOW_DOCS_NO_GALLERY_RUN", "") != "1"
 
 sphinx_gallery_conf = {
-    "examples_dirs": _gallery_source(),
+    "examples_dirs": "../examples",
     "gallery_dirs": "auto_examples",
     # Run the plot_*.py scripts.
     "filename_pattern": r"plot_",
