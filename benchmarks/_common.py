@@ -6,14 +6,18 @@ on ``sys.path``; that is how they import this module.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import importlib.metadata
 import math
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +136,52 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, (list, tuple)):
         return [json_safe(item) for item in value]
     return value
+
+
+def count_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, int]:
+    """Warnings by category and the start of their message."""
+    counts: dict[str, int] = {}
+    for item in caught:
+        text = str(item.message).strip().splitlines()[0] if str(item.message).strip() else ""
+        key = f"{item.category.__name__}: {text[:90]}"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def as_float(value: Any) -> float | None:
+    """A JSON value as a float (non-finite floats are stored as strings), or None."""
+    return None if value is None else float(value)
+
+
+def format_value(value: Any, spec: str) -> str:
+    """``value`` formatted with ``spec``; ``n/a`` for None or NaN."""
+    value = as_float(value)
+    if value is None or math.isnan(value):
+        return "n/a"
+    if math.isinf(value):
+        return str(value)
+    return format(value, spec)
+
+
+def run_metadata(label: str, keys: Sequence[str]) -> dict[str, Any]:
+    """Where, when and with what one run was made; ``keys`` (under ``label``)
+    are what it ran."""
+    return {
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "command": shlex.join([sys.executable, *sys.argv]),
+        label: list(keys),
+        "cpu": cpu_name(),
+        "cpu_count": os.cpu_count(),
+        "torch_num_threads": torch.get_num_threads(),
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
+        "load_average_start": load_average(),
+        "platform": platform.platform(),
+        "python_version": platform.python_version(),
+        "versions": {
+            name: package_version(name)
+            for name in ("torch", "numpy", "scipy", "scikit-learn", "normflows")
+        },
+        "sktt_flow_version": sktt_flow.__version__,
+        "sktt_flow_source_sha256": source_digest(),
+        "git": git_commit(),
+    }

@@ -56,12 +56,8 @@ an existing result file of the same settings.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 import traceback
@@ -74,13 +70,13 @@ from typing import Any
 import numpy as np
 import torch
 from _common import (
-    cpu_name,
-    git_commit,
+    as_float,
+    count_warnings,
+    format_value,
     header_rule,
     json_safe,
     load_average,
-    package_version,
-    source_digest,
+    run_metadata,
     write_atomically,
 )
 from sklearn.datasets import load_digits
@@ -89,7 +85,6 @@ from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV, KFold, train_test_split
 from sklearn.neighbors import KernelDensity
 
-import sktt_flow
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.targets import MixtureOfGaussians
 
@@ -293,16 +288,6 @@ def make_method(method: str, train: np.ndarray, args: argparse.Namespace) -> Any
     raise ValueError(f"unknown method {method!r}")
 
 
-def count_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, int]:
-    """Warnings by category and the start of their message."""
-    counts: dict[str, int] = {}
-    for item in caught:
-        text = str(item.message).strip().splitlines()[0] if str(item.message).strip() else ""
-        key = f"{item.category.__name__}: {text[:90]}"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def run_method(
     dataset: Dataset,
     method: str,
@@ -425,44 +410,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_metadata(args: argparse.Namespace, datasets: Sequence[Dataset]) -> dict[str, Any]:
-    """Where, when and with what one run was made."""
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "datasets": [dataset.key for dataset in datasets],
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_start": load_average(),
-        "platform": platform.platform(),
-        "python_version": platform.python_version(),
-        "versions": {
-            name: package_version(name)
-            for name in ("torch", "numpy", "scipy", "scikit-learn", "normflows")
-        },
-        "sktt_flow_version": sktt_flow.__version__,
-        "sktt_flow_source_sha256": source_digest(),
-        "git": git_commit(),
-    }
-
-
 # ----------------------------------------------------------------- reports
-def _number(value: Any) -> float | None:
-    """A JSON value as a float (non-finite floats are stored as strings), or None."""
-    return None if value is None else float(value)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    value = _number(value)
-    if value is None or math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return str(value)
-    return format(value, spec)
-
-
 def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
     """The main table, one row per (dataset, method)."""
     header = (
@@ -472,21 +420,21 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
     lines = [header, header_rule(header)]
     best: dict[str, float] = {}
     for r in results:
-        value = _number(r["test_log_likelihood"])
+        value = as_float(r["test_log_likelihood"])
         if r["status"] == "ok" and value is not None and math.isfinite(value):
             best[r["key"]] = max(best.get(r["key"], -math.inf), value)
     for r in results:
-        value = _number(r["test_log_likelihood"])
+        value = as_float(r["test_log_likelihood"])
         gap = (
             "n/a"
             if value is None or r["key"] not in best
-            else _fmt(value - best[r["key"]], "+.3f")
+            else format_value(value - best[r["key"]], "+.3f")
         )
         if gap == "+0.000" and value == best.get(r["key"]):
             gap = "**best**"
         chosen = (
             ", ".join(
-                f"{k}={_fmt(v, '.3g') if isinstance(v, float) else v}"
+                f"{k}={format_value(v, '.3g') if isinstance(v, float) else v}"
                 for k, v in r["best_params"].items()
             )
             if r["best_params"]
@@ -497,10 +445,10 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
             status += f" ({r['n_test_nonfinite']} test points scored -inf/nan)"
         lines.append(
             f"| {r['dataset']} | {r['n_features']} | {r['n_train']} / {r['n_test']} | "
-            f"{r['method']} | {_fmt(r['test_log_likelihood'], '.3f')} "
-            f"({_fmt(r['test_log_likelihood_se'], '.3f')}) | "
-            f"{_fmt(r['true_test_log_likelihood'], '.3f')} | {gap} | {chosen} | "
-            f"{_fmt(r['fit_seconds'], '.3g')} | "
+            f"{r['method']} | {format_value(r['test_log_likelihood'], '.3f')} "
+            f"({format_value(r['test_log_likelihood_se'], '.3f')}) | "
+            f"{format_value(r['true_test_log_likelihood'], '.3f')} | {gap} | {chosen} | "
+            f"{format_value(r['fit_seconds'], '.3g')} | "
             f"{'' if r['n_iter'] is None else r['n_iter']} | "
             f"{sum(r['warnings'].values())} | {status} |"
         )
@@ -516,7 +464,7 @@ def comparison(results: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[s
     ]
     for key in keys:
         rows = {
-            r["method"]: _number(r["test_log_likelihood"])
+            r["method"]: as_float(r["test_log_likelihood"])
             for r in results
             if r["key"] == key and r["status"] == "ok"
         }
@@ -614,7 +562,7 @@ def markdown_report(payload: dict[str, Any]) -> str:
     for r in results:
         notes = list(r["notes"])
         if r["cv_scores"]:
-            scores = ", ".join(f"{k}: {_fmt(v, '.3f')}" for k, v in r["cv_scores"].items())
+            scores = ", ".join(f"{k}: {format_value(v, '.3f')}" for k, v in r["cv_scores"].items())
             kind = " (total log-likelihood of a fold)" if r["method"] == "kde" else ""
             notes.append(f"CV mean scores{kind} {scores}")
         for text, count in r["warnings"].items():
@@ -699,7 +647,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     datasets = make_datasets()
     keys = args.only or (QUICK_KEYS if args.quick else [d.key for d in datasets])
     datasets = [d for d in datasets if d.key in keys]
-    run = run_metadata(args, datasets)
+    run = run_metadata("datasets", [item.key for item in datasets])
     print(
         f"Density benchmark on {run['cpu']}, {run['torch_num_threads']} threads, "
         f"quick={args.quick}, datasets {', '.join(run['datasets'])}",

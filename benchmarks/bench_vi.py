@@ -45,12 +45,8 @@ metadata keeps one entry per run.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import math
-import os
-import platform
-import shlex
 import sys
 import time
 import traceback
@@ -63,17 +59,16 @@ from typing import Any
 import numpy as np
 import torch
 from _common import (
-    cpu_name,
-    git_commit,
+    as_float,
+    count_warnings,
+    format_value,
     header_rule,
     json_safe,
     load_average,
-    package_version,
-    source_digest,
+    run_metadata,
     write_atomically,
 )
 
-import sktt_flow
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.targets import (
     DoubleRosenbrock,
@@ -280,16 +275,6 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
     )
 
 
-def count_warnings(caught: Sequence[warnings.WarningMessage]) -> dict[str, int]:
-    """Warnings by category and the start of their message."""
-    counts: dict[str, int] = {}
-    for item in caught:
-        text = str(item.message).splitlines()[0]
-        key = f"{item.category.__name__}: {text[:90]}"
-        counts[key] = counts.get(key, 0) + 1
-    return counts
-
-
 def run_method(case: Case, target: Target, method: str, args: argparse.Namespace) -> Result:
     """Fit one method on one target and measure it; failures become rows."""
     result = Result(case.key, case.name, method, n_features=target.n_features)
@@ -385,29 +370,6 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
-def run_metadata(args: argparse.Namespace, cases: Sequence[Case]) -> dict[str, Any]:
-    """Where, when and with what one run was made."""
-    return {
-        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "command": shlex.join([sys.executable, *sys.argv]),
-        "targets": [case.key for case in cases],
-        "cpu": cpu_name(),
-        "cpu_count": os.cpu_count(),
-        "torch_num_threads": torch.get_num_threads(),
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "load_average_start": load_average(),
-        "platform": platform.platform(),
-        "python_version": platform.python_version(),
-        "versions": {
-            name: package_version(name)
-            for name in ("torch", "numpy", "scipy", "scikit-learn", "normflows")
-        },
-        "sktt_flow_version": sktt_flow.__version__,
-        "sktt_flow_source_sha256": source_digest(),
-        "git": git_commit(),
-    }
-
-
 def case_metadata(case: Case, target: Target) -> dict[str, Any]:
     """The target's settings as reported."""
     domain = target.domain
@@ -426,22 +388,6 @@ def case_metadata(case: Case, target: Target) -> dict[str, Any]:
 
 
 # ----------------------------------------------------------------- reports
-def _number(value: Any) -> float | None:
-    """A JSON value as a float (non-finite floats are stored as strings), or None."""
-    if value is None:
-        return None
-    return float(value)
-
-
-def _fmt(value: Any, spec: str) -> str:
-    value = _number(value)
-    if value is None or math.isnan(value):
-        return "n/a"
-    if math.isinf(value):
-        return str(value)
-    return format(value, spec)
-
-
 def _count(value: int | None) -> str:
     if value is None:
         return "n/a"
@@ -474,7 +420,8 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
         log_z = (
             "n/a"
             if r["log_z_estimate"] is None
-            else f"{_fmt(r['log_z_estimate'], '.4g')} ({_fmt(r['log_z_std_error'], '.1e')})"
+            else f"{format_value(r['log_z_estimate'], '.4g')} "
+            f"({format_value(r['log_z_std_error'], '.1e')})"
         )
         if r["n_iter"] is None:
             iters = "n/a"
@@ -484,11 +431,12 @@ def markdown_table(results: Sequence[dict[str, Any]]) -> list[str]:
             iters = f"{r['n_iter']} ({r['best_iter']})"
         lines.append(
             f"| {r['target']} | {r['n_features']} | {r['method']} | {settings_text} | "
-            f"{_fmt(r['elbo'], '.4g')} | {_fmt(r['reverse_kl'], '.3g')} | {log_z} | "
-            f"{_fmt(r['log_z_abs_error'], '.2g')} | {_fmt(r['ess'], '.3g')} | {_modes(r)} | "
-            f"{_fmt(r['max_mode_deviation'], '.3f')} | {_count(r['n_target_evaluations'])} | "
-            f"{_fmt(r['fit_seconds'], '.3g')} | {iters} | {sum(r['warnings'].values())} | "
-            f"{status} |"
+            f"{format_value(r['elbo'], '.4g')} | {format_value(r['reverse_kl'], '.3g')} | "
+            f"{log_z} | {format_value(r['log_z_abs_error'], '.2g')} | "
+            f"{format_value(r['ess'], '.3g')} | {_modes(r)} | "
+            f"{format_value(r['max_mode_deviation'], '.3f')} | "
+            f"{_count(r['n_target_evaluations'])} | {format_value(r['fit_seconds'], '.3g')} | "
+            f"{iters} | {sum(r['warnings'].values())} | {status} |"
         )
     return lines
 
@@ -507,7 +455,7 @@ def comparison(results: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[s
         name = next(r["target"] for r in results if r["key"] == key)
 
         def best(field_name: str, lowest: bool = False, rows=rows) -> str:
-            values = {m: _number(r[field_name]) for m, r in rows.items()}
+            values = {m: as_float(r[field_name]) for m, r in rows.items()}
             values = {m: v for m, v in values.items() if v is not None and math.isfinite(v)}
             if not values:
                 return "n/a"
@@ -518,7 +466,7 @@ def comparison(results: Sequence[dict[str, Any]], keys: Sequence[str]) -> list[s
         def gain(other: str, rows=rows) -> str:
             if "tt-flow" not in rows or other not in rows:
                 return "n/a"
-            a, b = _number(rows["tt-flow"]["elbo"]), _number(rows[other]["elbo"])
+            a, b = as_float(rows["tt-flow"]["elbo"]), as_float(rows[other]["elbo"])
             if a is None or b is None or not (math.isfinite(a) and math.isfinite(b)):
                 return "n/a"
             return f"{a - b:+.3g}"
@@ -628,8 +576,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         notes = list(r["notes"])
         if r["start_elbo"] is not None and r["method"] != "tt-alone":
             notes.append(
-                f"validation ELBO at start {_fmt(r['start_elbo'], '.4g')}, best "
-                f"{_fmt(r['best_validation_elbo'], '.4g')}"
+                f"validation ELBO at start {format_value(r['start_elbo'], '.4g')}, best "
+                f"{format_value(r['best_validation_elbo'], '.4g')}"
             )
         if r["sample_seconds"] is not None:
             notes.append(f"drawing the mode-mass samples took {r['sample_seconds']:.2f} s")
@@ -712,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases = make_cases()
     keys = args.only or (QUICK_KEYS if args.quick else [case.key for case in cases])
     cases = [case for case in cases if case.key in keys]
-    run = run_metadata(args, cases)
+    run = run_metadata("targets", [item.key for item in cases])
     print(
         f"VI benchmark on {run['cpu']}, {run['torch_num_threads']} threads, "
         f"quick={args.quick}, targets {', '.join(run['targets'])}",
