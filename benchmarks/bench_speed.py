@@ -33,7 +33,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from _common import load_average, repeat_timed, source_digest, synchronize, write_atomically
+from _common import (
+    cpu_name,
+    load_average,
+    repeat_timed,
+    source_digest,
+    synchronize,
+    write_atomically,
+)
 
 import sktt_flow
 from sktt_flow import TensorizingFlowDensity, TTDistribution
@@ -247,9 +254,7 @@ def main() -> None:
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "command": shlex.join([Path(sys.executable).name, *sys.argv]),
         "device": device.type,
-        "device_name": torch.cuda.get_device_name(device)
-        if on_gpu
-        else (platform.processor() or platform.machine()),
+        "device_name": torch.cuda.get_device_name(device) if on_gpu else cpu_name(),
         "python": platform.python_version(),
         "torch": torch.__version__,
         "sktt_flow": sktt_flow.__version__,

@@ -45,7 +45,14 @@ from typing import Any
 import normflows as nf
 import numpy as np
 import torch
-from _common import load_average, repeat_timed, source_digest, synchronize, write_atomically
+from _common import (
+    cpu_name,
+    load_average,
+    repeat_timed,
+    source_digest,
+    synchronize,
+    write_atomically,
+)
 
 import sktt_flow
 from sktt_flow.tt.distribution import TTDistribution
@@ -412,14 +419,7 @@ def device_name(device: torch.device) -> str:
     """The GPU's name, or the CPU model (``/proc/cpuinfo``, else ``platform``)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    return cpu_name()
 
 
 def metadata(device: torch.device, plan: Plan, quick: bool) -> dict[str, Any]:

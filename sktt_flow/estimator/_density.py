@@ -456,6 +456,15 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 tail_bound=tail_bound,
             )
 
+    def _stage_options(self) -> dict:
+        """The settings every training stage shares (the base's and the flow's)."""
+        return {
+            "max_iter": self.max_iter,
+            "batch_size": self.batch_size,
+            "learning_rate": self.learning_rate,
+            "n_iter_no_change": self.n_iter_no_change,
+        }
+
     def _trained_parameters(self, model: TensorizingFlow) -> list[torch.nn.Parameter]:
         model.requires_grad_(True)  # a warm start's model was frozen by _finalize
         model.q0.requires_grad_(bool(self.train_base))
@@ -522,10 +531,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 train,
                 validation,
                 parameters=parameters,
-                max_iter=self.max_iter,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                n_iter_no_change=self.n_iter_no_change,
+                **self._stage_options(),
                 generator=generator,
                 verbose=self.verbose,
             )
@@ -559,10 +565,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             tt_rank=self.tt_rank,
             n_basis=self.n_basis,
             domain=domain,
-            max_iter=self.max_iter,
-            batch_size=self.batch_size,
-            learning_rate=self.learning_rate,
-            n_iter_no_change=self.n_iter_no_change,
+            **self._stage_options(),
             validation=validation,
             validation_fraction=0.0,
             random_state=generator,
@@ -660,10 +663,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 model,
                 lambda x: evaluate(x, grad=True),
                 parameters=parameters,
-                max_iter=self.max_iter,
-                batch_size=self.batch_size,
-                learning_rate=self.learning_rate,
-                n_iter_no_change=self.n_iter_no_change,
+                **self._stage_options(),
                 generator=generator,
                 validation_seed=diagnostic_seed,
                 verbose=self.verbose,
