@@ -18,8 +18,11 @@ coordinate as tensors ``low`` and ``high`` of shape ``(d,)``.
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
+
 import numpy as np
 import torch
+from torch.autograd.function import once_differentiable
 
 __all__ = [
     "coefficient_to_nodal_matrix",
@@ -29,51 +32,95 @@ __all__ = [
     "nodal_to_coefficient_matrix",
     "orthonormal_legendre",
     "orthonormal_legendre_derivatives",
+    "orthonormal_legendre_scale",
+    "to_reference_interval",
 ]
 
 
-def legendre_polynomials(t: torch.Tensor, n: int) -> torch.Tensor:
-    """Legendre polynomials ``P_0, ..., P_{n-1}`` at ``t`` (any shape), stacked last.
+class _LegendreTable(torch.autograd.Function):
+    """The three-term recurrence written into one preallocated table.
 
-    Uses the three-term recurrence, which is stable on ``[-1, 1]``. Outside that
-    interval the values grow like ``|t|^i``; callers clamp first.
+    Filling a preallocated table avoids the ``n`` temporaries and the final
+    copy of stacking them, several times faster on a CPU. In-place writes are
+    not differentiable by autograd, so the backward pass is written out: the
+    derivative of ``sum_i g_i P_i(t)`` is ``sum_i g_i P'_i(t)``, with ``P'_i``
+    from its own recurrence. It is differentiable once (no Hessians).
+    """
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+        shape = list(t.shape)
+        shape.insert(dim, n)
+        table = t.new_empty(shape)
+        rows = table.unbind(dim)
+        rows[0].fill_(1.0)
+        if n > 1:
+            rows[1].copy_(t)
+        for i in range(1, n - 1):
+            # P_{i+1} = ((2i + 1) t P_i - i P_{i-1}) / (i + 1), in two kernels
+            torch.mul(rows[i - 1], -i / (i + 1), out=rows[i + 1])
+            rows[i + 1].addcmul_(t, rows[i], value=(2 * i + 1) / (i + 1))
+        ctx.dim = dim
+        ctx.save_for_backward(table)
+        return table
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: torch.Tensor):
+        (table,) = ctx.saved_tensors
+        rows = table.unbind(ctx.dim)
+        grads = grad.unbind(ctx.dim)
+        grad_t = torch.zeros_like(rows[0])
+        for i, derivative in enumerate(_derivative_rows(rows)):
+            if i > 0:
+                grad_t.addcmul_(grads[i], derivative)
+        return grad_t, None, None
+
+
+def _derivative_rows(rows: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """``P'_0, ..., P'_{n-1}`` from the values ``P_i``: ``P'_{i+1} = P'_{i-1} + (2i + 1) P_i``."""
+    previous, current = torch.zeros_like(rows[0]), torch.ones_like(rows[0])
+    yield previous
+    for i in range(1, len(rows)):
+        yield current
+        previous, current = current, torch.add(previous, rows[i], alpha=2 * i + 1)
+
+
+def legendre_polynomials(t: torch.Tensor, n: int, *, dim: int = -1) -> torch.Tensor:
+    """Legendre polynomials ``P_0, ..., P_{n-1}`` at ``t`` (any shape).
+
+    The new axis of length ``n`` is inserted at position ``dim`` of the result
+    (by default last). Uses the three-term recurrence, which is stable on
+    ``[-1, 1]``. Outside that interval the values grow like ``|t|^i``; callers
+    clamp first. Differentiable once in ``t``.
     """
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
-    values = [torch.ones_like(t)]
-    if n > 1:
-        values.append(t)
-    for i in range(1, n - 1):
-        # P_{i+1} = ((2i + 1) t P_i - i P_{i-1}) / (i + 1), in two fused kernels
-        values.append(
-            torch.addcmul(
-                values[i - 1] * (-i / (i + 1)), t, values[i], value=(2 * i + 1) / (i + 1)
-            )
-        )
-    return torch.stack(values, dim=-1)
+    if dim < 0:
+        dim += t.ndim + 1
+    if not 0 <= dim <= t.ndim:
+        raise ValueError(f"dim must be in [{-t.ndim - 1}, {t.ndim}], got {dim}.")
+    return _LegendreTable.apply(t, n, dim)
 
 
 def legendre_polynomials_and_derivatives(
     t: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Values and first derivatives of ``P_0, ..., P_{n-1}`` at ``t``, stacked last.
-
-    The derivatives follow ``P'_{i+1} = P'_{i-1} + (2i + 1) P_i``.
-    """
+    """Values and first derivatives of ``P_0, ..., P_{n-1}`` at ``t``, stacked last."""
     values = legendre_polynomials(t, n)
-    derivatives = [torch.zeros_like(t)]
-    if n > 1:
-        derivatives.append(torch.ones_like(t))
-    for i in range(1, n - 1):
-        derivatives.append(derivatives[i - 1] + (2 * i + 1) * values[..., i])
+    derivatives = list(_derivative_rows(values.unbind(-1)))
     return values, torch.stack(derivatives, dim=-1)
 
 
-def _to_reference(
-    x: torch.Tensor, low: torch.Tensor, high: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
-    width = high - low
-    return (2.0 * x - low - high) / width, width
+def to_reference_interval(x: torch.Tensor, low: torch.Tensor, high: torch.Tensor) -> torch.Tensor:
+    """Affine map of ``[low, high]`` (per column of ``x``) onto ``[-1, 1]``."""
+    return (2.0 * x - low - high) / (high - low)
+
+
+def orthonormal_legendre_scale(low: torch.Tensor, high: torch.Tensor, n: int) -> torch.Tensor:
+    """``sqrt((2i + 1) / (high - low))``, shape (d, n): ``phi_i = scale_i P_i(t)``."""
+    degrees = torch.arange(n, dtype=low.dtype, device=low.device)
+    return torch.sqrt((2.0 * degrees + 1.0) / (high - low).unsqueeze(-1))
 
 
 def orthonormal_legendre(
@@ -96,23 +143,18 @@ def orthonormal_legendre(
     -------
     tensor of shape (N, d, n)
     """
-    t, width = _to_reference(x, low, high)
-    scale = torch.sqrt(
-        (2.0 * torch.arange(n, dtype=x.dtype, device=x.device) + 1.0) / width.unsqueeze(-1)
-    )
-    return legendre_polynomials(t, n) * scale
+    t = to_reference_interval(x, low, high)
+    return legendre_polynomials(t, n) * orthonormal_legendre_scale(low, high, n)
 
 
 def orthonormal_legendre_derivatives(
     x: torch.Tensor, low: torch.Tensor, high: torch.Tensor, n: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Values and ``x``-derivatives of the orthonormal functions, each (N, d, n)."""
-    t, width = _to_reference(x, low, high)
-    scale = torch.sqrt(
-        (2.0 * torch.arange(n, dtype=x.dtype, device=x.device) + 1.0) / width.unsqueeze(-1)
-    )
+    t = to_reference_interval(x, low, high)
+    scale = orthonormal_legendre_scale(low, high, n)
     values, derivatives = legendre_polynomials_and_derivatives(t, n)
-    return values * scale, derivatives * scale * (2.0 / width).unsqueeze(-1)
+    return values * scale, derivatives * scale * (2.0 / (high - low)).unsqueeze(-1)
 
 
 def gauss_legendre(

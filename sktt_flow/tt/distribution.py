@@ -13,13 +13,21 @@ from sklearn.exceptions import ConvergenceWarning
 from torch import nn
 
 from sktt_flow.tt.algebra import (
+    advance_running_product,
+    basis_core_matrices,
     check_cores,
     log_norm_squared,
     nodal_to_coefficients,
     right_orthogonalize,
     round_tt,
 )
-from sktt_flow.tt.basis import gauss_legendre, orthonormal_legendre
+from sktt_flow.tt.basis import (
+    gauss_legendre,
+    legendre_polynomials,
+    orthonormal_legendre,
+    orthonormal_legendre_scale,
+    to_reference_interval,
+)
 from sktt_flow.tt.cross import tt_cross
 from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
 from sktt_flow.tt.sampling import ConditionalCDFOperators, sample_right_orthogonal
@@ -30,14 +38,30 @@ from sktt_flow.utils.validation import check_domain, check_positive_int, check_s
 
 __all__ = ["TTDistribution"]
 
-#: Rows evaluated at once by :meth:`TTDistribution.log_prob`, per device type:
-#: small on a CPU, where temporaries that fit in cache run several times faster.
-LOG_PROB_CHUNK_SIZE = {"cpu": 4096, "cuda": 1 << 20}
+#: Elements of the largest temporary of :meth:`TTDistribution.log_prob` (the
+#: ``r x r`` core value of every point of a chunk), per device type: small on a
+#: CPU, where temporaries that fit in cache run several times faster; on a GPU
+#: large enough to amortise the kernel launches, within a few hundred MB.
+LOG_PROB_CHUNK_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 26}
+
+#: Bounds on the number of rows of a chunk on a CPU (measured best at
+#: n_basis 16: 2048 rows at tt_rank 8, 4096 at tt_rank 2).
+CPU_LOG_PROB_CHUNK_ROWS = (1024, 8192)
 
 #: Samples processed at once by :meth:`TTDistribution.sample`, per device
 #: type: it bounds memory (about 2 kB per sample at n_basis=16, tt_rank=8) and,
 #: on a GPU, amortises the kernel launches of the per-coordinate solver.
 SAMPLE_CHUNK_SIZE = {"cpu": 65536, "cuda": 1 << 20}
+
+
+def log_prob_chunk_size(device: torch.device, max_rank: int) -> int:
+    """Rows per chunk of :meth:`TTDistribution.log_prob` on ``device``."""
+    budget = LOG_PROB_CHUNK_ELEMENTS.get(device.type, LOG_PROB_CHUNK_ELEMENTS["cpu"])
+    rows = budget // max_rank**2
+    if device.type == "cpu":
+        low, high = CPU_LOG_PROB_CHUNK_ROWS
+        rows = min(max(rows, low), high)
+    return max(rows, 1)
 
 
 class TTDistribution(BaseDistribution):
@@ -187,35 +211,41 @@ class TTDistribution(BaseDistribution):
     def log_abs_tt(self, z: torch.Tensor) -> torch.Tensor:
         """``log |s(z)|`` for points of the box, shape (N,).
 
-        Points outside the box are clamped onto it first. Per coordinate, one
-        GEMM contracts the basis values with the core (an ``r x r`` matrix per
-        point, smaller than the ``n x r`` of contracting the running vector
-        first whenever ``r < n``), then a batched vector-matrix product
-        advances the running vector, which is rescaled at every step so that
-        nothing underflows. Rows are processed in chunks
-        (:data:`LOG_PROB_CHUNK_SIZE`) so that the temporaries stay in cache on
+        Points outside the box are clamped onto it first. The computation runs
+        with the points along the last axis, so that every elementwise kernel
+        is a contiguous sweep: the Legendre table is filled in one buffer of
+        shape ``(d, n, N)``, the orthonormalisation constants are folded into
+        the cores, and per coordinate one GEMM turns the table into the
+        ``r_{k-1} x r_k`` core value of every point, which a multiply-and-sum
+        contracts with the running vector. The running vector is rescaled at
+        every step so that nothing underflows. Rows are processed in chunks
+        (:func:`log_prob_chunk_size`) so that the temporaries stay in cache on
         a CPU; the result and its gradient do not depend on the chunking.
         """
-        z = torch.maximum(torch.minimum(z, self.high), self.low)
-        chunk_size = LOG_PROB_CHUNK_SIZE.get(z.device.type, LOG_PROB_CHUNK_SIZE["cpu"])
-        core_matrices = [core.permute(1, 0, 2).reshape(core.shape[1], -1) for core in self.cores]
+        scale = orthonormal_legendre_scale(self.low, self.high, self.n_basis)
+        core_matrices = basis_core_matrices(list(self.cores), scale)
+        reference = to_reference_interval(z, self.low, self.high).T.contiguous().clamp(-1.0, 1.0)
+        chunk_size = log_prob_chunk_size(z.device, max(self.tt_ranks))
         return torch.cat(
-            [self._log_abs_tt_rows(rows, core_matrices) for rows in z.split(chunk_size)]
+            [
+                self._log_abs_tt_columns(columns, core_matrices)
+                for columns in reference.split(chunk_size, dim=1)
+            ]
         )
 
-    def _log_abs_tt_rows(self, z: torch.Tensor, core_matrices: list[torch.Tensor]) -> torch.Tensor:
-        basis = orthonormal_legendre(z, self.low, self.high, self.n_basis)
-        n_samples = z.shape[0]
-        running = torch.ones(n_samples, 1, 1, dtype=z.dtype, device=z.device)
-        log_scale = torch.zeros(n_samples, dtype=z.dtype, device=z.device)
-        tiny = torch.finfo(z.dtype).tiny
-        for k, (core, matrix) in enumerate(zip(self.cores, core_matrices, strict=True)):
-            per_point = (basis[:, k] @ matrix).view(n_samples, core.shape[0], core.shape[2])
-            running = torch.bmm(running, per_point)
-            scale = running.abs().amax(dim=2).clamp_min(tiny)
-            running = running / scale.unsqueeze(2)
-            log_scale = log_scale + torch.log(scale.squeeze(1))
-        return log_scale + torch.log(running.abs().reshape(-1).clamp_min(tiny))
+    def _log_abs_tt_columns(
+        self, reference: torch.Tensor, core_matrices: list[torch.Tensor]
+    ) -> torch.Tensor:
+        table = legendre_polynomials(reference, self.n_basis, dim=1)  # (d, n, N)
+        tiny = torch.finfo(reference.dtype).tiny
+        log_scale = 0.0
+        running = None
+        for k, matrix in enumerate(core_matrices):
+            running = advance_running_product(running, matrix, table[k])
+            scale = running.abs().amax(dim=0).clamp_min(tiny)
+            running = running / scale
+            log_scale = log_scale + torch.log(scale)
+        return log_scale + torch.log(running[0].abs().clamp_min(tiny))
 
     def log_prob_tt(self, z: torch.Tensor) -> torch.Tensor:
         """``log p_TT(z)`` without the tail component; ``-inf`` outside the box."""
@@ -682,8 +712,13 @@ class TTDistribution(BaseDistribution):
         cheapest and best conditioned in this form.
         """
         with torch.no_grad():
-            cores = right_orthogonalize([core.detach() for core in self.cores])
+            # Each core at unit norm first: the density ignores the scale, and
+            # the norm of a long train overflows float32 (e^154 for 64 random
+            # cores of rank 8), which right_orthogonalize would gather in G_1.
+            cores = [core.detach().double() for core in self.cores]
+            tiny = torch.finfo(torch.float64).tiny
+            cores = right_orthogonalize([core / core.norm().clamp_min(tiny) for core in cores])
             cores[0] = cores[0] / cores[0].norm()
             for parameter, core in zip(self.cores, cores, strict=True):
-                parameter.data = core.contiguous()
+                parameter.data = core.to(parameter.dtype).contiguous()
         return self

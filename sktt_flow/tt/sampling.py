@@ -28,7 +28,8 @@ from collections.abc import Sequence
 
 import torch
 
-from sktt_flow.tt.basis import gauss_legendre, legendre_polynomials, orthonormal_legendre
+from sktt_flow.tt.algebra import advance_running_product, basis_core_matrices
+from sktt_flow.tt.basis import gauss_legendre, legendre_polynomials
 
 __all__ = ["ConditionalCDFOperators", "sample_right_orthogonal"]
 
@@ -45,13 +46,14 @@ class ConditionalCDFOperators:
     node_basis : tensor (2n - 1, n)
         ``sqrt(2j + 1) P_j`` at the ``2n - 1`` Gauss–Legendre nodes.
     density_coefficients : tensor (2n - 1, 2n - 1)
-        Nodal values of the density to its Legendre coefficients.
-    cdf_coefficients : tensor (2n - 1, 2n)
-        Nodal values of the density to the Legendre coefficients of
+        Maps the nodal values of the density (a column per sample) to its
+        Legendre coefficients.
+    cdf_coefficients : tensor (2n, 2n - 1)
+        Maps the nodal values of the density to the Legendre coefficients of
         ``F(t) = int_{-1}^t q``.
     grid : tensor (grid_size + 1,)
         Bracketing grid on ``[-1, 1]``.
-    grid_basis : tensor (2n, grid_size + 1)
+    grid_basis : tensor (grid_size + 1, 2n)
         ``P_j`` on the grid, for the CDF on the grid in one product.
     """
 
@@ -72,11 +74,11 @@ class ConditionalCDFOperators:
             antiderivative[j + 1, j] = 1.0 / (2 * j + 1)
             antiderivative[j - 1, j] = -1.0 / (2 * j + 1)
         grid = torch.linspace(-1.0, 1.0, grid_size + 1, dtype=torch.float64)
-        self.density_coefficients = density.T.to(dtype=dtype, device=device)
-        self.cdf_coefficients = (antiderivative @ density).T.to(dtype=dtype, device=device)
+        self.density_coefficients = density.to(dtype=dtype, device=device)
+        self.cdf_coefficients = (antiderivative @ density).to(dtype=dtype, device=device)
         self.node_basis = self.node_basis.to(dtype=dtype, device=device)
         self.grid = grid.to(dtype=dtype, device=device)
-        self.grid_basis = legendre_polynomials(grid, 2 * n).T.to(dtype=dtype, device=device)
+        self.grid_basis = legendre_polynomials(grid, 2 * n).to(dtype=dtype, device=device)
 
 
 def _invert_cdf(
@@ -86,28 +88,31 @@ def _invert_cdf(
     operators: ConditionalCDFOperators,
     max_iter: int = 60,
 ) -> torch.Tensor:
-    """Solve ``F_i(t_i) = u_i F_i(1)`` on ``[-1, 1]`` for every row ``i``."""
-    n_terms = cdf_coefficients.shape[1]
-    cdf_on_grid = cdf_coefficients @ operators.grid_basis  # (N, G + 1)
-    total = cdf_on_grid[:, -1]
+    """Solve ``F_i(t_i) = u_i F_i(1)`` on ``[-1, 1]`` for every sample ``i``.
+
+    The coefficients have one column per sample: (2n - 1, N) and (2n, N).
+    """
+    n_terms = cdf_coefficients.shape[0]
+    cdf_on_grid = operators.grid_basis @ cdf_coefficients  # (G + 1, N)
+    total = cdf_on_grid[-1]
     target = uniforms * total
     # F is non-decreasing: the number of interior grid values <= target is the
     # index of the bracketing interval (round-off can only shift it by one,
     # which the bisection safeguard below absorbs).
-    index = (cdf_on_grid[:, 1:-1] <= target[:, None]).sum(dim=1)
+    index = (cdf_on_grid[1:-1] <= target).sum(dim=0)
     low = operators.grid[index]
     high = operators.grid[index + 1]
-    f_low = cdf_on_grid.gather(1, index[:, None]).squeeze(1)
-    f_high = cdf_on_grid.gather(1, index[:, None] + 1).squeeze(1)
+    f_low = cdf_on_grid.gather(0, index.unsqueeze(0)).squeeze(0)
+    f_high = cdf_on_grid.gather(0, index.unsqueeze(0) + 1).squeeze(0)
     gap = f_high - f_low
     fraction = torch.where(gap > 0, (target - f_low) / gap, torch.full_like(gap, 0.5))
     t = low + fraction.clamp(0.0, 1.0) * (high - low)
     eps = torch.finfo(t.dtype).eps
     tolerance = 8 * eps * total.abs()
     for iteration in range(max_iter):
-        polynomials = legendre_polynomials(t, n_terms)
-        residual = (polynomials * cdf_coefficients).sum(-1) - target
-        slope = (polynomials[:, :-1] * density_coefficients).sum(-1)
+        polynomials = legendre_polynomials(t, n_terms, dim=0)  # (2n, N)
+        residual = (polynomials * cdf_coefficients).sum(0) - target
+        slope = (polynomials[:-1] * density_coefficients).sum(0)
         below = residual < 0
         low = torch.where(below, t, low)
         high = torch.where(below, high, t)
@@ -150,27 +155,43 @@ def sample_right_orthogonal(
     Returns
     -------
     tensor (N, d)
+
+    Notes
+    -----
+    The work runs with the samples along the last axis (the prefix is
+    ``(r_k, N)``), so that every elementwise kernel is a contiguous sweep and
+    every contraction one GEMM, as in
+    :meth:`~sktt_flow.tt.distribution.TTDistribution.log_abs_tt`.
     """
     n = cores[0].shape[1]
     if operators is None:
         operators = ConditionalCDFOperators(n, dtype=uniforms.dtype, device=uniforms.device)
     n_samples = uniforms.shape[0]
-    prefix = torch.ones(n_samples, 1, dtype=uniforms.dtype, device=uniforms.device)
+    # sqrt(2i + 1) P_i is orthonormal on [-1, 1] up to a constant factor, which
+    # the normalisation of the prefix removes.
+    degree_scale = operators.node_basis.new_tensor([2.0 * i + 1.0 for i in range(n)]).sqrt()
+    core_matrices = basis_core_matrices(list(cores), degree_scale.expand(len(cores), n))
+    prefix = None
     samples = torch.empty_like(uniforms)
+    tiny = torch.finfo(uniforms.dtype).tiny
     for k, core in enumerate(cores):
         r_left, _, r_right = core.shape
-        # Contract the prefix with the core first: one GEMM per coordinate.
-        partial = (prefix @ core.reshape(r_left, n * r_right)).reshape(n_samples, n, r_right)
-        on_nodes = torch.matmul(operators.node_basis, partial)  # (N, 2n-1, r_k)
-        nodal_density = on_nodes.square().sum(-1)
-        density = nodal_density @ operators.density_coefficients
-        cdf = nodal_density @ operators.cdf_coefficients
+        # The prefix's polynomial at the 2n - 1 nodes, (2n - 1, r_k, N): the
+        # nodes are contracted with the core first, then one GEMM per coordinate.
+        nodal_core = torch.einsum("qi,aib->qba", operators.node_basis, core)
+        nodal_core = nodal_core.reshape(-1, r_left)
+        if prefix is None:
+            on_nodes = nodal_core.expand(-1, n_samples)
+        else:
+            on_nodes = nodal_core @ prefix
+        on_nodes = on_nodes.reshape(-1, r_right, n_samples)
+        nodal_density = (on_nodes * on_nodes).sum(1)  # (2n - 1, N)
+        density = operators.density_coefficients @ nodal_density
+        cdf = operators.cdf_coefficients @ nodal_density
         t = _invert_cdf(density, cdf, uniforms[:, k], operators)
-        z = low[k] + (t + 1.0) * (high[k] - low[k]) / 2.0
-        samples[:, k] = z
-        basis = orthonormal_legendre(z[:, None], low[k : k + 1], high[k : k + 1], n)[:, 0]
-        prefix = torch.bmm(basis.unsqueeze(1), partial).squeeze(1)
+        samples[:, k] = low[k] + (t + 1.0) * (high[k] - low[k]) / 2.0
+        table = legendre_polynomials(t, n, dim=0)  # (n, N)
+        prefix = advance_running_product(prefix, core_matrices[k], table)
         # Rescale so that long trains neither underflow nor overflow.
-        tiny = torch.finfo(prefix.dtype).tiny
-        prefix = prefix / prefix.norm(dim=1, keepdim=True).clamp_min(tiny)
+        prefix = prefix / prefix.norm(dim=0).clamp_min(tiny)
     return samples

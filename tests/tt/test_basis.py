@@ -68,6 +68,27 @@ def test_nodal_values_of_a_polynomial_give_its_coefficients():
     np.testing.assert_allclose(rebuilt.numpy(), (x[:, 0] ** 3 - x[:, 0]).numpy(), atol=1e-11)
 
 
+@pytest.mark.parametrize("dim", [0, 1, -1, -2])
+def test_legendre_axis_position(dim):
+    t = torch.rand(4, 6, dtype=torch.float64) * 2 - 1
+    last = legendre_polynomials(t, 5)
+    placed = legendre_polynomials(t, 5, dim=dim)
+    np.testing.assert_array_equal(placed.movedim(dim, -1).numpy(), last.numpy())
+
+
+@pytest.mark.parametrize("dim", [-1, 1])
+def test_legendre_gradient_matches_finite_differences(dim):
+    """The table is filled in place, so its backward pass is written by hand."""
+    t = (torch.rand(3, 5, dtype=torch.float64) * 2 - 1).requires_grad_()
+    assert torch.autograd.gradcheck(lambda x: legendre_polynomials(x, 9, dim=dim), (t,))
+    assert torch.autograd.gradcheck(lambda x: legendre_polynomials(x, 1, dim=dim), (t,))
+
+
+def test_legendre_rejects_a_bad_axis():
+    with pytest.raises(ValueError, match="dim must be"):
+        legendre_polynomials(torch.zeros(3, 2), 4, dim=3)
+
+
 def test_rejects_empty_basis():
     with pytest.raises(ValueError, match="at least 1"):
         legendre_polynomials(torch.zeros(3), 0)

@@ -7,6 +7,7 @@ import torch
 from scipy import stats
 
 from sktt_flow import TTDistribution
+from sktt_flow.tt import distribution as distribution_module
 from tests.conftest import random_cores, random_distribution, requires_cuda
 from tests.tt.reference import (
     brute_force_tt_density,
@@ -273,14 +274,15 @@ def test_cuda_matches_cpu(distribution_3d):
     assert torch.isfinite(single.log_prob(samples.float())).all()
 
 
-def test_log_prob_does_not_depend_on_batching(distribution_3d):
-    """Rows are independent: chunking (4096 rows on a CPU) and batch size do not
-    change a value, as scikit-learn's subset-invariance check demands."""
+def test_log_prob_does_not_depend_on_batching(distribution_3d, monkeypatch):
+    """Rows are independent: chunking and batch size change neither a value
+    nor a gradient, as scikit-learn's subset-invariance check demands."""
     z = distribution_3d.sample(10_000, generator=torch.Generator().manual_seed(10))
     z.requires_grad_()
     all_at_once = distribution_3d.log_prob(z)
     all_at_once.sum().backward()
-    assert torch.isfinite(z.grad).all()
+    gradient = z.grad.clone()
+    assert torch.isfinite(gradient).all()
     with torch.no_grad():
         pieces = torch.cat([distribution_3d.log_prob(part) for part in z.split(777)])
         rows = (0, 4095, 4096, 9999)
@@ -289,3 +291,44 @@ def test_log_prob_does_not_depend_on_batching(distribution_3d):
     np.testing.assert_allclose(
         singles.numpy(), all_at_once.detach()[list(rows)].numpy(), rtol=0, atol=1e-12
     )
+    # Chunks of 1000 rows inside one call: same values and same gradient.
+    monkeypatch.setattr(distribution_module, "CPU_LOG_PROB_CHUNK_ROWS", (1000, 1000))
+    assert distribution_module.log_prob_chunk_size(z.device, 3) == 1000
+    z.grad = None
+    chunked = distribution_3d.log_prob(z)
+    chunked.sum().backward()
+    np.testing.assert_allclose(
+        chunked.detach().numpy(), all_at_once.detach().numpy(), rtol=0, atol=1e-12
+    )
+    np.testing.assert_allclose(z.grad.numpy(), gradient.numpy(), rtol=0, atol=1e-12)
+
+
+def test_log_prob_chunk_size_follows_the_rank():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert distribution_module.log_prob_chunk_size(cpu, 8) == 2048
+    assert distribution_module.log_prob_chunk_size(cpu, 1) == 8192
+    assert distribution_module.log_prob_chunk_size(cpu, 64) == 1024
+    assert distribution_module.log_prob_chunk_size(cuda, 8) == 1 << 20
+    assert distribution_module.log_prob_chunk_size(cuda, 10_000) == 1
+
+
+def test_canonicalize_survives_a_norm_beyond_the_dtype_range():
+    """64 random cores have ||C||^2 ~ e^300, beyond float32's range: the
+    canonical form must still be finite and represent the same density."""
+    generator = torch.Generator().manual_seed(0)
+    d, rank, n_basis = 64, 8, 16
+    cores = [
+        torch.randn(1 if k == 0 else rank, n_basis, 1 if k == d - 1 else rank, generator=generator)
+        for k in range(d)
+    ]
+    reference = TTDistribution([core.double() for core in cores], [[-3.0, 3.0]] * d)
+    single = TTDistribution(cores, [[-3.0, 3.0]] * d)
+    assert float(reference.log_norm_squared().detach()) > 200.0
+    single.canonicalize_()
+    assert all(torch.isfinite(core).all() for core in single.cores)
+    assert float(single.log_norm_squared().detach()) == pytest.approx(0.0, abs=1e-5)
+    z = torch.rand(100, d, generator=generator, dtype=torch.float64) * 6.0 - 3.0
+    with torch.no_grad():
+        expected = reference.log_prob(z)
+        actual = single.log_prob(z.float()).double()
+    np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4)
