@@ -3,6 +3,8 @@ import pytest
 import torch
 
 from sktt_flow.tt.algebra import (
+    advance_running_product,
+    basis_core_matrices,
     check_cores,
     coefficients_to_nodal,
     left_orthogonalize,
@@ -16,6 +18,22 @@ from sktt_flow.tt.algebra import (
 )
 from sktt_flow.tt.basis import gauss_legendre, orthonormal_legendre
 from tests.conftest import random_cores
+
+
+def test_running_product_evaluates_the_train_at_points():
+    """Against the full tensor contracted with the basis values, point by point."""
+    cores = random_cores((1, 3, 2, 1), 4, seed=5)
+    generator = torch.Generator().manual_seed(6)
+    basis = torch.randn(3, 4, 7, generator=generator, dtype=torch.float64)  # (d, n, N)
+    scale = torch.rand(3, 4, generator=generator, dtype=torch.float64) + 0.5
+    running = None
+    for k, matrix in enumerate(basis_core_matrices(cores, scale)):
+        running = advance_running_product(running, matrix, basis[k])
+    assert running.shape == (1, 7)
+    expected = torch.einsum(
+        "ijk,ip,jp,kp->p", tt_to_full(cores), *(basis[k] * scale[k, :, None] for k in range(3))
+    )
+    np.testing.assert_allclose(running[0].numpy(), expected.numpy(), rtol=1e-12)
 
 
 def test_tt_svd_is_exact_without_truncation():
