@@ -7,12 +7,8 @@ anything (CI does, since ``tests/test_examples.py`` already runs the examples).
 """
 
 import os
-from pathlib import Path
 
 import sktt_flow
-
-DOCS = Path(__file__).resolve().parent
-ROOT = DOCS.parent
 
 project = "sktt_flow"
 author = "The sktt_flow developers"
@@ -61,51 +57,3 @@ sphinx_gallery_conf = {
     "remove_config_comments": True,
     "doc_module": ("sktt_flow",),
 }
-
-# --------------------------------------------------------- benchmark results
-# docs/benchmarks.rst includes the reports of the benchmark suites that exist
-# in benchmarks/results/; reports still to come are simply not listed.
-RESULTS = ROOT / "benchmarks" / "results"
-_NEW_SUITES = (
-    ("vi_*.md", "Variational inference"),
-    ("density_*.md", "Density estimation"),
-    ("speed_*.md", "Speed"),
-)
-
-
-def _write_new_results_include() -> None:
-    lines = []
-    for pattern, title in _NEW_SUITES:
-        # A smoke test (name_quick.md) is left out when the full report exists.
-        reports = [
-            report
-            for report in sorted(RESULTS.glob(pattern))
-            if not (
-                report.stem.endswith("_quick")
-                and report.with_name(report.stem[: -len("_quick")] + ".md").is_file()
-            )
-        ]
-        if not reports:
-            continue
-        lines += [title, "^" * len(title), ""]
-        for report in reports:
-            lines += [
-                f"``benchmarks/results/{report.name}``:",
-                "",
-                f".. literalinclude:: /../benchmarks/results/{report.name}",
-                "   :language: text",
-                "",
-            ]
-    if not lines:
-        lines = [
-            "No report of these suites is in ``benchmarks/results/`` yet.",
-            "",
-        ]
-    text = "\n".join(lines)
-    target = DOCS / "generated" / "new_benchmark_results.inc"
-    target.parent.mkdir(exist_ok=True)
-    if not target.is_file() or target.read_text() != text:
-        target.write_text(text)
-
-
-_write_new_results_include()
