@@ -86,6 +86,40 @@ def repeat_timed(
             return times
 
 
+def repeat_timed_pair(
+    call_a: Callable[[], object],
+    call_b: Callable[[], object],
+    device: torch.device,
+    *,
+    min_time: float,
+    min_repeats: int,
+    max_time: float,
+    max_repeats: int,
+) -> tuple[list[float], list[float]]:
+    """Seconds of ``call_a()`` and ``call_b()``, timed alternately (a, b, a, b, ...).
+
+    On shared CPUs the speed of the machine drifts within seconds; timing the
+    two in turn exposes both to the same drift, so the ratio of each pair is
+    far steadier than the ratio of two separate medians. The rules are those
+    of :func:`repeat_timed`, applied to the time of both calls together.
+    Warm both up before calling this.
+    """
+    times_a: list[float] = []
+    times_b: list[float] = []
+    while True:
+        for call, times in ((call_a, times_a), (call_b, times_b)):
+            synchronize(device)
+            start = time.perf_counter()
+            call()
+            synchronize(device)
+            times.append(time.perf_counter() - start)
+        total = sum(times_a) + sum(times_b)
+        if len(times_a) >= max_repeats or total >= max_time:
+            return times_a, times_b
+        if total >= min_time and len(times_a) >= min_repeats:
+            return times_a, times_b
+
+
 def cpu_name() -> str:
     """The CPU model from ``/proc/cpuinfo``, else ``platform``."""
     try:

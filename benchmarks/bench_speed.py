@@ -37,6 +37,7 @@ from _common import (
     cpu_name,
     load_average,
     repeat_timed,
+    repeat_timed_pair,
     source_digest,
     synchronize,
     write_atomically,
@@ -77,6 +78,25 @@ class Timer:
         synchronize(self.device)
         return median(repeat_timed(call, self.device, **self.rules))
 
+    def pair(self, call_tt, call_gaussian) -> tuple[float, float, float]:
+        """Median seconds of each, and the median of their per-pair ratios.
+
+        The two are timed in turn (``_common.repeat_timed_pair``), with twice
+        the time rules of a single measurement and at least 5 pairs.
+        """
+        call_tt()  # warm-up
+        call_gaussian()
+        synchronize(self.device)
+        rules = {
+            "min_time": 2 * self.rules["min_time"],
+            "min_repeats": max(self.rules["min_repeats"], 5),
+            "max_time": 2 * self.rules["max_time"],
+            "max_repeats": self.rules["max_repeats"],
+        }
+        times_tt, times_gaussian = repeat_timed_pair(call_tt, call_gaussian, self.device, **rules)
+        ratios = [a / b for a, b in zip(times_tt, times_gaussian, strict=True)]
+        return median(times_tt), median(times_gaussian), median(ratios)
+
 
 def fit_pair(d: int, tt_rank: int, device: str, n_train: int) -> dict:
     """A tensorizing flow and its Gaussian-base peer, briefly fitted on the same data."""
@@ -87,8 +107,9 @@ def fit_pair(d: int, tt_rank: int, device: str, n_train: int) -> dict:
     }
 
 
-def training_steps_per_second(estimator, timer: Timer, n_steps: int) -> float:
-    """Adam steps of the forward KL on batches of 256, in float32, base frozen."""
+def training_steps(estimator, n_steps: int):
+    """A callable doing ``n_steps`` Adam steps of the forward KL on batches of 256,
+    in float32, base frozen, on a float32 copy of the estimator's flow."""
     model = estimator.flow_.__class__(estimator.flow_.q0, list(estimator.flow_.flows))
     model = model.to(torch.float32)
     model.requires_grad_(True)
@@ -110,31 +131,37 @@ def training_steps_per_second(estimator, timer: Timer, n_steps: int) -> float:
             loss.backward()
             optimizer.step()
 
-    seconds = timer(steps)
-    # fit leaves the model float64 and frozen: this was a copy of its modules
-    estimator.flow_.to(torch.float64).requires_grad_(False)
-    return n_steps / seconds
+    return steps
 
 
 def measure_pair(pair: dict, n_score: int, n_sample: int, timer: Timer, n_steps: int) -> dict:
-    d = pair["tt"].n_features_in_
+    """Scoring, sampling and training of both bases, each pair timed in turn."""
+    tt, gaussian = pair["tt"], pair["gaussian"]
+    d = tt.n_features_in_
     X = mixture_data(n_score, d, seed=2)
     row: dict = {}
-    for base, estimator in pair.items():
-        row[f"score_{base}_s"] = timer(lambda e=estimator: e.score_samples(X))
-        row[f"sample_{base}_s"] = timer(lambda e=estimator: e.sample(n_sample, random_state=0))
-        row[f"train_{base}_steps_per_s"] = training_steps_per_second(estimator, timer, n_steps)
-    # The TT base's own share of scoring: its log_prob on the latent points.
-    tt = pair["tt"]
+    row["score_tt_s"], row["score_gaussian_s"], row["score_ratio"] = timer.pair(
+        lambda: tt.score_samples(X), lambda: gaussian.score_samples(X)
+    )
+    row["sample_tt_s"], row["sample_gaussian_s"], row["sample_ratio"] = timer.pair(
+        lambda: tt.sample(n_sample, random_state=0),
+        lambda: gaussian.sample(n_sample, random_state=0),
+    )
+    train_tt_s, train_gaussian_s, row["train_ratio"] = timer.pair(
+        training_steps(tt, n_steps), training_steps(gaussian, n_steps)
+    )
+    # fit leaves the models float64 and frozen: the training steps used copies
+    for estimator in (tt, gaussian):
+        estimator.flow_.to(torch.float64).requires_grad_(False)
+    row["train_tt_steps_per_s"] = n_steps / train_tt_s
+    row["train_gaussian_steps_per_s"] = n_steps / train_gaussian_s
+    # The TT base's own share of scoring, from the pairs' ratio (steadier than
+    # a difference of separately timed medians), and its log_prob alone.
+    row["tt_share_of_flow_cost"] = row["score_ratio"] - 1.0
     with torch.no_grad():
         latent = torch.tensor(X, device=tt.device_)
         latent, _ = tt.flow_.inverse_and_log_det(latent)
     row["tt_base_log_prob_s"] = timer(lambda: tt.tt_.log_prob(latent))
-    row["score_ratio"] = row["score_tt_s"] / row["score_gaussian_s"]
-    row["sample_ratio"] = row["sample_tt_s"] / row["sample_gaussian_s"]
-    row["train_ratio"] = row["train_gaussian_steps_per_s"] / row["train_tt_steps_per_s"]
-    flow_cost = row["score_gaussian_s"]
-    row["tt_share_of_flow_cost"] = (row["score_tt_s"] - row["score_gaussian_s"]) / flow_cost
     row.update(
         d=d,
         tt_rank=tt.tt_rank,
@@ -188,9 +215,11 @@ def markdown(metadata: dict, rows: list[dict], goal: dict) -> str:
         "",
         "Same flow (RealNVP, 8 layers, 64 hidden units) and data; `tt` is the",
         "tensorizing flow, `gaussian` the same flow on a Gaussian base. Ratios are",
-        "tt time over gaussian time (training: gaussian steps/s over tt steps/s);",
-        "`TT share` is the extra scoring time of the TT base over the flow's own",
-        "scoring time (the goal: at most 0.5).",
+        "tt time over gaussian time (training: gaussian steps/s over tt steps/s),",
+        "each the median of the ratios of pairs timed in turn, so that a drifting",
+        "machine slows both alike; `TT share` is the score ratio minus 1, the extra",
+        "scoring time of the TT base over the flow's own scoring time (the goal:",
+        "at most 0.5).",
         "",
         "| sweep | d | tt_rank | n scored | score pts/s (tt) | score ratio | TT share "
         "| n sampled | sample pts/s (tt) | sample ratio | train steps/s (tt) | train ratio |",
