@@ -15,7 +15,12 @@ from scipy import stats
 
 from sktt_flow.tt.algebra import right_orthogonalize
 from sktt_flow.tt.basis import gauss_legendre
-from sktt_flow.tt.sampling import sample_right_orthogonal
+from sktt_flow.tt.sampling import (
+    COSINE_MAX_POINTS,
+    ConditionalCDFOperators,
+    chebyshev_polynomials,
+    sample_right_orthogonal,
+)
 from tests.conftest import random_cores, random_distribution
 from tests.tt.reference import brute_force_tt_density, cells, product_rule, tail_density
 
@@ -177,3 +182,28 @@ def test_tail_component_is_drawn_with_its_weight():
     with torch.no_grad():
         log_prob = distribution.log_prob(torch.tensor([[5.0, 5.0]], dtype=torch.float64))
     assert float(log_prob) == pytest.approx(np.log(tail_only), rel=1e-12)
+
+
+@pytest.mark.parametrize("n_points", [7, COSINE_MAX_POINTS + 1])
+def test_chebyshev_table_matches_numpy(n_points):
+    """Both ways of computing the table (cosine formula, recurrence)."""
+    t = torch.rand(n_points, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    t = 2.0 * t - 1.0
+    t[:3] = torch.tensor([-1.0, 1.0, 1.0 - 1e-15], dtype=torch.float64)
+    table = chebyshev_polynomials(t, 32)
+    reference = np.polynomial.chebyshev.chebvander(t.numpy(), 31).T
+    np.testing.assert_allclose(table.numpy(), reference, rtol=0, atol=1e-13)
+
+
+def test_chebyshev_and_legendre_operators_describe_the_same_cdf():
+    """The solver's Chebyshev coefficients against the Legendre series they convert."""
+    operators = ConditionalCDFOperators(6)
+    nodal = torch.rand(11, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    t = torch.linspace(-1.0, 1.0, 9, dtype=torch.float64)
+    cdf = chebyshev_polynomials(t, 12).T @ (operators.cdf_coefficients @ nodal)
+    # the same CDF from the Gauss rule: int_{-1}^t of the interpolant of the nodal values
+    nodes, _ = np.polynomial.legendre.leggauss(11)
+    legendre_coefficients = np.polynomial.legendre.legfit(nodes, nodal.numpy(), 10)
+    antiderivative = np.polynomial.legendre.legint(legendre_coefficients, lbnd=-1.0)
+    expected = np.polynomial.legendre.legval(t.numpy(), antiderivative)
+    np.testing.assert_allclose(cdf.numpy(), expected.T, atol=1e-13)
