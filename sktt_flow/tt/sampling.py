@@ -106,10 +106,11 @@ def _legendre_to_chebyshev(m: int) -> torch.Tensor:
     return torch.from_numpy(np.linalg.solve(chebyshev, legendre))
 
 
-#: Below this many points, :func:`chebyshev_polynomials` uses the cosine
-#: formula (two kernels, launch-bound sizes); above, the recurrence, whose
-#: kernels cost less per element (measured on a CPU at 2n = 32: the cosine is
-#: 6 times faster at 256 points, 1.3 times slower at 10,000).
+#: On a CPU, below this many points :func:`chebyshev_polynomials` uses the
+#: cosine formula (two kernels, launch-bound sizes); above, the recurrence,
+#: whose kernels cost less per element (measured at 2n = 32: the cosine is 6
+#: times faster at 256 points, 1.3 times slower at 10,000). On a GPU, where
+#: a cosine costs little and every kernel launch counts, always the cosine.
 COSINE_MAX_POINTS = 4096
 
 
@@ -120,7 +121,7 @@ def chebyshev_polynomials(t: torch.Tensor, m: int) -> torch.Tensor:
     differentiable.
     """
     degrees = torch.arange(m, dtype=t.dtype, device=t.device).unsqueeze(1)
-    if t.shape[0] <= COSINE_MAX_POINTS:
+    if t.device.type != "cpu" or t.shape[0] <= COSINE_MAX_POINTS:
         return torch.cos(degrees * torch.arccos(t.clamp(-1.0, 1.0)))
     table = t.new_empty(m, t.shape[0])
     table[0].fill_(1.0)
