@@ -162,6 +162,12 @@ def _invert_cdf(
     t = low + fraction.clamp(0.0, 1.0) * (high - low)
     eps = torch.finfo(t.dtype).eps
     tolerance = 8 * eps * total.abs()
+    # Most samples converge in 3 or 4 iterations and a few take twice as many:
+    # once at most half of the working set is left, the rest is gathered into
+    # a smaller one (``rows`` maps it to the samples), so that the stragglers
+    # do not cost full-size iterations.
+    solution = t
+    rows = None
     for iteration in range(max_iter):
         polynomials = chebyshev_polynomials(t, n_terms)  # (2n, N)
         residual = (polynomials * cdf_coefficients).sum(0) - target
@@ -178,9 +184,26 @@ def _invert_cdf(
             converged = (
                 (residual.abs() <= tolerance) | (step.abs() <= 4 * eps) | (high - low <= 4 * eps)
             )
-            if bool(converged.all()):
+            active = torch.nonzero(~converged).squeeze(1)
+            if rows is None:
+                solution = t
+            else:
+                solution[rows] = t
+            if active.numel() == 0:
                 break
-    return t.clamp(-1.0, 1.0)
+            if 2 * active.numel() <= t.numel():
+                solution = solution.clone() if rows is None else solution
+                rows = active if rows is None else rows[active]
+                t, low, high, target, tolerance = (
+                    x[active] for x in (t, low, high, target, tolerance)
+                )
+                cdf_coefficients = cdf_coefficients[:, active]
+                density_coefficients = density_coefficients[:, active]
+    if rows is None:
+        solution = t
+    else:
+        solution[rows] = t
+    return solution.clamp(-1.0, 1.0)
 
 
 def sample_right_orthogonal(
