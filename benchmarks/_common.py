@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 import importlib.metadata
+import json
 import math
 import os
 import platform
@@ -195,6 +196,63 @@ def format_value(value: Any, spec: str) -> str:
     if math.isinf(value):
         return str(value)
     return format(value, spec)
+
+
+def merge_results(
+    path: Path,
+    payload: dict[str, Any],
+    order: Sequence[str],
+    methods: Sequence[str],
+) -> dict[str, Any]:
+    """``payload`` merged into the result file at ``path`` (same settings only).
+
+    The rows (``results``, and ``cases`` where the suite has them) of the keys
+    that ``payload`` ran replace the old ones, sorted in suite ``order`` and
+    then by method; the runs are appended, and the new rows renumbered to
+    point at them.
+    """
+    old = json.loads(path.read_text(encoding="utf-8"))
+    if old["metadata"]["settings"] != payload["metadata"]["settings"]:
+        raise SystemExit(f"--merge: {path} was made with other settings; not merging.")
+    new_keys = {row["key"] for row in payload["results"]}
+    new_keys |= {case["key"] for case in payload.get("cases", [])}
+    runs = old["metadata"]["runs"]
+    for row in payload["results"]:
+        row["run"] += len(runs)
+    merged: dict[str, Any] = {"metadata": payload["metadata"]}
+    if "cases" in payload:
+        cases = [c for c in old["cases"] if c["key"] not in new_keys] + payload["cases"]
+        merged["cases"] = sorted(cases, key=lambda c: order.index(c["key"]))
+    results = [r for r in old["results"] if r["key"] not in new_keys] + payload["results"]
+    merged["results"] = sorted(
+        results, key=lambda r: (order.index(r["key"]), methods.index(r["method"]))
+    )
+    payload["metadata"]["runs"] = runs + payload["metadata"]["runs"]
+    return merged
+
+
+def write_results(
+    payload: dict[str, Any],
+    output: Path,
+    stem: str,
+    render: Callable[[dict[str, Any]], str],
+    *,
+    merge: bool,
+    order: Sequence[str],
+    methods: Sequence[str],
+) -> None:
+    """``output/stem.json`` (strict JSON) and ``output/stem.md`` (``render``).
+
+    With ``merge``, an existing ``stem.json`` keeps the rows of the keys that
+    ``payload`` did not run (:func:`merge_results`).
+    """
+    payload = json.loads(json.dumps(json_safe(payload), allow_nan=False))
+    output.mkdir(parents=True, exist_ok=True)
+    path = output / f"{stem}.json"
+    if merge and path.exists():
+        payload = merge_results(path, payload, order, methods)
+    write_atomically(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    write_atomically(output / f"{stem}.md", render(payload))
 
 
 def run_metadata(label: str, keys: Sequence[str]) -> dict[str, Any]:

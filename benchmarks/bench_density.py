@@ -56,7 +56,6 @@ an existing result file of the same settings.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -74,10 +73,9 @@ from _common import (
     count_warnings,
     format_value,
     header_rule,
-    json_safe,
     load_average,
     run_metadata,
-    write_atomically,
+    write_results,
 )
 from sklearn.datasets import load_digits
 from sklearn.decomposition import PCA
@@ -624,22 +622,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def merge(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    """``payload`` merged into the result file at ``path`` (same settings only)."""
-    old = json.loads(path.read_text(encoding="utf-8"))
-    if old["metadata"]["settings"] != payload["metadata"]["settings"]:
-        raise SystemExit(f"--merge: {path} was made with other settings; not merging.")
-    new_keys = {r["key"] for r in payload["results"]}
-    offset = len(old["metadata"]["runs"])
-    for row in payload["results"]:
-        row["run"] += offset
-    order = [d.key for d in make_datasets()]
-    results = [r for r in old["results"] if r["key"] not in new_keys] + payload["results"]
-    results.sort(key=lambda r: (order.index(r["key"]), METHODS.index(r["method"])))
-    payload["metadata"]["runs"] = old["metadata"]["runs"] + payload["metadata"]["runs"]
-    return {"metadata": payload["metadata"], "results": results}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite and write the results; returns the exit status."""
     args = parse_args(argv)
@@ -670,15 +652,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "metadata": {"settings": settings(args), "runs": [run]},
         "results": [asdict(result) for result in results],
     }
-    payload = json.loads(json.dumps(json_safe(payload), allow_nan=False))
     stem = "density_cpu" + ("_quick" if args.quick else "")
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{stem}.json"
-    if args.merge and path.exists():
-        payload = merge(path, payload)
-    text = json.dumps(payload, indent=2, allow_nan=False)
-    write_atomically(path, text + "\n")
-    write_atomically(args.output / f"{stem}.md", markdown_report(payload))
+    write_results(
+        payload,
+        args.output,
+        stem,
+        markdown_report,
+        merge=args.merge,
+        order=[d.key for d in make_datasets()],
+        methods=METHODS,
+    )
     print(f"Wrote {args.output / stem}.json and .md in {run['wall_time_s']:.0f} s", flush=True)
     return 0
 

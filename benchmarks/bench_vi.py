@@ -45,7 +45,6 @@ metadata keeps one entry per run.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -63,10 +62,9 @@ from _common import (
     count_warnings,
     format_value,
     header_rule,
-    json_safe,
     load_average,
     run_metadata,
-    write_atomically,
+    write_results,
 )
 
 from sktt_flow import TensorizingFlowDensity
@@ -635,25 +633,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def merge(path: Path, payload: dict[str, Any]) -> dict[str, Any]:
-    """``payload`` merged into the result file at ``path`` (same settings only)."""
-    old = json.loads(path.read_text(encoding="utf-8"))
-    if old["metadata"]["settings"] != json.loads(json.dumps(payload["metadata"]["settings"])):
-        raise SystemExit(f"--merge: {path} was made with other settings; not merging.")
-    new_keys = {c["key"] for c in payload["cases"]}
-    runs = old["metadata"]["runs"]
-    offset = len(runs)
-    for row in payload["results"]:
-        row["run"] += offset
-    order = [case.key for case in make_cases()]
-    cases = [c for c in old["cases"] if c["key"] not in new_keys] + payload["cases"]
-    cases.sort(key=lambda c: order.index(c["key"]))
-    results = [r for r in old["results"] if r["key"] not in new_keys] + payload["results"]
-    results.sort(key=lambda r: (order.index(r["key"]), METHODS.index(r["method"])))
-    payload["metadata"]["runs"] = runs + payload["metadata"]["runs"]
-    return {"metadata": payload["metadata"], "cases": cases, "results": results}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the suite and write the results; returns the exit status."""
     args = parse_args(argv)
@@ -688,15 +667,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": case_meta,
         "results": [asdict(result) for result in results],
     }
-    payload = json.loads(json.dumps(json_safe(payload), allow_nan=False))
     stem = "vi_cpu" + ("_quick" if args.quick else "")
-    args.output.mkdir(parents=True, exist_ok=True)
-    path = args.output / f"{stem}.json"
-    if args.merge and path.exists():
-        payload = merge(path, payload)
-    text = json.dumps(payload, indent=2, allow_nan=False)
-    write_atomically(path, text + "\n")
-    write_atomically(args.output / f"{stem}.md", markdown_report(payload))
+    write_results(
+        payload,
+        args.output,
+        stem,
+        markdown_report,
+        merge=args.merge,
+        order=[case.key for case in make_cases()],
+        methods=METHODS,
+    )
     print(f"Wrote {args.output / stem}.json and .md in {run['wall_time_s']:.0f} s", flush=True)
     return 0
 
