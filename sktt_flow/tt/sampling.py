@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from sktt_flow.tt.algebra import advance_running_product, basis_core_matrices
-from sktt_flow.tt.basis import gauss_legendre, legendre_polynomials
+from sktt_flow.tt.basis import gauss_legendre, legendre_polynomials, orthonormal_legendre_scale
 
 __all__ = ["ConditionalCDFOperators", "chebyshev_polynomials", "sample_right_orthogonal"]
 
@@ -166,7 +166,7 @@ def _invert_cdf(
     # once at most half of the working set is left, the rest is gathered into
     # a smaller one (``rows`` maps it to the samples), so that the stragglers
     # do not cost full-size iterations.
-    solution = t
+    solution = None  # every sample's t, once the working set has shrunk
     rows = None
     for iteration in range(max_iter):
         polynomials = chebyshev_polynomials(t, n_terms)  # (2n, N)
@@ -185,25 +185,23 @@ def _invert_cdf(
                 (residual.abs() <= tolerance) | (step.abs() <= 4 * eps) | (high - low <= 4 * eps)
             )
             active = torch.nonzero(~converged).squeeze(1)
-            if rows is None:
-                solution = t
-            else:
-                solution[rows] = t
             if active.numel() == 0:
                 break
             if 2 * active.numel() <= t.numel():
-                solution = solution.clone() if rows is None else solution
-                rows = active if rows is None else rows[active]
+                if rows is None:
+                    solution, rows = t.clone(), active
+                else:
+                    solution[rows] = t
+                    rows = rows[active]
                 t, low, high, target, tolerance = (
                     x[active] for x in (t, low, high, target, tolerance)
                 )
                 cdf_coefficients = cdf_coefficients[:, active]
                 density_coefficients = density_coefficients[:, active]
-    if rows is None:
-        solution = t
-    else:
+    if rows is not None:
         solution[rows] = t
-    return solution.clamp(-1.0, 1.0)
+        t = solution
+    return t.clamp(-1.0, 1.0)
 
 
 def sample_right_orthogonal(
@@ -243,10 +241,7 @@ def sample_right_orthogonal(
     if operators is None:
         operators = ConditionalCDFOperators(n, dtype=uniforms.dtype, device=uniforms.device)
     n_samples = uniforms.shape[0]
-    # sqrt(2i + 1) P_i is orthonormal on [-1, 1] up to a constant factor, which
-    # the normalisation of the prefix removes.
-    degree_scale = operators.node_basis.new_tensor([2.0 * i + 1.0 for i in range(n)]).sqrt()
-    core_matrices = basis_core_matrices(list(cores), degree_scale.expand(len(cores), n))
+    core_matrices = basis_core_matrices(list(cores), orthonormal_legendre_scale(low, high, n))
     prefix = None
     samples = torch.empty_like(uniforms)
     tiny = torch.finfo(uniforms.dtype).tiny
