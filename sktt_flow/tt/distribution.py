@@ -30,7 +30,7 @@ from sktt_flow.tt.basis import (
 )
 from sktt_flow.tt.cross import tt_cross
 from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
-from sktt_flow.tt.sampling import ConditionalCDFOperators, sample_right_orthogonal
+from sktt_flow.tt.sampling import conditional_cdf_operators, sample_right_orthogonal
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
 from sktt_flow.utils.optimize import minimize
 from sktt_flow.utils.random import torch_generator
@@ -311,7 +311,7 @@ class TTDistribution(BaseDistribution):
         with torch.no_grad():
             cores = right_orthogonalize([core.detach().double() for core in self.cores])
             low, high = self.low.double(), self.high.double()
-            operators = ConditionalCDFOperators(self.n_basis, device=device)
+            operators = conditional_cdf_operators(self.n_basis, torch.float64, device)
             center, scale = self._tail_parameters()
             chunks = []
             chunk_size = SAMPLE_CHUNK_SIZE.get(device.type, SAMPLE_CHUNK_SIZE["cpu"])

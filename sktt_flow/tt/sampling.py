@@ -26,6 +26,7 @@ train (Cui and Dolgov, FoCM 22, 2022, section 3).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 
 import numpy as np
@@ -34,7 +35,12 @@ import torch
 from sktt_flow.tt.algebra import advance_running_product, basis_core_matrices
 from sktt_flow.tt.basis import gauss_legendre, legendre_polynomials, orthonormal_legendre_scale
 
-__all__ = ["ConditionalCDFOperators", "chebyshev_polynomials", "sample_right_orthogonal"]
+__all__ = [
+    "ConditionalCDFOperators",
+    "chebyshev_polynomials",
+    "conditional_cdf_operators",
+    "sample_right_orthogonal",
+]
 
 
 class ConditionalCDFOperators:
@@ -90,6 +96,19 @@ class ConditionalCDFOperators:
         self.node_basis = self.node_basis.to(dtype=dtype, device=device)
         self.grid = grid.to(dtype=dtype, device=device)
         self.grid_basis = chebyshev_polynomials(grid, 2 * n).T.to(dtype=dtype, device=device)
+
+
+@functools.lru_cache(maxsize=32)
+def conditional_cdf_operators(
+    n: int, dtype: torch.dtype = torch.float64, device: torch.device | None = None
+) -> ConditionalCDFOperators:
+    """The :class:`ConditionalCDFOperators` of ``n``, built once per dtype and device.
+
+    Building them takes milliseconds, as long as sampling a few hundred
+    points of a small train, and variational training samples at every step.
+    The cached tensors are shared: treat them as read-only.
+    """
+    return ConditionalCDFOperators(n, dtype=dtype, device=device)
 
 
 def _legendre_to_chebyshev(m: int) -> torch.Tensor:
@@ -239,7 +258,7 @@ def sample_right_orthogonal(
     """
     n = cores[0].shape[1]
     if operators is None:
-        operators = ConditionalCDFOperators(n, dtype=uniforms.dtype, device=uniforms.device)
+        operators = conditional_cdf_operators(n, uniforms.dtype, uniforms.device)
     n_samples = uniforms.shape[0]
     core_matrices = basis_core_matrices(list(cores), orthonormal_legendre_scale(low, high, n))
     prefix = None

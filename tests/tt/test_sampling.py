@@ -19,6 +19,7 @@ from sktt_flow.tt.sampling import (
     COSINE_MAX_POINTS,
     ConditionalCDFOperators,
     chebyshev_polynomials,
+    conditional_cdf_operators,
     sample_right_orthogonal,
 )
 from tests.conftest import random_cores, random_distribution
@@ -207,3 +208,11 @@ def test_chebyshev_and_legendre_operators_describe_the_same_cdf():
     antiderivative = np.polynomial.legendre.legint(legendre_coefficients, lbnd=-1.0)
     expected = np.polynomial.legendre.legval(t.numpy(), antiderivative)
     np.testing.assert_allclose(cdf.numpy(), expected.T, atol=1e-13)
+
+
+def test_operators_are_built_once_per_size_dtype_and_device():
+    first = conditional_cdf_operators(5, torch.float64, torch.device("cpu"))
+    assert conditional_cdf_operators(5, torch.float64, torch.device("cpu")) is first
+    assert conditional_cdf_operators(6, torch.float64, torch.device("cpu")) is not first
+    single = conditional_cdf_operators(5, torch.float32, torch.device("cpu"))
+    assert single.grid.dtype == torch.float32
