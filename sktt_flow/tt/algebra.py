@@ -71,6 +71,8 @@ def advance_running_product(
     values = (core_matrix @ basis_values).view(r_left, -1, basis_values.shape[-1])
     if running is None:
         return values[0]
+    # unbind: one call for all the views instead of two indexing calls per term
+    values, running = values.unbind(0), running.unbind(0)
     result = values[0] * running[0]
     for a in range(1, r_left):
         result.addcmul_(values[a], running[a])

@@ -37,13 +37,19 @@ import torch
 __all__ = ["gaussian_cdf", "gaussian_icdf", "gaussian_log_prob"]
 
 
-def gaussian_log_prob(z: torch.Tensor, center: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """Log-density of independent Gaussian coordinates, summed over the last axis."""
+def gaussian_log_prob(
+    z: torch.Tensor, center: torch.Tensor, scale: torch.Tensor, *, dim: int = -1
+) -> torch.Tensor:
+    """Log-density of independent Gaussian coordinates, summed over ``dim``.
+
+    ``center`` and ``scale`` broadcast against ``z``: shape (d,) for points
+    along the rows, (d, 1) for points along the last axis with ``dim=0``.
+    """
     u = (z - center) / scale
-    cap = torch.finfo(z.dtype).max / (2 * z.shape[-1])
-    # One pass per operation over (N, d); the constants are added to the sums.
-    quadratic = u.square().clamp_max(cap).sum(-1)
-    constant = torch.log(scale).sum(-1) + 0.5 * z.shape[-1] * math.log(2 * math.pi)
+    cap = torch.finfo(z.dtype).max / (2 * z.shape[dim])
+    # One pass per operation over the points; the constants are added to the sums.
+    quadratic = u.square().clamp_max(cap).sum(dim)
+    constant = torch.log(scale).sum() + 0.5 * z.shape[dim] * math.log(2 * math.pi)
     return -0.5 * quadratic - constant
 
 

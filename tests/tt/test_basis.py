@@ -1,3 +1,5 @@
+import functools
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,9 @@ from sktt_flow.tt.basis import (
     nodal_to_coefficient_matrix,
     orthonormal_legendre,
     orthonormal_legendre_derivatives,
+    orthonormal_legendre_scale,
+    scaled_legendre_polynomials,
+    to_reference_interval,
 )
 
 LOW = torch.tensor([-1.0, -2.0, 0.5], dtype=torch.float64)
@@ -92,3 +97,32 @@ def test_legendre_rejects_a_bad_axis():
 def test_rejects_empty_basis():
     with pytest.raises(ValueError, match="at least 1"):
         legendre_polynomials(torch.zeros(3), 0)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 16, 256])
+def test_scaled_table_is_legendre_times_a_constant_per_degree(n):
+    """gamma_i P_i(t): the ratio to numpy's P_i is one constant per degree, and
+    the constants that orthonormal_legendre_scale folds give the orthonormal
+    functions back."""
+    t = torch.linspace(-1, 1, 301, dtype=torch.float64)
+    table = scaled_legendre_polynomials(t, n)
+    reference = np.polynomial.legendre.legvander(t.numpy(), n - 1)
+    # each degree's constant, from the point where |P_i| = 1
+    gamma = table[-1].numpy()
+    assert np.all(np.abs(gamma) >= 1.0) and np.all(np.abs(gamma) <= 2 * np.sqrt(n))
+    np.testing.assert_allclose(table.numpy(), reference * gamma, atol=1e-12 * np.sqrt(n))
+    x = LOW[0] + (t[:, None] + 1) * (HIGH[0] - LOW[0]) / 2
+    np.testing.assert_allclose(to_reference_interval(x, LOW[:1], HIGH[:1]), t[:, None], atol=1e-15)
+    scale = orthonormal_legendre_scale(LOW[:1], HIGH[:1], n, scaled_table=True)
+    folded = table[:, None, :] * scale
+    np.testing.assert_allclose(
+        folded.numpy(), orthonormal_legendre(x, LOW[:1], HIGH[:1], n).numpy(), atol=1e-12 * n
+    )
+
+
+@pytest.mark.parametrize("dim", [0, -1])
+def test_scaled_table_gradient_matches_finite_differences(dim):
+    t = (torch.rand(4, 6, dtype=torch.float64) * 2 - 1).requires_grad_()
+    for n in (1, 2, 11):
+        table = functools.partial(scaled_legendre_polynomials, n=n, dim=dim)
+        assert torch.autograd.gradcheck(table, (t,))

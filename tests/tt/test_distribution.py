@@ -332,3 +332,20 @@ def test_canonicalize_survives_a_norm_beyond_the_dtype_range():
         expected = reference.log_prob(z)
         actual = single.log_prob(z.float()).double()
     np.testing.assert_allclose(actual.numpy(), expected.numpy(), rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_box_is_closed(dtype):
+    """Points on the faces of the box belong to it; one float beyond does not."""
+    distribution = random_distribution((1, 3, 3, 1), 6, [[-1, 0.3], [2, 5], [-7, -6]], dtype=dtype)
+    low, high = distribution.low, distribution.high
+    below = torch.nextafter(low, torch.full_like(low, -torch.inf))
+    above = torch.nextafter(high, torch.full_like(high, torch.inf))
+    center = (low + high) / 2
+    faces = [low, high] + [torch.where(torch.arange(3) == k, high, center) for k in range(3)]
+    axis = torch.arange(3)
+    outside = [torch.where(axis == k, bound, center) for k in range(3) for bound in (below, above)]
+    with torch.no_grad():
+        assert torch.isfinite(distribution.log_prob_tt(torch.stack(faces))).all()
+        assert torch.isneginf(distribution.log_prob_tt(torch.stack(outside))).all()
+        assert torch.isfinite(distribution.log_prob(torch.stack(outside))).all()
