@@ -89,31 +89,32 @@ class _ScaledLegendreTable(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor):
         (table,) = ctx.saved_tensors
         gamma, _ = _recurrence_constants(table.shape[ctx.dim])
-        rows = table.unbind(ctx.dim)
         grads = grad.unbind(ctx.dim)
-        grad_t = torch.zeros_like(rows[0])
-        previous, current = torch.zeros_like(rows[0]), torch.ones_like(rows[0])
-        # P'_{i+1} = P'_{i-1} + (2i + 1) P_i, with P_i = Q_i / gamma_i
-        for i in range(1, len(rows)):
-            grad_t.addcmul_(grads[i], current, value=gamma[i])
-            if i + 1 < len(rows):
-                previous, current = (
-                    current,
-                    torch.add(previous, rows[i], alpha=(2 * i + 1) / gamma[i]),
-                )
+        grad_t = torch.zeros_like(grads[0])
+        for i, derivative in enumerate(_derivative_rows(table.unbind(ctx.dim), gamma)):
+            if i > 0:
+                grad_t.addcmul_(grads[i], derivative, value=gamma[i])
         return grad_t, None, None
 
 
-def _derivative_rows(rows: Sequence[torch.Tensor]) -> Iterator[torch.Tensor]:
-    """``P'_0, ..., P'_{n-1}`` from the values ``P_i``: ``P'_{i+1} = P'_{i-1} + (2i + 1) P_i``."""
+def _derivative_rows(
+    rows: Sequence[torch.Tensor], gamma: Sequence[float] | None = None
+) -> Iterator[torch.Tensor]:
+    """``P'_0, ..., P'_{n-1}`` from the rows ``gamma_i P_i`` (``gamma = 1`` by default).
+
+    ``P'_{i+1} = P'_{i-1} + (2i + 1) P_i``.
+    """
     previous, current = torch.zeros_like(rows[0]), torch.ones_like(rows[0])
     yield previous
     for i in range(1, len(rows)):
         yield current
-        previous, current = current, torch.add(previous, rows[i], alpha=2 * i + 1)
+        if i + 1 < len(rows):
+            scale = 2 * i + 1 if gamma is None else (2 * i + 1) / gamma[i]
+            previous, current = current, torch.add(previous, rows[i], alpha=scale)
 
 
-def _insert_dim(t: torch.Tensor, n: int, dim: int) -> int:
+def _table_axis(t: torch.Tensor, n: int, dim: int) -> int:
+    """The position of the new axis of a table of ``n`` polynomials, checked."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}.")
     if dim < 0:
@@ -134,8 +135,7 @@ def scaled_legendre_polynomials(t: torch.Tensor, n: int, *, dim: int = -1) -> to
     ``[-1, 1]``, like the three-term recurrence it rescales; callers clamp
     first. Differentiable once in ``t``.
     """
-    dim = _insert_dim(t, n, dim)
-    return _ScaledLegendreTable.apply(t, n, dim)
+    return _ScaledLegendreTable.apply(t, n, _table_axis(t, n, dim))
 
 
 def legendre_polynomials(t: torch.Tensor, n: int, *, dim: int = -1) -> torch.Tensor:
@@ -146,10 +146,11 @@ def legendre_polynomials(t: torch.Tensor, n: int, *, dim: int = -1) -> torch.Ten
     ``[-1, 1]``. Outside that interval the values grow like ``|t|^i``; callers
     clamp first. Differentiable once in ``t``.
     """
-    table = scaled_legendre_polynomials(t, n, dim=dim)
+    axis = _table_axis(t, n, dim)
+    table = scaled_legendre_polynomials(t, n, dim=axis)
     gamma, _ = _recurrence_constants(n)
     inverse = torch.tensor(gamma, dtype=t.dtype, device=t.device).reciprocal()
-    return table * inverse.view([n] + [1] * (table.ndim - 1 - _insert_dim(t, n, dim)))
+    return table * inverse.view([n] + [1] * (table.ndim - 1 - axis))
 
 
 def legendre_polynomials_and_derivatives(

@@ -11,7 +11,9 @@ vector ``l`` the conditional density of ``z_k`` is
     \\qquad P = l\\, G_k \\in \\mathbb{R}^{n \\times r_k},
 
 a non-negative polynomial of degree ``2n - 2``. Its values at ``2n - 1``
-Gauss–Legendre nodes determine its Legendre coefficients exactly, and the
+Gauss–Legendre nodes (computed as the quadratic forms ``l H(x_q) l^T`` with
+``H(x) = G_k(x) G_k(x)^T``, one GEMM per coordinate on the outer products of
+the prefixes) determine its Legendre coefficients exactly, and the
 antiderivative of a Legendre series is again one, so the conditional CDF is an
 exact polynomial of degree ``2n - 1``. Each ``z_k`` solves ``F(z_k) = u F(b)``
 for a uniform ``u``: a bracket from the CDF on a fixed grid (one matrix
