@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from sktt_flow.tt.algebra import advance_running_product, basis_core_matrices
 from sktt_flow.tt.basis import (
@@ -77,6 +78,9 @@ class ConditionalCDFOperators:
         Bracketing grid on ``[-1, 1]``.
     grid_basis : tensor (grid_size + 1, 2n)
         ``T_j`` on the grid, for the CDF on the grid in one product.
+    series_coefficients : tensor (4n, 2n - 1)
+        ``cdf_coefficients`` above ``density_coefficients`` padded to ``2n``
+        rows: both series from the nodal values in one product.
     """
 
     def __init__(self, n: int, *, grid_size: int = 64, dtype=torch.float64, device=None):
@@ -103,6 +107,12 @@ class ConditionalCDFOperators:
         self.node_basis = self.node_basis.to(dtype=dtype, device=device)
         self.grid = grid.to(dtype=dtype, device=device)
         self.grid_basis = chebyshev_polynomials(grid, 2 * n).T.to(dtype=dtype, device=device)
+        # Both series in one operator (the density's padded with a zero
+        # coefficient): one GEMM gives both, and the solver evaluates both with
+        # one product and one sum per iteration.
+        self.series_coefficients = torch.cat(
+            [self.cdf_coefficients, F.pad(self.density_coefficients, (0, 0, 0, 1))]
+        )
 
 
 @functools.lru_cache(maxsize=32)
@@ -161,18 +171,18 @@ def chebyshev_polynomials(t: torch.Tensor, m: int) -> torch.Tensor:
 
 
 def _invert_cdf(
-    density_coefficients: torch.Tensor,
-    cdf_coefficients: torch.Tensor,
+    series: torch.Tensor,
     uniforms: torch.Tensor,
     operators: ConditionalCDFOperators,
     max_iter: int = 60,
 ) -> torch.Tensor:
     """Solve ``F_i(t_i) = u_i F_i(1)`` on ``[-1, 1]`` for every sample ``i``.
 
-    The coefficients have one column per sample: (2n - 1, N) and (2n, N).
+    ``series`` (2, 2n, N) holds the Chebyshev coefficients of the CDF and of
+    the density (padded), one column per sample.
     """
-    n_terms = cdf_coefficients.shape[0]
-    cdf_on_grid = operators.grid_basis @ cdf_coefficients  # (G + 1, N)
+    n_terms = series.shape[1]
+    cdf_on_grid = operators.grid_basis @ series[0]  # (G + 1, N)
     total = cdf_on_grid[-1]
     target = uniforms * total
     # F is non-decreasing: the number of interior grid values <= target is the
@@ -191,25 +201,30 @@ def _invert_cdf(
     # Most samples converge in 3 or 4 iterations and a few take twice as many:
     # once at most half of the working set is left, the rest is gathered into
     # a smaller one (``rows`` maps it to the samples), so that the stragglers
-    # do not cost full-size iterations.
+    # do not cost full-size iterations. At the few hundred samples of a
+    # variational step every kernel launch counts, hence the fused forms.
     solution = None  # every sample's t, once the working set has shrunk
     rows = None
     for iteration in range(max_iter):
         polynomials = chebyshev_polynomials(t, n_terms)  # (2n, N)
-        residual = (polynomials * cdf_coefficients).sum(0) - target
-        slope = (polynomials[:-1] * density_coefficients).sum(0)
+        values = (polynomials * series).sum(1)  # F(t) and q(t), (2, N)
+        residual = values[0] - target
         below = residual < 0
         low = torch.where(below, t, low)
         high = torch.where(below, high, t)
-        newton = t - residual / slope
-        accept = (newton >= low) & (newton <= high) & torch.isfinite(newton)
-        step = torch.where(accept, newton, 0.5 * (low + high)) - t
-        t = t + step
+        newton = t - residual / values[1]
+        # Newton's step where it stays in the bracket (NaN and inf do not
+        # survive the comparison with their clamped value), else bisection.
+        accept = newton.clamp(low, high) == newton
+        updated = torch.where(accept, newton, (low + high) * 0.5)
         # Checked every other iteration: each check synchronises the device.
         if iteration % 2 == 1:
             converged = (
-                (residual.abs() <= tolerance) | (step.abs() <= 4 * eps) | (high - low <= 4 * eps)
+                (residual.abs() <= tolerance)
+                | ((updated - t).abs() <= 4 * eps)
+                | (high - low <= 4 * eps)
             )
+            t = updated
             active = torch.nonzero(~converged).squeeze(1)
             if active.numel() == 0:
                 break
@@ -222,8 +237,9 @@ def _invert_cdf(
                 t, low, high, target, tolerance = (
                     x[active] for x in (t, low, high, target, tolerance)
                 )
-                cdf_coefficients = cdf_coefficients[:, active]
-                density_coefficients = density_coefficients[:, active]
+                series = series[:, :, active]
+        else:
+            t = updated
     if rows is not None:
         solution[rows] = t
         t = solution
@@ -286,9 +302,8 @@ def sample_right_orthogonal(
         else:
             outer = (prefix[:, None, :] * prefix[None, :, :]).reshape(r_left * r_left, -1)
             nodal_density = gram @ outer
-        density = operators.density_coefficients @ nodal_density
-        cdf = operators.cdf_coefficients @ nodal_density
-        t = _invert_cdf(density, cdf, uniforms[:, k], operators)
+        series = (operators.series_coefficients @ nodal_density).view(2, 2 * n, -1)
+        t = _invert_cdf(series, uniforms[:, k], operators)
         samples[:, k] = low[k] + (t + 1.0) * (high[k] - low[k]) / 2.0
         table = scaled_legendre_polynomials(t, n, dim=0)  # (n, N)
         prefix = advance_running_product(prefix, core_matrices[k], table)
