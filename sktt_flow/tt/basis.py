@@ -56,6 +56,17 @@ def _recurrence_constants(n: int) -> tuple[tuple[float, ...], tuple[float, ...]]
     return tuple(gamma), tuple(beta)
 
 
+@functools.lru_cache(maxsize=64)
+def _recurrence_scaling(n: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """``gamma`` of :func:`_recurrence_constants` as a tensor, built once per
+    dtype and device: a host list copied to a GPU at every ``log_prob`` call
+    would synchronise the device. Shared: treat it as read-only. Built
+    outside inference mode, so that autograd may save it for backward."""
+    gamma, _ = _recurrence_constants(n)
+    with torch.inference_mode(False):
+        return torch.tensor(gamma, dtype=dtype, device=device)
+
+
 class _ScaledLegendreTable(torch.autograd.Function):
     """The scaled recurrence written into one preallocated table.
 
@@ -148,9 +159,8 @@ def legendre_polynomials(t: torch.Tensor, n: int, *, dim: int = -1) -> torch.Ten
     """
     axis = _table_axis(t, n, dim)
     table = scaled_legendre_polynomials(t, n, dim=axis)
-    gamma, _ = _recurrence_constants(n)
-    inverse = torch.tensor(gamma, dtype=t.dtype, device=t.device).reciprocal()
-    return table * inverse.view([n] + [1] * (table.ndim - 1 - axis))
+    gamma = _recurrence_scaling(n, t.dtype, t.device)
+    return table / gamma.view([n] + [1] * (table.ndim - 1 - axis))
 
 
 def legendre_polynomials_and_derivatives(
@@ -179,8 +189,7 @@ def orthonormal_legendre_scale(
     degrees = torch.arange(n, dtype=low.dtype, device=low.device)
     scale = torch.sqrt((2.0 * degrees + 1.0) / (high - low).unsqueeze(-1))
     if scaled_table:
-        gamma, _ = _recurrence_constants(n)
-        scale = scale / torch.tensor(gamma, dtype=low.dtype, device=low.device)
+        scale = scale / _recurrence_scaling(n, low.dtype, low.device)
     return scale
 
 

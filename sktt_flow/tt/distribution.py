@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Sequence
@@ -229,12 +230,7 @@ class TTDistribution(BaseDistribution):
     def log_prob_tt(self, z: torch.Tensor) -> torch.Tensor:
         """``log p_TT(z)`` without the tail component; ``-inf`` outside the box."""
         log_norm = self.log_norm_squared()
-        return self._chunked(
-            z,
-            lambda columns, core_matrices: self._log_prob_tt_columns(
-                columns, core_matrices, log_norm
-            ),
-        )
+        return self._chunked(z, functools.partial(self._log_prob_tt_columns, log_norm=log_norm))
 
     def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
         """Exact normalised log-density ``log q_0(z)``, shape (N,).

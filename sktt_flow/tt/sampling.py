@@ -216,15 +216,14 @@ def _invert_cdf(
         # Newton's step where it stays in the bracket (NaN and inf do not
         # survive the comparison with their clamped value), else bisection.
         accept = newton.clamp(low, high) == newton
-        updated = torch.where(accept, newton, (low + high) * 0.5)
+        previous, t = t, torch.where(accept, newton, (low + high) * 0.5)
         # Checked every other iteration: each check synchronises the device.
         if iteration % 2 == 1:
             converged = (
                 (residual.abs() <= tolerance)
-                | ((updated - t).abs() <= 4 * eps)
+                | ((t - previous).abs() <= 4 * eps)
                 | (high - low <= 4 * eps)
             )
-            t = updated
             active = torch.nonzero(~converged).squeeze(1)
             if active.numel() == 0:
                 break
@@ -238,8 +237,6 @@ def _invert_cdf(
                     x[active] for x in (t, low, high, target, tolerance)
                 )
                 series = series[:, :, active]
-        else:
-            t = updated
     if rows is not None:
         solution[rows] = t
         t = solution

@@ -342,8 +342,8 @@ def test_the_box_is_closed(dtype):
     below = torch.nextafter(low, torch.full_like(low, -torch.inf))
     above = torch.nextafter(high, torch.full_like(high, torch.inf))
     center = (low + high) / 2
-    faces = [low, high] + [torch.where(torch.arange(3) == k, high, center) for k in range(3)]
     axis = torch.arange(3)
+    faces = [low, high] + [torch.where(axis == k, high, center) for k in range(3)]
     outside = [torch.where(axis == k, bound, center) for k in range(3) for bound in (below, above)]
     with torch.no_grad():
         assert torch.isfinite(distribution.log_prob_tt(torch.stack(faces))).all()
