@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import copy
-import dataclasses
 import re
 import time
 import warnings
@@ -30,8 +29,9 @@ from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.random import torch_generator
+from sktt_flow.utils.standardize import standardization, standardize
 from sktt_flow.utils.threads import torch_threads_within_limits
-from sktt_flow.utils.validation import check_domain
+from sktt_flow.utils.validation import check_domain, check_domain_resolution
 
 __all__ = ["TensorizingFlowDensity"]
 
@@ -104,6 +104,24 @@ def _spline_tail_bound(base, standardized: torch.Tensor) -> float:
     else:
         extent = standardized.abs().max()
     return 1.2 * float(extent)
+
+
+def _is_single_pair(domain) -> bool:
+    """Whether ``domain`` is one ``(low, high)`` pair (a ragged list is not:
+    :func:`~sktt_flow.utils.validation.check_domain` then says what is wrong)."""
+    try:
+        return np.shape(domain) == (2,)
+    except ValueError:
+        return False
+
+
+def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, FixedAffine]:
+    """A fitted data-mode model as the model in standardised coordinates and
+    its last layer, the fixed map back to the features."""
+    *layers, to_features = model.flows
+    if not isinstance(to_features, FixedAffine):
+        raise TypeError("A model of the data ends with its FixedAffine standardisation.")
+    return TensorizingFlow(model.q0, layers), to_features
 
 
 def _resolve_device(device) -> torch.device:
@@ -415,7 +433,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         snapshot = dict(self.__dict__)
         started = time.perf_counter()
         try:
-            with torch_threads_within_limits():
+            # Training needs autograd even when the caller's code runs under
+            # torch.no_grad() or torch.inference_mode() (whole scripts often do).
+            with (
+                torch_threads_within_limits(),
+                torch.inference_mode(False),
+                torch.enable_grad(),
+            ):
                 if self.log_target is None:
                     fitted = self._fit_data(X)
                 else:
@@ -433,8 +457,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             setattr(self, name, value)
         return self
 
-    def _is_warm(self) -> bool:
-        return bool(self.warm_start) and hasattr(self, "flow_")
+    def _is_warm(self, mode: str) -> bool:
+        """Whether this fit continues the fitted model (``mode``: the fit's).
+
+        A warm start continues a model of the same mode only: a variational
+        model has no standardisation to continue on data, and a model of the
+        data has no box for a target.
+        """
+        if not (self.warm_start and hasattr(self, "flow_")):
+            return False
+        fitted_mode = "variational" if hasattr(self, "elbo_") else "data"
+        if fitted_mode != mode:
+            raise ValueError(
+                f"warm_start=True continues the fitted model, which was fitted in "
+                f"{fitted_mode} mode, but this fit is in {mode} mode "
+                f"({'log_target is set' if mode == 'variational' else 'log_target is None'}). "
+                "Set warm_start=False to start over."
+            )
+        return True
 
     def _generators(self, device: torch.device):
         rng = check_random_state(self.random_state)
@@ -471,13 +511,19 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return [p for p in model.parameters() if p.requires_grad]
 
     def _fit_data(self, X) -> dict:
-        warm = self._is_warm()
+        if X is None:
+            raise ValueError(
+                "fit() needs the training data X in data mode (log_target is None): call "
+                "fit(X). To refit a variational model loaded from a file, pass its "
+                "log_target back: TensorizingFlowDensity.load(path, log_target=...) or "
+                "set_params(log_target=...)."
+            )
+        warm = self._is_warm("data")
         X = validate_data(self, X, reset=not warm, dtype=np.float64, ensure_min_samples=2)
         device = _resolve_device(self.device)
         train_dtype = _DTYPES[self.dtype]
         generator, layer_seed, _ = self._generators(device)
         n_samples, n_features = X.shape
-        data = torch.tensor(X, dtype=train_dtype, device=device)
         n_validation = (
             max(1, round(self.validation_fraction * n_samples)) if self.validation_fraction else 0
         )
@@ -487,42 +533,54 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 f"{n_samples - n_validation} training sample(s) out of {n_samples}; at least "
                 "2 are needed."
             )
-        order = torch.randperm(n_samples, generator=generator, device=device)
-        train = data[order[n_validation:]]
-        validation = data[order[:n_validation]] if n_validation else train
+        order = torch.randperm(n_samples, generator=generator, device=device).cpu().numpy()
+        train_rows, validation_rows = order[n_validation:], order[:n_validation]
+
+        # The standardisation is computed and applied in float64, and only the
+        # standardised values meet the training dtype: data far from zero
+        # relative to their spread (timestamps, coordinates) would collapse
+        # onto a few float32 values otherwise. The model trains in
+        # standardised coordinates; the fixed map back to the features is
+        # added in float64 when it is finalised.
+        if warm:
+            model, to_features = _split_standardization(self.flow_)
+            model = copy.deepcopy(model).to(device=device, dtype=train_dtype)
+            mean = to_features.shift.cpu().numpy()
+            scale = to_features.scale.cpu().numpy()
+        else:
+            mean, scale = standardization(X[train_rows])
+        standardized = torch.tensor(standardize(X, mean, scale), dtype=train_dtype, device=device)
+        if not bool(torch.isfinite(standardized).all()):
+            raise ValueError(
+                f"X has values that overflow {self.dtype} once standardised (beyond "
+                f"{torch.finfo(train_dtype).max:.3g} standard deviations from the mean of the "
+                'training rows); use dtype="float64" or remove the outliers.'
+            )
+        train = standardized[torch.as_tensor(train_rows, device=device)]
+        validation = (
+            standardized[torch.as_tensor(validation_rows, device=device)]
+            if n_validation
+            else train
+        )
+        # Scores in standardised coordinates, minus this, are log-densities of
+        # the original features.
+        log_jacobian = float(np.log(scale).sum())
 
         if warm:
-            model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
             base_history = None
         else:
-            mean = train.mean(dim=0)
-            std = train.std(dim=0) if train.shape[0] > 1 else torch.ones_like(mean)
-            # A constant feature keeps the unit scale, as StandardScaler does.
-            std = torch.where(std > 0, std, torch.ones_like(std))
             base, base_history = self._base_from_data(
-                (train - mean) / std,
-                (validation - mean) / std if n_validation else None,
+                train,
+                validation if n_validation else None,
                 mean,
-                std,
+                scale,
                 generator,
                 device,
                 train_dtype,
             )
-            if base_history is not None:
-                # The base is fitted to standardised data: report its scores
-                # as log-densities of the original features, like the flow's.
-                log_jacobian = float(torch.log(std).sum())
-                base_history = dataclasses.replace(
-                    base_history,
-                    loss_curve=[v + log_jacobian for v in base_history.loss_curve],
-                    validation_scores=[v - log_jacobian for v in base_history.validation_scores],
-                )
-            tail_bound = _spline_tail_bound(base, (train - mean) / std)
+            tail_bound = _spline_tail_bound(base, train)
             layers = self._flow_layers(n_features, tail_bound, layer_seed)
-            standardization = FixedAffine(mean, std)
-            model = TensorizingFlow(base, [*layers, standardization]).to(
-                device=device, dtype=train_dtype
-            )
+            model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
         parameters = self._trained_parameters(model)
         history = base_history
         if parameters:
@@ -535,11 +593,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 generator=generator,
                 verbose=self.verbose,
             )
+        model = TensorizingFlow(
+            model.q0,
+            [
+                *model.flows,
+                FixedAffine(
+                    torch.as_tensor(mean, dtype=torch.float64, device=device),
+                    torch.as_tensor(scale, dtype=torch.float64, device=device),
+                ),
+            ],
+        )
         fitted = self._finalize(model, device)
         if history is not None:
+            # Report the scores as log-densities of the original features.
             fitted.update(
-                loss_curve_=list(history.loss_curve),
-                validation_scores_=list(history.validation_scores),
+                loss_curve_=[value + log_jacobian for value in history.loss_curve],
+                validation_scores_=[value - log_jacobian for value in history.validation_scores],
                 n_iter_=history.n_iter,
             )
         elif warm:
@@ -548,8 +617,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             fitted["feature_names_in_"] = self.feature_names_in_
         return fitted
 
-    def _base_from_data(self, train, validation, mean, std, generator, device, dtype):
-        """The base in standardised coordinates and its training history."""
+    def _base_from_data(self, train, validation, mean, scale, generator, device, dtype):
+        """The base in standardised coordinates and its training history.
+
+        ``mean`` and ``scale`` (float64 arrays) are the standardisation, which
+        maps a ``domain`` given in the original units into those coordinates.
+        """
         n_features = train.shape[1]
         if self.base == "gaussian":
             ones = torch.ones(n_features, dtype=dtype, device=device)
@@ -557,9 +630,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         domain = None
         if self.domain is not None:
             low, high = check_domain(self.domain, n_features)
-            low = torch.as_tensor(low, dtype=dtype, device=device)
-            high = torch.as_tensor(high, dtype=dtype, device=device)
-            domain = torch.stack([(low - mean) / std, (high - mean) / std], dim=1)
+            domain = np.stack([(low - mean) / scale, (high - mean) / scale], axis=1)
         base = TTDistribution.from_samples(
             train,
             tt_rank=self.tt_rank,
@@ -588,18 +659,19 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 "domain is required with log_target: give the box (n_features, 2) of "
                 "(low, high) bounds where the TT base should resolve the target."
             )
-        if self.n_features is None and np.shape(self.domain) == (2,):
+        if self.n_features is None and _is_single_pair(self.domain):
             raise ValueError("A single (low, high) domain needs n_features to give the dimension.")
         low, high = check_domain(self.domain, self.n_features)
         n_features = low.shape[0]
-        warm = self._is_warm()
+        train_dtype = _DTYPES[self.dtype]
+        check_domain_resolution(low, high, train_dtype)
+        warm = self._is_warm("variational")
         if warm and n_features != self.n_features_in_:
             raise ValueError(
                 f"warm_start: the domain has {n_features} features but the fitted model "
                 f"has {self.n_features_in_}."
             )
         device = _resolve_device(self.device)
-        train_dtype = _DTYPES[self.dtype]
         generator, layer_seed, diagnostic_seed = self._generators(device)
         counter = SimpleNamespace(n_calls=0, n_evaluations=0)
         evaluate = LogDensityEvaluator(
@@ -658,7 +730,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             if list(model.flows.parameters()):
                 with torch.no_grad():
                     probe = model.q0.sample(2, generator=generator)
-                check_differentiable(self.log_target, probe)
+                # Through the evaluator, so that a failure names log_target
+                # and keeps the callable's own exception as the cause.
+                check_differentiable(lambda x: evaluate(x, grad=True), probe)
             history = fit_reverse_kl(
                 model,
                 lambda x: evaluate(x, grad=True),

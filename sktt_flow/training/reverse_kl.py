@@ -16,22 +16,37 @@ __all__ = ["STEPS_PER_ITERATION", "check_differentiable", "fit_reverse_kl"]
 STEPS_PER_ITERATION = 10
 
 
-def check_differentiable(log_target: Callable, points: torch.Tensor) -> None:
+def check_differentiable(
+    log_target: Callable, points: torch.Tensor, *, name: str = "log_target"
+) -> None:
     """Raise a ValueError unless ``log_target`` passes gradients to ``points``.
 
     Reverse KL trains the flow through ``d log h(f(z)) / dx``; a callable that
     detaches (numpy inside, ``.item()``, ``torch.no_grad``) would silently
-    train on the entropy term alone.
+    train on the entropy term alone, and one that calls ``x.numpy()`` fails
+    only once its input requires gradient. Either way the error names the
+    callable (``name``) and says what to do, with the callable's own
+    exception kept as the cause.
     """
+    remedy = (
+        f"Write {name} with torch operations, or use flow=\"none\" to fit the TT base "
+        "alone, which needs no gradient."
+    )
     probe = points.detach().clone().requires_grad_(True)
-    values = log_target(probe)
+    try:
+        with torch.enable_grad():
+            values = log_target(probe)
+    except Exception as error:
+        raise ValueError(
+            f"{name} must be differentiable in torch to train a flow by reverse KL, but "
+            f"it failed on points that require gradient ({type(error).__name__}: {error}). "
+            + remedy
+        ) from error
     if not (isinstance(values, torch.Tensor) and values.requires_grad):
         raise ValueError(
-            "log_target must be differentiable in torch to train a flow by reverse KL: "
+            f"{name} must be differentiable in torch to train a flow by reverse KL: "
             "it returned values that carry no gradient with respect to its input "
-            "(numpy inside, .item(), .detach() or torch.no_grad()). Write it with "
-            'torch operations, or use flow="none" to fit the TT base alone, which '
-            "needs no gradient."
+            "(numpy inside, .item(), .detach() or torch.no_grad()). " + remedy
         )
 
 

@@ -7,7 +7,18 @@ import numbers
 import numpy as np
 import torch
 
-__all__ = ["check_domain", "check_positive_float", "check_positive_int", "check_samples"]
+__all__ = [
+    "check_domain",
+    "check_domain_resolution",
+    "check_positive_float",
+    "check_positive_int",
+    "check_samples",
+]
+
+#: Distinct values of the training precision that a box must hold across each
+#: coordinate: far above any ``n_basis`` (the grid and the Legendre functions
+#: must be resolved), far below float32's 2^24.
+MIN_STEPS_ACROSS_BOX = 10_000
 
 
 def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
@@ -27,7 +38,12 @@ def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.
     try:
         box = np.asarray(domain, dtype=np.float64)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"domain must be numeric (d, 2) bounds, got {domain!r}.") from error
+        # numpy's "inhomogeneous shape" for a ragged list does not say which
+        # argument is wrong
+        raise ValueError(
+            f"domain must be numeric (d, 2) bounds, one (low, high) row per feature, "
+            f"got {domain!r}."
+        ) from error
     if box.shape == (2,) and n_features is not None:
         box = np.tile(box, (n_features, 1))
     if box.ndim != 2 or box.shape[1] != 2:
@@ -44,6 +60,40 @@ def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.
             f"({box[k, 0]:g}, {box[k, 1]:g}) ({bad.size} bad rows)."
         )
     return box[:, 0].copy(), box[:, 1].copy()
+
+
+def check_domain_resolution(
+    low: np.ndarray, high: np.ndarray, dtype: torch.dtype, name: str = "domain"
+) -> None:
+    """Refuse a box that ``dtype`` cannot resolve: far from zero and narrow.
+
+    In float32 the box ``[1e8 - 1, 1e8 + 1]`` holds one representable value,
+    so every point the model sees would collapse onto it and the fit would
+    be silently wrong. A ValueError names the row and the remedy instead.
+
+    Parameters
+    ----------
+    low, high : float64 arrays of shape (d,)
+        A valid box (see :func:`check_domain`).
+    dtype : torch.dtype
+        The precision in which points of the box are computed.
+    name : str
+        What the message calls the box.
+    """
+    spacing = np.spacing(np.maximum(np.abs(low), np.abs(high)).astype(_NUMPY_DTYPES[dtype]))
+    steps = (high - low) / spacing.astype(np.float64)
+    coarse = np.flatnonzero(steps < MIN_STEPS_ACROSS_BOX)
+    if coarse.size:
+        k = int(coarse[0])
+        raise ValueError(
+            f"{name} row {k} is [{low[k]:.10g}, {high[k]:.10g}]: in {dtype} it holds only "
+            f"about {steps[k]:.2g} distinct values (fewer than {MIN_STEPS_ACROSS_BOX}), so "
+            f"the model could not tell its points apart ({coarse.size} such row(s)). Use "
+            'dtype="float64", or shift the coordinates of log_target closer to zero.'
+        )
+
+
+_NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
 
 
 def check_samples(

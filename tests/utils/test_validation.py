@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from sktt_flow.utils.validation import check_domain, check_samples
+from sktt_flow.utils.validation import check_domain, check_domain_resolution, check_samples
 
 
 def test_check_domain_broadcasts_a_single_pair():
@@ -56,3 +56,13 @@ def test_check_domain_accepts_tensors():
     low, high = check_domain(torch.tensor([[-1.0, 2.0], [0.0, 3.0]]))
     np.testing.assert_array_equal(low, [-1.0, 0.0])
     np.testing.assert_array_equal(high, [2.0, 3.0])
+
+
+def test_check_domain_resolution_refuses_boxes_the_dtype_cannot_resolve():
+    """[1e8 - 1, 1e8 + 1] holds less than one float32 step (8 at 1e8)."""
+    low, high = np.array([-3.0, 1e8 - 1.0]), np.array([3.0, 1e8 + 1.0])
+    with pytest.raises(ValueError, match=r"domain row 1 .* torch.float32"):
+        check_domain_resolution(low, high, torch.float32)
+    check_domain_resolution(low, high, torch.float64)
+    # 1000 wide at 1e3: spacing 6e-5, 1.6e7 steps, accepted
+    check_domain_resolution(np.array([1e3]), np.array([2e3]), torch.float32)

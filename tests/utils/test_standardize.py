@@ -1,0 +1,59 @@
+"""The float64 standardisation of data mode, against numpy on ordinary data
+and on data where the naive formulas overflow or lose the spread."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from sktt_flow.utils.standardize import standardization, standardize
+
+
+def test_matches_numpy_on_ordinary_data():
+    X = np.random.default_rng(0).normal(size=(500, 3)) * [1.0, 10.0, 0.1] + [0.0, 5.0, -2.0]
+    mean, scale = standardization(X)
+    np.testing.assert_allclose(mean, X.mean(axis=0), rtol=1e-13, atol=1e-13)
+    np.testing.assert_allclose(scale, X.std(axis=0, ddof=1), rtol=1e-13)
+
+
+def test_huge_values_do_not_overflow():
+    """numpy's std of 1e154-sized values squares them to inf; dividing by the
+    range first keeps every intermediate bounded."""
+    unit = np.random.default_rng(1).normal(size=(400, 2))
+    mean, scale = standardization(unit * 1e154)
+    with np.errstate(over="ignore"):
+        assert not np.isfinite((unit * 1e154).std(axis=0)).all()  # the naive way fails
+    np.testing.assert_allclose(scale / 1e154, unit.std(axis=0, ddof=1), rtol=1e-12)
+    np.testing.assert_allclose(mean / 1e154, unit.mean(axis=0), atol=1e-14)
+
+
+def test_a_large_offset_keeps_the_spread():
+    """1e9 + N(0, 1): the spread survives in float64 (it would not in float32)."""
+    unit = np.random.default_rng(2).normal(size=(400, 1))
+    mean, scale = standardization(1e9 + unit)
+    np.testing.assert_allclose(scale, unit.std(axis=0, ddof=1), rtol=1e-6)
+    standardized = standardize(1e9 + unit, mean, scale)
+    np.testing.assert_allclose(
+        standardized, (unit - unit.mean()) / unit.std(ddof=1), atol=1e-6
+    )
+
+
+def test_constant_columns_and_single_rows_keep_unit_scale():
+    X = np.array([[3.0, 1.0], [3.0, 2.0]])
+    mean, scale = standardization(X)
+    np.testing.assert_array_equal(scale, [1.0, np.std([1.0, 2.0], ddof=1)])
+    mean, scale = standardization(X[:1])
+    np.testing.assert_array_equal(mean, X[0])
+    np.testing.assert_array_equal(scale, [1.0, 1.0])
+
+
+def test_a_range_beyond_float64_is_refused():
+    X = np.array([[-1e308, 0.0], [1e308, 1.0]])
+    with pytest.raises(ValueError, match=r"Feature 0 of X spans .* overflows float64"):
+        standardization(X)
+
+
+def test_rows_beyond_the_training_range_are_refused_when_they_overflow():
+    mean, scale = standardization(np.array([[0.0], [1e-300]]))
+    with pytest.raises(ValueError, match="Feature 0 of X has values that overflow"):
+        standardize(np.array([[1e300]]), mean, scale)
