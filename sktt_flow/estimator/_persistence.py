@@ -12,8 +12,18 @@ The file is a zip archive with two members:
   ``torch.load(weights_only=True)``.
 
 The architecture is rebuilt from the metadata, never unpickled, then the
-tensors are loaded into it. Callables (``log_target``, a custom ``flow``) are
-not stored: :func:`load_estimator` takes them as arguments.
+tensors are loaded into it. Before anything is built, every metadata entry is
+checked for its JSON type, the device must be ``"cpu"``, ``"cuda"`` or
+``"cuda:N"``, and the sizes the metadata implies (core shapes, features, box,
+``n_basis``, ``tt_rank``, and the flow's size from ``n_flow_layers`` and
+``hidden_units``) are compared with the tensors in ``state.pt``: an edited file
+that claims more than it holds is refused without allocating what it claims.
+Callables (``log_target``, a custom ``flow``) are not stored:
+:func:`load_estimator` takes them as arguments.
+
+:func:`save_estimator` writes a temporary file created exclusively next to
+the destination (never through a link planted there, never shared with a
+concurrent save) and moves it into place with :func:`os.replace`.
 
 The checksum detects corruption, not a deliberate edit of both members; a
 file from an untrusted source can at worst hold wrong numbers, not run code.
@@ -21,12 +31,16 @@ file from an untrusted source can at worst hold wrong numbers, not run code.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import io
 import json
 import math
 import os
 import pickle
+import re
+import secrets
+import stat
 import warnings
 import zipfile
 import zlib
@@ -39,6 +53,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from sktt_flow.flows import FixedAffine, GaussianBase, TensorizingFlow, build_flow_layers
 from sktt_flow.tt.distribution import TTDistribution
+from sktt_flow.utils.validation import check_domain
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -56,18 +71,28 @@ FORMAT_VERSION = 1
 _METADATA = "metadata.json"
 _STATE = "state.pt"
 
-#: Fitted attributes stored in the metadata when the estimator has them.
-_FITTED_ATTRIBUTES = (
-    "loss_curve_",
-    "validation_scores_",
-    "n_iter_",
-    "fit_time_",
-    "elbo_",
-    "ess_",
-    "log_normalizer_",
-    "log_normalizer_std_error_",
-    "n_target_evaluations_",
-)
+#: Fitted attributes stored in the metadata when the estimator has them, and
+#: the JSON type each must have on load: "number" (a JSON number, or one of
+#: the strings "nan", "inf", "-inf"), "numbers" (a list of them) or "count"
+#: (a non-negative integer).
+_FITTED_KINDS = {
+    "loss_curve_": "numbers",
+    "validation_scores_": "numbers",
+    "n_iter_": "count",
+    "fit_time_": "number",
+    "elbo_": "number",
+    "ess_": "number",
+    "log_normalizer_": "number",
+    "log_normalizer_std_error_": "number",
+    "n_target_evaluations_": "count",
+}
+_FITTED_ATTRIBUTES = tuple(_FITTED_KINDS)
+
+#: Devices a model file may name: where fit can put a model.
+_STORED_DEVICE = re.compile(r"(cpu|cuda(:[0-9]+)?)")
+
+#: Flow layers whose sizes are set by ``n_flow_layers`` and ``hidden_units``.
+_SIZED_FLOWS = frozenset({"realnvp", "nsf", "maf"})
 
 #: Metadata keys and the JSON types they must have.
 _REQUIRED = {
@@ -161,7 +186,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     estimator : TensorizingFlowDensity
         A fitted estimator.
     path : str or path-like
-        Destination; an existing file is replaced atomically.
+        Destination; an existing file is replaced atomically (through a
+        temporary file of its own in the same directory) and keeps its
+        permission bits; a new file gets ``0o666`` less the umask.
 
     Raises
     ------
@@ -207,7 +234,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "domain": base.domain.detach().cpu().double().tolist() if is_tt else [],
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
         "tail_bound": _tail_bound(model),
-        "device": str(estimator.device_),
+        # torch.device("cpu:0") is the CPU: store the one name load accepts.
+        "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {
             name: _to_json(getattr(estimator, name), name)
             for name in _FITTED_ATTRIBUTES
@@ -224,19 +252,83 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
             f"(changed with set_params after fit?). {error}"
         ) from error
 
-    temporary = f"{os.fspath(path)}.part"
-    try:
-        with zipfile.ZipFile(temporary, "w") as archive:
+    def write(file: io.BufferedWriter) -> None:
+        with zipfile.ZipFile(file, "w") as archive:
             archive.writestr(
                 _METADATA,
                 json.dumps(metadata, indent=1, sort_keys=True, allow_nan=False),
                 compress_type=zipfile.ZIP_DEFLATED,
             )
             archive.writestr(_STATE, state_bytes, compress_type=zipfile.ZIP_STORED)
-        os.replace(temporary, path)
+
+    _write_atomically(os.fspath(path), write)
+
+
+#: Fresh temporary names tried before giving up; each has 64 random bits, so
+#: more than one attempt only happens when someone plants names on purpose.
+_TEMPORARY_ATTEMPTS = 100
+
+
+def _create_temporary(directory: str, name: str) -> tuple[int, str]:
+    """A new, empty file in ``directory``: its descriptor and its path.
+
+    Created exclusively (``O_EXCL``, as :func:`tempfile.mkstemp` does), so an
+    existing file or symbolic link at the name is never opened or followed,
+    and two writers never share a file. Unlike ``mkstemp`` the mode is
+    ``0o666`` less the umask, as a plain ``open(path, "wb")`` would give.
+    """
+    flags = (
+        os.O_WRONLY
+        | os.O_CREAT
+        | os.O_EXCL
+        | getattr(os, "O_NOFOLLOW", 0)
+        | getattr(os, "O_BINARY", 0)
+    )
+    # Hidden, and short enough to fit in a file name whatever the destination's.
+    prefix = f".{name[:64]}."
+    for _ in range(_TEMPORARY_ATTEMPTS):
+        temporary = os.path.join(directory, f"{prefix}{secrets.token_hex(8)}.part")
+        try:
+            return os.open(temporary, flags, 0o666), temporary
+        except FileExistsError:
+            continue
+    raise FileExistsError(
+        f"Could not create a temporary file in {directory}: {_TEMPORARY_ATTEMPTS} random "
+        "names were all taken."
+    )
+
+
+def _write_atomically(destination: str, write: Callable[[io.BufferedWriter], None]) -> None:
+    """Run ``write`` on a temporary file next to ``destination``, then move it there.
+
+    Readers see the old file or the complete new one, never a partial file;
+    concurrent writers each write their own temporary and the last
+    :func:`os.replace` wins. On any failure (an interrupt included) the
+    temporary is removed and ``destination`` is left as it was. The new file
+    gets the mode of the file it replaces, or ``0o666`` less the umask, as
+    when ``open(destination, "wb")`` writes it.
+    """
+    directory = os.path.dirname(os.path.abspath(destination))
+    descriptor, temporary = _create_temporary(directory, os.path.basename(destination))
+    try:
+        with os.fdopen(descriptor, "wb") as file:
+            write(file)
+            file.flush()
+            # On disk before the rename: a crash must not leave an empty model.
+            os.fsync(file.fileno())
+        if os.name == "posix":
+            try:
+                existing = os.stat(destination)
+            except FileNotFoundError:
+                existing = None
+            if existing is not None and stat.S_ISREG(existing.st_mode):
+                os.chmod(temporary, stat.S_IMODE(existing.st_mode) & 0o777)
+        os.replace(temporary, destination)
     except BaseException:
-        if os.path.exists(temporary):
+        try:
             os.unlink(temporary)
+        except OSError:
+            pass  # already gone; the original error is the one to report
         raise
 
 
@@ -245,9 +337,66 @@ _NON_FINITE = frozenset({"nan", "inf", "-inf"})
 
 
 def _is_number(value: Any) -> bool:
-    return (isinstance(value, (int, float)) and not isinstance(value, bool)) or (
-        value in _NON_FINITE
-    )
+    """A JSON number, or one of the strings that stand for NaN and infinities."""
+    if isinstance(value, str):
+        return value in _NON_FINITE
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_count(value: Any, minimum: int = 0) -> bool:
+    """A JSON integer (not a boolean) of at least ``minimum``."""
+    return isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+
+
+def _is_finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _preview(value: Any) -> str:
+    """``repr(value)``, shortened: error messages quote edited files."""
+    text = repr(value)
+    return text if len(text) <= 60 else f"{text[:57]}..."
+
+
+#: What each kind of fitted attribute must be, for error messages.
+_KIND_DESCRIPTIONS = {
+    "number": "a number",
+    "numbers": "a list of numbers",
+    "count": "a non-negative integer",
+}
+
+
+def _check_fitted(fitted: dict, where: str) -> None:
+    """Raise ``ValueError`` naming the first fitted attribute of the wrong JSON type.
+
+    Names this version does not know (written by a later one) are not loaded,
+    so they are not checked either.
+    """
+    for name, value in fitted.items():
+        kind = _FITTED_KINDS.get(name)
+        if kind == "number":
+            valid = _is_number(value)
+        elif kind == "numbers":
+            valid = isinstance(value, list) and all(map(_is_number, value))
+        elif kind == "count":
+            valid = _is_count(value)
+        else:
+            continue
+        if not valid:
+            raise ValueError(
+                f"{where} is truncated or corrupted: {_METADATA} has an invalid fitted "
+                f"attribute {name!r} (expected {_KIND_DESCRIPTIONS[kind]}, got "
+                f"{_preview(value)})."
+            )
+
+
+def _check_device_name(stored: str, where: str) -> None:
+    """Raise ``ValueError`` unless ``stored`` is a device that fit can use."""
+    if not _STORED_DEVICE.fullmatch(stored):
+        raise ValueError(
+            f"{where}: invalid device {stored!r} in {_METADATA}; a model file names "
+            "'cpu', 'cuda' or 'cuda:N'."
+        )
 
 
 def _from_json_number(value: Any) -> Any:
@@ -296,18 +445,15 @@ def _read_archive(path: str | os.PathLike) -> tuple[dict, bytes]:
                 f"{where} is truncated or corrupted: {_METADATA} has an invalid {key!r}."
             )
     names = metadata["feature_names"]
-    fitted = metadata["fitted"]
-    if (
-        (names is not None and not all(isinstance(name, str) for name in names))
-        or not all(_is_number(value) for value in fitted.values() if not isinstance(value, list))
-        or not all(
-            all(map(_is_number, value)) for value in fitted.values() if isinstance(value, list)
-        )
+    if names is not None and (
+        not all(isinstance(name, str) for name in names) or len(names) != metadata["n_features"]
     ):
         raise ValueError(
-            f"{where} is truncated or corrupted: {_METADATA} has invalid feature names or "
-            "fitted attributes."
+            f"{where} is truncated or corrupted: {_METADATA} has invalid 'feature_names' "
+            f"(expected {metadata['n_features']} strings, got {_preview(names)})."
         )
+    _check_fitted(metadata["fitted"], where)
+    _check_device_name(metadata["device"], where)
     if hashlib.sha256(state_bytes).hexdigest() != metadata["state_sha256"]:
         raise ValueError(
             f"{where} is tampered: checksum mismatch (the SHA-256 of {_STATE} differs from "
@@ -339,6 +485,178 @@ def _read_state(state_bytes: bytes, where: str) -> dict[str, torch.Tensor]:
     return state
 
 
+@functools.lru_cache(maxsize=32)
+def _layer_state_sizes(flow: str, n_features: int) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Numbers in the state of an even and of an odd layer of a built-in flow,
+    at ``hidden_units`` = 1, 2 and 3.
+
+    Built from the layers themselves, so that they follow normflows: tiny
+    layers (``n_features`` wide at most) cost nothing to build.
+    """
+
+    def state_size(n_layers: int, hidden_units: int) -> int:
+        with torch.random.fork_rng(devices=[]):  # normflows draws initial weights
+            layers = build_flow_layers(
+                flow, n_features, n_layers=n_layers, hidden_units=hidden_units, tail_bound=1.0
+            )
+        return sum(tensor.numel() for tensor in torch.nn.ModuleList(layers).state_dict().values())
+
+    one_layer = tuple(state_size(1, hidden_units) for hidden_units in (1, 2, 3))
+    two_layers = tuple(state_size(2, hidden_units) for hidden_units in (1, 2, 3))
+    return one_layer, tuple(two - one for one, two in zip(one_layer, two_layers, strict=True))
+
+
+def _quadratic_through(values: tuple[int, ...], x: int) -> int:
+    """The quadratic through ``(1, values[0]), (2, values[1]), (3, values[2])`` at ``x``,
+    in exact integer arithmetic (``(x - 1)(x - 2)`` is even)."""
+    first, second, third = values
+    return (
+        first
+        + (x - 1) * (second - first)
+        + (x - 1) * (x - 2) // 2 * (third - 2 * second + first)
+    )
+
+
+def _flow_state_size(flow: str, n_features: int, n_layers: int, hidden_units: int) -> int:
+    """Numbers in the state of the built-in flow ``flow``, without building it.
+
+    Each layer of ``"realnvp"``, ``"nsf"`` and ``"maf"`` is a network of fixed
+    depth whose weights and masks are at most ``hidden_units`` squared: for a
+    given ``n_features`` its size is a quadratic in ``hidden_units``, and
+    layers alternate between two kinds (masks or permutations by parity). The
+    quadratics are measured on layers of width 1 to 3, then evaluated at the
+    claimed width, so that a claimed size is checked in microseconds however
+    large it is.
+    """
+    if flow not in _SIZED_FLOWS:
+        return 0  # "none": no layer
+    even, odd = _layer_state_sizes(flow, n_features)
+    return (n_layers + 1) // 2 * _quadratic_through(even, hidden_units) + (
+        n_layers // 2
+    ) * _quadratic_through(odd, hidden_units)
+
+
+def _check_architecture(
+    metadata: dict,
+    flow: str | Callable,
+    estimator: TensorizingFlowDensity,
+    state: dict[str, torch.Tensor],
+    where: str,
+) -> None:
+    """Check the metadata against itself and against the shapes in ``state``.
+
+    Runs before any module is built and allocates nothing that grows with the
+    claimed sizes, so that a file whose metadata claims more than its tensors
+    hold (huge cores, ``hidden_units=20000``) is refused at once.
+
+    Raises
+    ------
+    ValueError
+        Naming the entry of the metadata that disagrees.
+    """
+
+    def unbuildable(detail: str) -> ValueError:
+        return ValueError(
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} ({detail})."
+        )
+
+    def mismatch(detail: str) -> ValueError:
+        return ValueError(
+            f"{where}: the stored tensors do not match the architecture in {_METADATA} ({detail})."
+        )
+
+    # The metadata alone.
+    n_features = metadata["n_features"]
+    shapes = metadata["tt_core_shapes"]
+    mode = metadata["mode"]
+    if not _is_count(n_features, minimum=1):
+        raise unbuildable(f"n_features={_preview(n_features)} is not a positive integer")
+    if mode not in ("data", "variational"):
+        raise unbuildable(f"unknown mode {_preview(mode)}")
+    if not _is_finite(metadata["tail_bound"]) or metadata["tail_bound"] <= 0:
+        raise unbuildable(f"tail_bound={_preview(metadata['tail_bound'])} is not positive")
+    for k, shape in enumerate(shapes):
+        if not (
+            isinstance(shape, list)
+            and len(shape) == 3
+            and all(_is_count(size, minimum=1) for size in shape)
+        ):
+            raise unbuildable(
+                f"tt_core_shapes[{k}]={_preview(shape)} is not three positive integers"
+            )
+    if estimator.base == "gaussian":
+        if shapes:
+            raise unbuildable("core shapes for a Gaussian base")
+        expected = {
+            "q0.loc": ((n_features,), "a Gaussian base of n_features"),
+            "q0.scale": ((n_features,), "a Gaussian base of n_features"),
+        }
+    else:
+        if len(shapes) != n_features:
+            raise unbuildable(f"{len(shapes)} core shapes for {n_features} features")
+        domain = metadata["domain"]
+        if not all(
+            isinstance(row, list) and len(row) == 2 and all(map(_is_finite, row)) for row in domain
+        ):
+            raise unbuildable("domain must be rows of two finite numbers")
+        try:
+            low, high = check_domain(domain, n_features)
+        except ValueError as error:
+            raise unbuildable(f"domain: {error}") from error
+        tail_weight = metadata["tail_weight"]
+        if not (_is_finite(tail_weight) and 0 < tail_weight < 1):
+            raise unbuildable(f"tail_weight={_preview(tail_weight)} is not in (0, 1)")
+        expected = {
+            f"q0.cores.{k}": (tuple(shape), f"tt_core_shapes[{k}]")
+            for k, shape in enumerate(shapes)
+        }
+        expected["q0.low"] = expected["q0.high"] = ((n_features,), "n_features")
+
+    # The base against the stored tensors, entry by entry.
+    for key, (shape, entry) in expected.items():
+        if key not in state:
+            raise mismatch(f"{_STATE} lacks {key!r}, which {entry} implies")
+        if tuple(state[key].shape) != shape or state[key].dtype != torch.float64:
+            raise mismatch(
+                f"{entry} gives {key!r} the shape {list(shape)} in torch.float64; {_STATE} holds "
+                f"{list(state[key].shape)} in {state[key].dtype}"
+            )
+    if estimator.base != "gaussian":
+        if not (
+            np.array_equal(state["q0.low"].numpy(), low)
+            and np.array_equal(state["q0.high"].numpy(), high)
+        ):
+            raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
+        if any(shape[1] != estimator.n_basis for shape in shapes):
+            raise mismatch(
+                f"params n_basis={estimator.n_basis}, but the cores have "
+                f"{sorted({shape[1] for shape in shapes})} basis functions"
+            )
+        largest_rank = max(max(shape[0], shape[2]) for shape in shapes)
+        if largest_rank > estimator.tt_rank:
+            raise mismatch(
+                f"params tt_rank={estimator.tt_rank}, but the cores have rank {largest_rank}"
+            )
+
+    # The flow: its size is computed, not built (a custom callable's layers
+    # depend on n_features alone, checked above).
+    if isinstance(flow, str):
+        n_layers, hidden_units = estimator.n_flow_layers, estimator.hidden_units
+        layers_size = _flow_state_size(flow, n_features, n_layers, hidden_units)
+        # The standardisation (data) or the maps to and from the unit box
+        # (variational, when there are layers) are FixedAffine layers: a
+        # shift and a scale each.
+        n_affine = 1 if mode == "data" else (2 if layers_size else 0)
+        needed = layers_size + n_affine * 2 * n_features
+        held = sum(tensor.numel() for key, tensor in state.items() if key.startswith("flows."))
+        if held != needed:
+            raise mismatch(
+                f"the flow layers in {_STATE} hold {held} numbers, but mode={mode!r}, "
+                f"flow={flow!r}, n_flow_layers={n_layers} and hidden_units={hidden_units} "
+                f"need {needed}"
+            )
+
+
 def _build_model(
     metadata: dict,
     flow: str | Callable,
@@ -346,19 +664,22 @@ def _build_model(
     state: dict[str, torch.Tensor],
     where: str,
 ) -> TensorizingFlow:
-    """The architecture from the metadata, in float64 on the CPU, with ``state`` loaded."""
+    """The architecture from the metadata, in float64 on the CPU, with ``state`` loaded.
+
+    The metadata is checked against the shapes in ``state`` first
+    (:func:`_check_architecture`): what is built then holds as many numbers
+    as ``state``.
+    """
+    _check_architecture(metadata, flow, estimator, state, where)
     try:
         n_features = metadata["n_features"]
-        shapes = [tuple(int(size) for size in shape) for shape in metadata["tt_core_shapes"]]
+        ones = torch.ones(n_features, dtype=torch.float64)
         if estimator.base == "gaussian":
-            if shapes:
-                raise ValueError("core shapes for a Gaussian base")
-            ones = torch.ones(n_features, dtype=torch.float64)
             base = GaussianBase(torch.zeros_like(ones), ones)
         else:
-            if len(shapes) != n_features:
-                raise ValueError(f"{len(shapes)} core shapes for {n_features} features")
-            cores = [torch.zeros(shape, dtype=torch.float64) for shape in shapes]
+            cores = [
+                torch.zeros(shape, dtype=torch.float64) for shape in metadata["tt_core_shapes"]
+            ]
             base = TTDistribution(cores, metadata["domain"], tail_weight=metadata["tail_weight"])
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(
@@ -368,15 +689,11 @@ def _build_model(
                 hidden_units=estimator.hidden_units,
                 tail_bound=float(metadata["tail_bound"]),
             )
-        ones = torch.ones(n_features, dtype=torch.float64)
         if metadata["mode"] == "data":
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
-        elif metadata["mode"] == "variational":
-            if layers:  # the maps to and from the unit box, as fit builds them
-                layers = [FixedAffine(torch.zeros_like(ones), ones), *layers]
-                layers.append(FixedAffine(torch.zeros_like(ones), ones))
-        else:
-            raise ValueError(f"unknown mode {metadata['mode']!r}")
+        elif layers:  # variational: the maps to and from the unit box, as fit builds them
+            layers = [FixedAffine(torch.zeros_like(ones), ones), *layers]
+            layers.append(FixedAffine(torch.zeros_like(ones), ones))
         model = TensorizingFlow(base, layers).to(dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(
@@ -404,17 +721,15 @@ def _build_model(
             f"parameters ({details})."
         )
     model.load_state_dict(state, strict=True)
-    if isinstance(base, TTDistribution) and not torch.equal(
-        base.domain, torch.tensor(metadata["domain"], dtype=torch.float64)
-    ):
-        raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
     return model
 
 
 def _load_device(stored: str, where: str) -> torch.device:
+    """The device named in the metadata (checked by :func:`_check_device_name`),
+    or the CPU with a warning when it is not available here."""
     try:
         device = torch.device(stored)
-    except RuntimeError as error:
+    except RuntimeError as error:  # "cuda:<index beyond torch's range>"
         raise ValueError(f"{where}: invalid device {stored!r} in {_METADATA}.") from error
     if device.type == "cuda" and (
         not torch.cuda.is_available()
@@ -461,7 +776,10 @@ def load_estimator(
     ------
     ValueError
         If the file is not a model file, is truncated, corrupted or tampered
-        with, holds anything but tensors, or if a needed callable is missing.
+        with, holds anything but tensors, if its metadata has an entry of the
+        wrong type, names a device other than ``"cpu"``, ``"cuda"`` or
+        ``"cuda:N"``, or describes tensors other than those stored (the
+        message names the entry), or if a needed callable is missing.
 
     Warns
     -----

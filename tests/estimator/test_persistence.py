@@ -9,16 +9,21 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import os
 import pathlib
 import pickle
 import re
+import stat
+import threading
+import time
+import warnings
 import zipfile
 
 import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
-from sklearn.exceptions import NotFittedError
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import sktt_flow
 from sktt_flow import TensorizingFlowDensity
@@ -345,7 +350,7 @@ def _wrong_core_shape(metadata):
         (lambda m: m["params"].update(tt_rank="many"), "invalid parameters"),
         (lambda m: m["params"].update(unknown=1), "invalid parameters"),
         (lambda m: m.pop("tt_core_shapes"), "lacks 'tt_core_shapes'"),
-        (lambda m: m["fitted"].update(n_iter_="3"), "invalid feature names or fitted"),
+        (lambda m: m["fitted"].update(n_iter_="3"), "invalid fitted attribute 'n_iter_'"),
         (lambda m: m.update(device="quantum"), "invalid device 'quantum'"),
         (lambda m: m.update(format="something.else"), "not a sktt_flow model file"),
         (lambda m: m.update(format_version=99), "format version 99"),
@@ -398,3 +403,366 @@ def test_non_finite_history_is_strict_json_and_comes_back(fitted, data, tmp_path
     loaded = TensorizingFlowDensity.load(path)
     assert np.isnan(loaded.loss_curve_[0]) and loaded.validation_scores_[0] == -np.inf
     assert loaded.loss_curve_[1:] == model.loss_curve_[1:]
+
+
+# ------------------------------------- edited files: types, devices, sizes
+# A tiny model of each mode, as the adversarial pass used: every edit below
+# rewrites the members of its real file and recomputes the checksum, so that
+# the checksum is not what refuses them.
+TINY = {
+    "tt_rank": 2,
+    "n_basis": 4,
+    "n_flow_layers": 1,
+    "hidden_units": 4,
+    "max_iter": 2,
+    "random_state": 0,
+}
+
+#: Peak memory a refused load may add (the tiny model and the checks take a
+#: few MB); every claim below would need at least a gigabyte.
+REFUSAL_MEMORY_BYTES = 64 << 20
+
+
+@pytest.fixture(scope="module")
+def tiny_models():
+    X = np.random.default_rng(0).normal(size=(100, 2))
+    with warnings.catch_warnings():
+        # TT-cross at n_basis=4 stops short of its tolerance: irrelevant here.
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        variational = TensorizingFlowDensity(
+            **TINY,
+            batch_size=64,
+            log_target=gaussian_log_target,
+            domain=[[-3.0, 3.0], [-3.0, 3.0]],
+        ).fit()
+    return {"data": TensorizingFlowDensity(**TINY).fit(X), "variational": variational}
+
+
+@pytest.fixture(params=["data", "variational"])
+def tiny_saved(request, tiny_models, tmp_path):
+    path = tmp_path / f"{request.param}.sktt"
+    tiny_models[request.param].save(path)
+    return path
+
+
+def load_quietly(path):
+    """Load without the warning a variational model gives without log_target."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", ".*holds a variational model", UserWarning)
+        return TensorizingFlowDensity.load(path)
+
+
+def edit_and_load(path, edit, match):
+    """Apply ``edit`` to the metadata (checksum recomputed), then expect a
+    ValueError matching ``match`` that names the file."""
+    metadata, state = read_members(path)
+    edit(metadata)
+    write_members(path, metadata, state)
+    with pytest.raises(ValueError, match=match) as error:
+        load_quietly(path)
+    assert str(path) in str(error.value)
+
+
+@pytest.mark.parametrize("value", [{}, [], None, True, "3", [1.0, {}]])
+def test_every_fitted_attribute_of_the_wrong_type_is_named(value, tiny_saved):
+    """Bug: a fitted attribute edited to {} raised a raw TypeError (unhashable
+    dict tested against the non-finite strings); lists, numbers and integers
+    were not told apart. Each attribute present in the file is edited in turn."""
+    original = tiny_saved.read_bytes()
+    names = sorted(read_members(tiny_saved)[0]["fitted"])
+    assert "n_iter_" in names and "loss_curve_" in names
+    for name in names:
+        if value == [] and name in ("loss_curve_", "validation_scores_"):
+            continue  # an empty history is valid
+        tiny_saved.write_bytes(original)
+        edit_and_load(
+            tiny_saved,
+            lambda m, name=name: m["fitted"].update({name: value}),
+            rf"invalid fitted attribute '{name}'",
+        )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [("n_iter_", 2.5), ("n_iter_", -1), ("n_target_evaluations_", 1.0), ("fit_time_", [1.0])],
+)
+def test_counts_and_numbers_are_told_apart(name, value, tiny_models, tmp_path):
+    """Bug: a fractional or negative n_iter_ and a list where a number is due loaded."""
+    path = tmp_path / "model.sktt"
+    tiny_models["variational"].save(path)
+    edit_and_load(path, lambda m: m["fitted"].update({name: value}), f"'{name}'")
+
+
+def test_unknown_fitted_attribute_is_ignored(tiny_models, tmp_path):
+    """An attribute of a later version is not loaded, whatever its value; the
+    rest of the file loads as before."""
+    path = tmp_path / "model.sktt"
+    tiny_models["data"].save(path)
+    metadata, state = read_members(path)
+    metadata["fitted"]["from_the_future_"] = {}
+    write_members(path, metadata, state)
+    loaded = TensorizingFlowDensity.load(path)
+    assert not hasattr(loaded, "from_the_future_")
+    assert loaded.n_iter_ == tiny_models["data"].n_iter_
+
+
+@pytest.mark.parametrize("device", ["meta", "mps", "xla", "cuda:x", "CPU", "cpu:0", "cuda:-1"])
+def test_devices_other_than_cpu_and_cuda_are_refused(device, tiny_saved):
+    """Bug: "meta" loaded (a model without data that failed at first use) and
+    "mps" / "xla" raised a raw RuntimeError; fit only ever puts a model on the
+    CPU or a CUDA device."""
+    edit_and_load(
+        tiny_saved, lambda m: m.update(device=device), rf"invalid device '{re.escape(device)}'"
+    )
+
+
+def test_unavailable_plain_cuda_falls_back_to_cpu(tiny_saved, monkeypatch):
+    """"cuda" (no index) without CUDA still loads on the CPU with a warning."""
+    metadata, state = read_members(tiny_saved)
+    write_members(tiny_saved, {**metadata, "device": "cuda"}, state)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.warns(RuntimeWarning, match="cuda, which is not available"):
+        loaded = load_quietly(tiny_saved)
+    assert loaded.device_ == torch.device("cpu")
+
+
+def peak_memory_growth(function) -> int:
+    """Bytes by which ``function()`` raises the process's peak resident memory
+    (Linux: the peak is reset through /proc/self/clear_refs). Memory that
+    torch allocates is invisible to tracemalloc, hence the kernel's count."""
+    try:
+        with open("/proc/self/clear_refs", "w") as clear:
+            clear.write("5")  # reset VmHWM to the current resident size
+    except OSError:
+        pytest.skip("needs /proc/self/clear_refs (Linux) to measure peak memory")
+
+    def resident(field: str) -> int:
+        with open("/proc/self/status") as status:
+            line = next(line for line in status if line.startswith(field))
+        return int(line.split()[1]) * 1024
+
+    before = resident("VmRSS:")
+    function()
+    return resident("VmHWM:") - before
+
+
+def _huge_rank(metadata):
+    # A valid train of rank 10**7: 640 MB of cores.
+    metadata["tt_core_shapes"] = [[1, 4, 10**7], [10**7, 4, 1]]
+    metadata["params"]["tt_rank"] = 10**7
+
+
+def _huge_basis(metadata):
+    # 10**8 Legendre functions per coordinate: 3.2 GB of cores.
+    metadata["tt_core_shapes"] = [[1, 10**8, 2], [2, 10**8, 1]]
+    metadata["params"]["n_basis"] = 10**8
+
+
+def _many_features(metadata):
+    # A consistent claim of 1000 features (core shapes, box and names).
+    metadata.update(
+        n_features=1000,
+        tt_core_shapes=[[1, 4, 2]] + [[2, 4, 2]] * 998 + [[2, 4, 1]],
+        domain=[[-1.0, 1.0]] * 1000,
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["params"].update(hidden_units=20000), r"hidden_units=20000 need"),
+        (lambda m: m["params"].update(n_flow_layers=10**6), r"n_flow_layers=1000000 .* need"),
+        (lambda m: m["params"].update(hidden_units=10**9), r"hidden_units=1000000000 need"),
+        (_huge_rank, r"tt_core_shapes\[0\] gives 'q0.cores.0' the shape \[1, 4, 10000000\]"),
+        (_huge_basis, r"tt_core_shapes\[0\] gives 'q0.cores.0' the shape \[1, 100000000, 2\]"),
+        (_many_features, r"tt_core_shapes\[1\] gives 'q0.cores.1' the shape \[2, 4, 2\]"),
+    ],
+    ids=["hidden_units", "n_flow_layers", "hidden_units_1e9", "tt_rank", "n_basis", "n_features"],
+)
+def test_sizes_the_state_does_not_hold_are_refused_before_building(
+    edit, match, tiny_saved, monkeypatch
+):
+    """Bug: a 23 KB file claiming hidden_units=20000 or huge cores built the
+    claimed model (gigabytes) before comparing it with the stored tensors. The
+    refusal must name the entry, come in well under a second, add little to
+    the peak memory, and never call the layer builder with the claimed sizes."""
+    from sktt_flow.estimator import _persistence
+
+    def guarded_build(flow, n_features, *, n_layers, hidden_units, tail_bound):
+        # The checks build layers of width 1 to 3 only; the tiny model has 4.
+        assert n_layers <= 2 and hidden_units <= 4, "built the claimed flow"
+        return build_flow_layers(
+            flow, n_features, n_layers=n_layers, hidden_units=hidden_units, tail_bound=tail_bound
+        )
+
+    monkeypatch.setattr(_persistence, "build_flow_layers", guarded_build)
+    metadata, state = read_members(tiny_saved)
+    edit(metadata)
+    write_members(tiny_saved, metadata, state)
+
+    def refuse():
+        with pytest.raises(ValueError, match=match):
+            load_quietly(tiny_saved)
+
+    started = time.perf_counter()
+    growth = peak_memory_growth(refuse)
+    assert time.perf_counter() - started < 1.0
+    assert growth < REFUSAL_MEMORY_BYTES, f"{growth / 2**20:.0f} MB"
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["params"].update(n_basis=5), r"params n_basis=5, but the cores have \[4\]"),
+        (lambda m: m["params"].update(tt_rank=1), r"params tt_rank=1, but the cores have rank 2"),
+        (lambda m: m["params"].update(hidden_units=5), r"hidden_units=5 need"),
+        (lambda m: m["params"].update(flow="nsf"), r"flow='nsf'.* need"),
+        (lambda m: m["tt_core_shapes"][0].__setitem__(1, "4"), r"tt_core_shapes\[0\]=\[1, '4'"),
+        (lambda m: m["tt_core_shapes"][1].__setitem__(0, 2.0), r"tt_core_shapes\[1\]=\[2\.0"),
+        (lambda m: m["domain"][0].__setitem__(0, "-3"), "domain must be rows of two finite"),
+        (lambda m: m.update(tail_bound=float("nan")), "tail_bound=nan is not positive"),
+        (lambda m: m.update(tail_weight=1.5), r"tail_weight=1\.5 is not in \(0, 1\)"),
+        (lambda m: m.update(feature_names=["a"]), "invalid 'feature_names'"),
+        (lambda m: m.update(mode="other"), "unknown mode 'other'"),
+    ],
+    ids=[
+        "n_basis",
+        "tt_rank",
+        "hidden_units",
+        "flow",
+        "core_size_string",
+        "core_size_float",
+        "domain_string",
+        "tail_bound_nan",
+        "tail_weight",
+        "feature_names",
+        "mode",
+    ],
+)
+def test_metadata_that_disagrees_with_the_tensors_names_the_entry(edit, match, tiny_saved):
+    """Bugs: n_basis and tt_rank were never compared with the cores (the file
+    loaded with parameters that do not describe it), sizes given as strings or
+    floats were converted, a NaN tail bound (JSON accepts NaN) and feature
+    names of the wrong length loaded."""
+    edit_and_load(tiny_saved, edit, match)
+
+
+@pytest.mark.parametrize("flow", ["realnvp", "nsf", "maf"])
+@pytest.mark.parametrize("n_features", [1, 3])
+def test_flow_sizes_are_computed_exactly(flow, n_features):
+    """The size check extrapolates each layer's size from widths 1 to 3 (a
+    quadratic in hidden_units, alternating between even and odd layers):
+    compared here with layers actually built, so that a change of normflows
+    that breaks the assumption fails this test rather than valid files."""
+    from sktt_flow.estimator._persistence import _flow_state_size
+
+    for n_layers, hidden_units in [(1, 7), (2, 5), (3, 10), (4, 16)]:
+        layers = build_flow_layers(
+            flow, n_features, n_layers=n_layers, hidden_units=hidden_units, tail_bound=2.0
+        )
+        state = torch.nn.ModuleList(layers).state_dict()
+        expected = sum(tensor.numel() for tensor in state.values())
+        assert _flow_state_size(flow, n_features, n_layers, hidden_units) == expected
+
+
+# ------------------------------------------------------------ safe saving
+def directory_listing(path: pathlib.Path) -> list[str]:
+    return sorted(entry.name for entry in path.iterdir())
+
+
+def test_symlink_at_the_old_temporary_name_is_not_followed(tiny_models, tmp_path):
+    """Bug: save wrote through the fixed name <path>.part, following a symlink
+    planted there (its target was overwritten with the model)."""
+    target = tmp_path / "precious.txt"
+    target.write_text("do not overwrite")
+    (tmp_path / "model.sktt.part").symlink_to(target)
+    tiny_models["data"].save(tmp_path / "model.sktt")
+    assert target.read_text() == "do not overwrite"
+    assert (tmp_path / "model.sktt.part").is_symlink()
+    assert not (tmp_path / "model.sktt").is_symlink()
+    TensorizingFlowDensity.load(tmp_path / "model.sktt")
+
+
+def test_save_leaves_no_temporary_file(tiny_models, tmp_path):
+    tiny_models["data"].save(tmp_path / "model.sktt")
+    tiny_models["data"].save(tmp_path / "model.sktt")  # replacing an existing file
+    assert directory_listing(tmp_path) == ["model.sktt"]
+
+
+def test_failed_save_leaves_no_temporary_and_keeps_the_old_file(
+    tiny_models, tmp_path, monkeypatch
+):
+    """An interrupt while the archive is written, and a destination that
+    cannot be replaced (a directory): the temporary is removed, an existing
+    model file is left as it was."""
+    path = tmp_path / "model.sktt"
+    tiny_models["data"].save(path)
+    content = path.read_bytes()
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as patch:
+        patch.setattr(zipfile.ZipFile, "writestr", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_models["data"].save(path)
+    assert directory_listing(tmp_path) == ["model.sktt"]
+    assert path.read_bytes() == content
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(OSError):
+        tiny_models["data"].save(tmp_path / "folder")
+    assert directory_listing(tmp_path) == ["folder", "model.sktt"]
+    assert list((tmp_path / "folder").iterdir()) == []
+
+
+def test_concurrent_saves_to_one_path_both_succeed(tiny_models, tmp_path):
+    """Bug: two saves to one path shared <path>.part; one renamed it away under
+    the other (FileNotFoundError) or they interleaved their bytes. Two
+    threads save different models to one path, many times in a row: no
+    exception, and the file is always one of the two models, complete."""
+    path = tmp_path / "model.sktt"
+    models = [tiny_models["data"], tiny_models["variational"]]
+    n_rounds = 20
+    start = threading.Barrier(2)
+    errors = []
+
+    def save_repeatedly(model):
+        try:
+            start.wait()
+            for _ in range(n_rounds):
+                model.save(path)
+        except BaseException as error:  # reported by the main thread
+            errors.append(error)
+
+    threads = [threading.Thread(target=save_repeatedly, args=(model,)) for model in models]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert directory_listing(tmp_path) == ["model.sktt"]
+    loaded = load_quietly(path)
+    saved_from = models[1] if hasattr(loaded, "elbo_") else models[0]
+    points = saved_from.sample(20, random_state=0)
+    np.testing.assert_array_equal(loaded.score_samples(points), saved_from.score_samples(points))
+
+
+@pytest.fixture
+def umask_022():
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX permission bits")
+def test_saved_file_has_the_mode_a_plain_open_gives(tiny_models, tmp_path, umask_022):
+    """A new file gets 0o666 less the umask (not mkstemp's 0o600); a replaced
+    file keeps its mode (bug: a 0o600 model file became 0o644 when saved
+    again, exposing it)."""
+    path = tmp_path / "model.sktt"
+    tiny_models["data"].save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    path.chmod(0o600)
+    tiny_models["data"].save(path)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
