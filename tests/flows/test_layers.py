@@ -10,7 +10,8 @@ import math
 import pytest
 import torch
 
-from sktt_flow.flows import AffineAutoregressive, FixedAffine
+from sktt_flow.flows import AffineAutoregressive, FixedAffine, FixedLinearAffine, GaussianBase
+from sktt_flow.flows.model import TensorizingFlow
 from tests.flows.reference import jacobian_at, perturb
 
 
@@ -54,6 +55,114 @@ def test_fixed_affine_with_an_integer_shift_keeps_a_fractional_scale():
 def test_fixed_affine_rejects_bad_shift_or_scale(shift, scale):
     with pytest.raises(ValueError):
         FixedAffine(shift, scale)
+
+
+# ------------------------------------------------------------ FixedLinearAffine
+def _matrices(d: int, seed: int) -> dict[str, torch.Tensor]:
+    """A Cholesky factor (lower triangular) and a general, non-triangular matrix."""
+    generator = torch.Generator().manual_seed(seed)
+    square = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    covariance = square @ square.T + 0.5 * torch.eye(d, dtype=torch.float64)
+    general = square + 2.0 * torch.eye(d, dtype=torch.float64)
+    return {"cholesky": torch.linalg.cholesky(covariance), "general": general}
+
+
+@pytest.mark.parametrize("kind", ["cholesky", "general"])
+@pytest.mark.parametrize(
+    ("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-4)]
+)
+def test_fixed_linear_affine_round_trip_and_log_dets(kind, dtype, tolerance):
+    """x = shift + M z; inverse(forward(z)) = z; the log-dets are opposite and
+    equal to slogdet(M) and to autograd's Jacobian. Catches x = shift + M^T z
+    (a row-vector convention slip), a wrong solve, a sign of the log-det, and a
+    triangular solve applied to a non-triangular matrix."""
+    d = 4
+    matrix = _matrices(d, seed=0)[kind]
+    shift = torch.tensor([1.0, -2.0, 0.5, 3.0], dtype=torch.float64)
+    layer = FixedLinearAffine(shift, matrix).to(dtype)
+    assert layer._lower == (kind == "cholesky")
+    z = torch.randn(9, d, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    x, log_det = layer(z.to(dtype))
+    assert x.dtype == dtype and log_det.dtype == dtype
+    expected_x = shift + (matrix @ z.T).T
+    torch.testing.assert_close(x.double(), expected_x, rtol=tolerance, atol=tolerance)
+    back, inverse_log_det = layer.inverse(x)
+    torch.testing.assert_close(back.double(), z, rtol=tolerance, atol=10 * tolerance)
+    expected = torch.linalg.slogdet(matrix).logabsdet
+    torch.testing.assert_close(log_det.double(), expected.expand(9), rtol=tolerance, atol=0)
+    torch.testing.assert_close(inverse_log_det, -log_det, rtol=0, atol=0)
+    if dtype == torch.float64:
+        jacobian = jacobian_at(layer.forward, z[:1])
+        torch.testing.assert_close(jacobian, matrix, rtol=0, atol=1e-14)
+
+
+def test_fixed_linear_affine_gives_the_gaussian_log_density():
+    """A standard Gaussian base pushed through x = m + L z is N(m, L L^T): the
+    model's log_prob must equal torch's MultivariateNormal's (the log-det enters
+    with the right sign and the right direction)."""
+    d = 3
+    factor = _matrices(d, seed=2)["cholesky"]
+    mean = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    base = GaussianBase(torch.zeros(d, dtype=torch.float64), torch.ones(d, dtype=torch.float64))
+    model = TensorizingFlow(base, [FixedLinearAffine(mean, factor)])
+    x = torch.randn(6, d, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    reference = torch.distributions.MultivariateNormal(mean, scale_tril=factor).log_prob(x)
+    torch.testing.assert_close(model.log_prob(x), reference, rtol=1e-12, atol=1e-12)
+
+
+def test_fixed_linear_affine_buffers_and_state_dict_round_trip():
+    """Buffers only, with the same keys and shapes whatever the matrix, so that
+    persistence can load a general matrix into an identity skeleton (and a
+    triangular one back): the loaded layer must compute the same maps, with the
+    triangular flag following the loaded matrix."""
+    d = 3
+    matrices = _matrices(d, seed=4)
+    shift = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    for kind in ("general", "cholesky"):
+        layer = FixedLinearAffine(shift, matrices[kind])
+        assert list(layer.parameters()) == []
+        assert set(layer.state_dict()) == {"shift", "matrix", "lu", "pivots", "log_abs_det"}
+        skeleton = FixedLinearAffine(torch.zeros(d), torch.eye(d)).double()
+        skeleton.load_state_dict(layer.state_dict())
+        assert skeleton._lower == layer._lower
+        x = torch.randn(5, d, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+        for method in ("forward", "inverse"):
+            expected, expected_log_det = getattr(layer, method)(x)
+            got, got_log_det = getattr(skeleton, method)(x)
+            assert torch.equal(got, expected) and torch.equal(got_log_det, expected_log_det)
+    moved = FixedLinearAffine(shift, matrices["general"]).to(torch.float32)
+    assert moved.matrix.dtype == moved.lu.dtype == moved.log_abs_det.dtype == torch.float32
+    assert moved.pivots.dtype == torch.int32  # integer buffers keep their dtype
+
+
+def test_fixed_linear_affine_dtype_of_integer_input():
+    layer = FixedLinearAffine([0, 1], [[2, 0], [1, 1]])
+    assert layer.shift.is_floating_point() and layer.matrix.is_floating_point()
+    assert float(layer.log_abs_det) == pytest.approx(math.log(2.0))
+
+
+@pytest.mark.parametrize(
+    ("shift", "matrix", "match"),
+    [
+        (torch.zeros(3), torch.eye(2), "shape"),
+        (torch.zeros(2, 1), torch.eye(2), "shape"),
+        (torch.zeros(2), torch.ones(2, 3), "shape"),
+        (torch.zeros(2), torch.tensor([[1.0, 2.0], [2.0, 4.0]]), "singular"),
+        (torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), "singular"),
+        (torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, math.nan]]), "finite"),
+        # Condition 1e8: fine in float64, numerically singular in float32.
+        (torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, 1e-8]]), "singular"),
+    ],
+)
+def test_fixed_linear_affine_rejects_bad_shift_or_matrix(shift, matrix, match):
+    with pytest.raises(ValueError, match=match):
+        FixedLinearAffine(shift, matrix)
+
+
+def test_fixed_linear_affine_accepts_in_float64_what_float32_cannot_hold():
+    matrix = torch.diag(torch.tensor([1.0, 1e-8], dtype=torch.float64))
+    layer = FixedLinearAffine(torch.zeros(2, dtype=torch.float64), matrix)
+    assert float(layer.log_abs_det) == pytest.approx(math.log(1e-8))
 
 
 # -------------------------------------------------------- AffineAutoregressive

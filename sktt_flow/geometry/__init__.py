@@ -1,0 +1,30 @@
+"""Where the mass of a target lies: modes, Laplace covariances, boxes and coordinates.
+
+The building blocks of an automatic box and an affine preconditioner for the
+TT base in variational mode: :func:`find_modes` (multi-start ascent, Hessians,
+Laplace covariances, divergence detection), :func:`affine_from_laplace`
+(coordinates ``x = shift + matrix y`` that standardise the Laplace
+approximation) and :func:`box_from_modes` (the box in those coordinates).
+This layer imports only torch, numpy and :mod:`sktt_flow.utils`.
+"""
+
+from sktt_flow.geometry.box import (
+    AFFINE_KINDS,
+    DEFAULT_N_STD,
+    affine_from_laplace,
+    box_from_modes,
+    gaussian_tail_mass,
+)
+from sktt_flow.geometry.modes import FATES, ModeSearch, find_modes, laplace_covariance
+
+__all__ = [
+    "AFFINE_KINDS",
+    "DEFAULT_N_STD",
+    "FATES",
+    "ModeSearch",
+    "affine_from_laplace",
+    "box_from_modes",
+    "find_modes",
+    "gaussian_tail_mass",
+    "laplace_covariance",
+]

@@ -1,0 +1,219 @@
+"""box_from_modes, affine_from_laplace and the Gaussian tail-mass bound.
+
+Monte Carlo tolerances: with N draws a probability p is estimated with
+standard error sqrt(p (1 - p) / N); the tests allow four standard errors
+(a false failure about once in 16 000 runs, never with the fixed seeds).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from sktt_flow.geometry import (
+    AFFINE_KINDS,
+    DEFAULT_N_STD,
+    affine_from_laplace,
+    box_from_modes,
+    gaussian_tail_mass,
+)
+
+
+def correlated_covariance(d: int, seed: int) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    factor = torch.randn(d, d, generator=generator, dtype=torch.float64)
+    scales = torch.logspace(-2, 2, d, dtype=torch.float64)  # four decades of scale
+    correlation = factor @ factor.T / d + 0.1 * torch.eye(d, dtype=torch.float64)
+    inverse_root = correlation.diagonal().rsqrt()
+    correlation = correlation * inverse_root[:, None] * inverse_root[None, :]
+    return correlation * scales[:, None] * scales[None, :]
+
+
+def fraction_outside(samples: torch.Tensor, box: np.ndarray) -> float:
+    low, high = torch.from_numpy(box[:, 0]), torch.from_numpy(box[:, 1])
+    outside = ((samples < low) | (samples > high)).any(1)
+    return float(outside.double().mean())
+
+
+# ------------------------------------------------------------ tail-mass bound
+def test_tail_mass_of_one_coordinate_is_scipys():
+    """2 Phi(-n) = erfc(n / sqrt 2): catches a one-sided tail or a wrong argument."""
+    stats = pytest.importorskip("scipy.stats")
+    for n_std in (1.0, 2.5, 5.0, DEFAULT_N_STD, 7.0):
+        assert gaussian_tail_mass(n_std) == pytest.approx(2 * stats.norm.sf(n_std), rel=1e-12)
+    # The numbers the box module's notes quote.
+    assert gaussian_tail_mass(6.0) == pytest.approx(1.973e-9, rel=1e-3)
+    assert gaussian_tail_mass(6.0, 31) == pytest.approx(6.12e-8, rel=1e-2)
+    assert gaussian_tail_mass(5.0, 100) == pytest.approx(5.73e-5, rel=1e-2)
+    assert gaussian_tail_mass(0.1, 100) == 1.0  # the bound is capped at 1
+
+
+def test_tail_mass_bound_against_monte_carlo_with_and_without_correlation():
+    """At n_std = 2 the bound (0.2275 for d = 5) is nearly exact for independent
+    coordinates (1 - (1 - 0.0455)^5 = 0.2075) and an upper bound under
+    correlation; 200k draws see both to +-0.004."""
+    d, n_std, n = 5, 2.0, 200_000
+    generator = torch.Generator().manual_seed(0)
+    bound = gaussian_tail_mass(n_std, d)
+    independent = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    box = np.tile([-n_std, n_std], (d, 1))
+    exact = 1 - (1 - gaussian_tail_mass(n_std)) ** d
+    error = 4 * math.sqrt(exact * (1 - exact) / n)
+    assert fraction_outside(independent, box) == pytest.approx(exact, abs=error)
+    assert exact <= bound
+    covariance = correlated_covariance(d, seed=1)
+    factor = torch.linalg.cholesky(covariance)
+    correlated = independent @ factor.T
+    box = box_from_modes(torch.zeros(d), covariance, n_std=n_std)
+    assert fraction_outside(correlated, box) <= bound + error
+
+
+# ---------------------------------------------------------------------- boxes
+def test_box_of_one_mode_is_mode_plus_minus_n_std_deviations():
+    covariance = correlated_covariance(4, seed=2)
+    mode = torch.tensor([1.0, -2.0, 30.0, 0.0], dtype=torch.float64)
+    box = box_from_modes(mode, covariance)
+    deviations = covariance.diagonal().sqrt().numpy()
+    np.testing.assert_allclose(box[:, 0], mode.numpy() - 6 * deviations, rtol=1e-14)
+    np.testing.assert_allclose(box[:, 1], mode.numpy() + 6 * deviations, rtol=1e-14)
+    assert box.dtype == np.float64 and box.shape == (4, 2)
+
+
+def test_box_is_the_union_over_modes():
+    """Two modes, one per side: every coordinate's bounds come from the right
+    mode; catches taking the first mode only or intersecting."""
+    modes = torch.tensor([[-5.0, 0.0], [5.0, 1.0]], dtype=torch.float64)
+    covariances = torch.stack(
+        [torch.diag(torch.tensor([1.0, 4.0])), torch.diag(torch.tensor([0.25, 0.01]))]
+    ).double()
+    box = box_from_modes(modes, covariances, n_std=3.0)
+    np.testing.assert_allclose(box, [[-8.0, 6.5], [-6.0, 6.0]], rtol=1e-14)
+
+
+def test_box_holds_the_mass_of_a_mixture_in_whitened_coordinates():
+    """Draws of a two-mode correlated mixture, mapped to the coordinates of
+    affine_from_laplace(kind="full"): the fraction outside the default box is
+    below the union bound; at n_std = 2 the bound is tight enough for the Monte
+    Carlo check to mean something."""
+    d, n = 3, 100_000
+    modes = torch.tensor([[0.0, 0.0, 0.0], [4.0, -3.0, 10.0]], dtype=torch.float64)
+    covariances = torch.stack([correlated_covariance(d, 3), correlated_covariance(d, 4)])
+    generator = torch.Generator().manual_seed(5)
+    which = torch.randint(0, 2, (n,), generator=generator)
+    noise = torch.randn(n, d, generator=generator, dtype=torch.float64)
+    factors = torch.linalg.cholesky(covariances)
+    samples = modes[which] + torch.einsum("nij,nj->ni", factors[which], noise)
+    shift, matrix = affine_from_laplace(modes, covariances, "full")
+    whitened = torch.linalg.solve_triangular(matrix, (samples - shift).T, upper=False).T
+    for n_std in (2.0, DEFAULT_N_STD):
+        box = box_from_modes(modes, covariances, n_std=n_std, coordinates=(shift, matrix))
+        bound = gaussian_tail_mass(n_std, d)
+        error = 4 * math.sqrt(max(bound, 1 / n) * (1 - min(bound, 0.5)) / n)
+        assert fraction_outside(whitened, box) <= bound + error
+    assert fraction_outside(whitened, box) == 0.0
+
+
+def test_single_mode_box_in_its_own_coordinates_is_the_standard_one():
+    """kind="full" and "diagonal" make each coordinate unit-variance: the box is
+    [-n, n]^d exactly; catches a transposed Cholesky factor or M^{-T} Sigma M^{-1}."""
+    covariance = correlated_covariance(5, seed=6)
+    mode = torch.arange(5, dtype=torch.float64)
+    for kind in ("full", "diagonal"):
+        coordinates = affine_from_laplace(mode, covariance, kind)
+        box = box_from_modes(mode, covariance, coordinates=coordinates)
+        np.testing.assert_allclose(box, np.tile([-6.0, 6.0], (5, 1)), rtol=1e-10, atol=1e-10)
+    identity = affine_from_laplace(mode, covariance, "none")
+    raw = box_from_modes(mode, covariance, coordinates=identity)
+    np.testing.assert_array_equal(raw, box_from_modes(mode, covariance))
+
+
+# ----------------------------------------------------------- affine coordinates
+def test_affine_coordinates_standardise_the_laplace_gaussian():
+    covariance = correlated_covariance(4, seed=7)
+    mode = torch.tensor([1.0, 2.0, 3.0, 4.0], dtype=torch.float64)
+    shift, matrix = affine_from_laplace(mode, covariance, "none")
+    assert torch.equal(shift, torch.zeros(4, dtype=torch.float64))
+    assert torch.equal(matrix, torch.eye(4, dtype=torch.float64))
+    shift, matrix = affine_from_laplace(mode, covariance, "diagonal")
+    assert torch.equal(shift, mode)
+    torch.testing.assert_close(matrix, torch.diag(covariance.diagonal().sqrt()))
+    shift, matrix = affine_from_laplace(mode, covariance, "full")
+    assert torch.equal(matrix, matrix.tril())
+    inverse = torch.linalg.inv(matrix)
+    torch.testing.assert_close(
+        inverse @ covariance @ inverse.T, torch.eye(4, dtype=torch.float64), rtol=0, atol=1e-10
+    )
+
+
+def test_pooled_coordinates_of_several_modes_match_the_mixture_moments():
+    """Mean and covariance of the Laplace mixture (weights 0.25, 0.75) by Monte
+    Carlo: 400k draws estimate the covariance entries (of order 10) to +-0.05."""
+    modes = torch.tensor([[-2.0, 0.0], [2.0, 1.0]], dtype=torch.float64)
+    covariances = torch.stack(
+        [torch.tensor([[1.0, 0.5], [0.5, 2.0]]), torch.tensor([[0.5, -0.2], [-0.2, 0.3]])]
+    ).double()
+    weights = [1.0, 3.0]
+    shift, matrix = affine_from_laplace(modes, covariances, "full", weights=weights)
+    generator = torch.Generator().manual_seed(8)
+    n = 400_000
+    which = (torch.rand(n, generator=generator) < 0.75).long()
+    noise = torch.randn(n, 2, generator=generator, dtype=torch.float64)
+    samples = modes[which] + torch.einsum(
+        "nij,nj->ni", torch.linalg.cholesky(covariances)[which], noise
+    )
+    torch.testing.assert_close(shift, samples.mean(0), rtol=0, atol=0.02)
+    torch.testing.assert_close(matrix @ matrix.T, samples.T.cov(), rtol=0, atol=0.05)
+    # Closed form: sum w (Sigma + (m - mu)(m - mu)^T).
+    mean = 0.25 * modes[0] + 0.75 * modes[1]
+    expected = sum(
+        w * (c + torch.outer(m - mean, m - mean))
+        for w, c, m in zip((0.25, 0.75), covariances, modes, strict=True)
+    )
+    torch.testing.assert_close(matrix @ matrix.T, expected, rtol=1e-12, atol=1e-12)
+    # Equal weights by default.
+    equal, _ = affine_from_laplace(modes, covariances, "diagonal")
+    torch.testing.assert_close(equal, modes.mean(0))
+
+
+# --------------------------------------------------------------------- errors
+@pytest.mark.parametrize(
+    ("modes", "covariances", "match"),
+    [
+        (torch.zeros(2, 3), torch.eye(3).expand(3, 3, 3), "shape"),
+        (torch.zeros(3), torch.eye(2), "shape"),
+        (torch.zeros(2), torch.tensor([[1.0, 0.5], [0.0, 1.0]]), "symmetric"),
+        (torch.zeros(2), torch.tensor([[1.0, 0.0], [0.0, 0.0]]), "positive"),
+        (torch.tensor([math.nan, 0.0]), torch.eye(2), "finite"),
+        (torch.zeros(0, 2), torch.zeros(0, 2, 2), "shape"),
+    ],
+)
+def test_malformed_modes_and_covariances_are_rejected(modes, covariances, match):
+    with pytest.raises(ValueError, match=match):
+        box_from_modes(modes, covariances)
+    with pytest.raises(ValueError, match=match):
+        affine_from_laplace(modes, covariances, "full")
+
+
+def test_other_bad_arguments():
+    mode, covariance = torch.zeros(2), torch.eye(2)
+    with pytest.raises(ValueError, match="kind"):
+        affine_from_laplace(mode, covariance, "cholesky")
+    assert set(AFFINE_KINDS) == {"none", "diagonal", "full"}
+    with pytest.raises(ValueError, match="weights"):
+        affine_from_laplace(mode, covariance, "full", weights=[-1.0])
+    with pytest.raises(ValueError, match="weights"):
+        affine_from_laplace(mode, covariance, "full", weights=[1.0, 1.0])
+    with pytest.raises(ValueError, match="n_std"):
+        box_from_modes(mode, covariance, n_std=0.0)
+    with pytest.raises(ValueError, match="singular"):
+        box_from_modes(mode, covariance, coordinates=(torch.zeros(2), torch.zeros(2, 2)))
+    with pytest.raises(ValueError, match="pair"):
+        box_from_modes(mode, covariance, coordinates=(torch.zeros(2),))
+    with pytest.raises(ValueError, match="shape"):
+        box_from_modes(mode, covariance, coordinates=(torch.zeros(3), torch.eye(3)))
+    with pytest.raises(ValueError, match="positive definite"):
+        # Symmetric with positive variances but indefinite: no Cholesky factor.
+        affine_from_laplace(mode, torch.tensor([[1.0, 2.0], [2.0, 1.0]]), "full")
