@@ -13,6 +13,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 from sklearn.base import BaseEstimator, DensityMixin, _fit_context
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
@@ -21,10 +22,12 @@ from sktt_flow.diagnostics import importance_diagnostics
 from sktt_flow.flows import (
     FLOW_NAMES,
     FixedAffine,
+    FixedLinearAffine,
     GaussianBase,
     TensorizingFlow,
     build_flow_layers,
 )
+from sktt_flow.geometry import AFFINE_KINDS, affine_from_laplace, box_from_modes, find_modes
 from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse_kl
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
@@ -44,6 +47,23 @@ CHUNK_SIZE = {"cpu": 4096, "cuda": 1 << 20}
 #: Fresh samples behind ``elbo_``, ``ess_`` and ``log_normalizer_`` after a
 #: variational fit.
 N_DIAGNOSTIC_SAMPLES = 10_000
+
+#: Exact draws of each candidate base in the self-check that chooses the
+#: coordinates of a variational fit: the ELBO's standard error is the spread
+#: of the log-weights over 64, small next to the gaps between candidates
+#: that matter (tenths of a nat and more).
+N_SELF_CHECK_SAMPLES = 4096
+
+#: Self-check ESS below which the weighted draws of a base are too few to
+#: say where the mass is (4096 draws: about 40 effective ones).
+MIN_ESS_TO_REFINE_BOX = 0.01
+
+#: Self-check ESS under which an automatic box built from a poor Laplace
+#: approximation is worth a warning.
+MIN_GOOD_BASE_ESS = 0.5
+
+#: Fitted attributes of the self-check of a variational base.
+_BASE_CHECK_ATTRIBUTES = ("base_elbo_", "base_ess_", "base_kl_", "preconditioner_")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -72,6 +92,7 @@ _MODE_ATTRIBUTES = frozenset(
         "log_normalizer_std_error_",
         "n_target_evaluations_",
         "feature_names_in_",
+        *_BASE_CHECK_ATTRIBUTES,
     }
 )
 
@@ -113,6 +134,98 @@ def _is_single_pair(domain) -> bool:
         return np.shape(domain) == (2,)
     except ValueError:
         return False
+
+
+def _is_auto(domain) -> bool:
+    """Whether the variational box is to be found automatically."""
+    return domain is None or (isinstance(domain, str) and domain == "auto")
+
+
+def _pulled_back(log_target, shift, matrix, dtype, device):
+    """``y -> log_target(shift + matrix y)``: the target in the coordinates of the
+    TT base (its log-Jacobian is a constant, which the base's normaliser absorbs)."""
+    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype)
+    if bool((shift == 0).all()) and torch.equal(matrix, identity):
+        return log_target
+    shift = shift.to(device=device, dtype=dtype)
+    matrix_transposed = matrix.T.to(device=device, dtype=dtype).contiguous()
+
+    def log_target_of_base_coordinates(y: torch.Tensor) -> torch.Tensor:
+        return log_target(shift + y @ matrix_transposed)
+
+    return log_target_of_base_coordinates
+
+
+def _coordinate_layers(shift, matrix, box, *, with_flow: bool) -> list:
+    """The fixed layers between the base's box and the target's coordinates, float64.
+
+    With a flow: ``[to the unit box, from the unit box into x]``, the flow
+    going between them (it acts on ``[-1, 1]^d`` whatever the box, as it acts
+    on standardised data in data mode); the second map composes the way back
+    from the unit box with ``x = shift + matrix y``. Without: ``[y -> x]``,
+    or nothing for the identity. Diagonal maps are :class:`FixedAffine`, the
+    others :class:`FixedLinearAffine`.
+    """
+    box = torch.as_tensor(box, dtype=torch.float64)
+    center, half_width = (box[:, 0] + box[:, 1]) / 2, (box[:, 1] - box[:, 0]) / 2
+    if with_flow:
+        out_shift, out_matrix = shift + matrix @ center, matrix * half_width[None, :]
+        layers = [FixedAffine(-center / half_width, 1.0 / half_width)]
+    else:
+        out_shift, out_matrix = shift, matrix
+        layers = []
+    diagonal = torch.diagonal(out_matrix)
+    if torch.equal(out_matrix, torch.diag(diagonal)):
+        if not with_flow and bool((out_shift == 0).all() and (diagonal == 1).all()):
+            return layers
+        return [*layers, FixedAffine(out_shift, diagonal)]
+    return [*layers, FixedLinearAffine(out_shift, out_matrix)]
+
+
+def _self_check(base, shift, matrix, evaluate, seed, device):
+    """Importance diagnostics of a base in the target's coordinates, on exact draws.
+
+    ``y ~ base``, ``x = shift + matrix y``, ``log q(x) = log q_y(y) -
+    log |det matrix|``, weights ``h(x) / q(x)``. Returns the diagnostics and
+    ``(y, log w)`` for :func:`_box_of_weighted_draws`.
+    """
+    with torch.no_grad():
+        y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
+        log_q = base.log_prob(y).double() - torch.linalg.slogdet(matrix).logabsdet.item()
+        x = shift.to(device) + y.double() @ matrix.T.to(device)
+        log_weights = evaluate(x) - log_q
+        return importance_diagnostics(log_weights + log_q, log_q), (y.double(), log_weights)
+
+
+def _box_of_weighted_draws(y, log_weights, box, *, tail=1e-3, margin=0.25):
+    """Where the weighted draws lie: a box from their quantiles, or None.
+
+    Per coordinate the ``tail`` and ``1 - tail`` quantiles of the draws
+    weighted by ``h / q``, widened by ``margin`` of their distance on each
+    side. None when it would not be at least a fifth narrower than ``box`` in
+    some coordinate (nothing to gain), or when the weights are degenerate.
+    """
+    weights = torch.softmax(log_weights, dim=0)
+    if not bool(torch.isfinite(weights).all()):
+        return None
+    order = torch.sort(y, dim=0)
+    # per coordinate (rows): the cumulative weight of the sorted draws
+    cumulative = torch.cumsum(weights[order.indices], dim=0).T.contiguous()
+    levels = torch.tensor([[tail, 1.0 - tail]], dtype=cumulative.dtype, device=y.device)
+    positions = torch.searchsorted(cumulative, levels.expand(y.shape[1], 2).contiguous())
+    positions = positions.clamp_max(y.shape[0] - 1)
+    columns = torch.arange(y.shape[1], device=y.device)
+    low, high = order.values[positions[:, 0], columns], order.values[positions[:, 1], columns]
+    width = (high - low).clamp_min(1e-12)
+    refined = torch.stack([low - margin * width, high + margin * width], dim=1).cpu().numpy()
+    # never beyond the Laplace box: the draws cannot see mass the base lacks
+    refined[:, 0] = np.maximum(refined[:, 0], box[:, 0])
+    refined[:, 1] = np.minimum(refined[:, 1], box[:, 1])
+    if not np.all(refined[:, 0] < refined[:, 1]):
+        return None
+    if not np.any(np.ptp(refined, axis=1) < 0.8 * np.ptp(box, axis=1)):
+        return None
+    return refined
 
 
 def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, FixedAffine]:
@@ -195,13 +308,35 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Legendre polynomials per coordinate (degree ``n_basis - 1``); sets
         the resolution of the base along each coordinate: features of width
         ``w`` on a box of width ``L`` need ``n_basis`` well above ``L / w``.
-    domain : array-like of shape (n_features, 2), default=None
-        The box ``[low, high]`` per feature on which the TT base lives.
-        Required for variational inference. In data mode it is given in the
-        original feature units, and by default it is the bounding box of the
-        training data widened by 10% on each side. The base has full support
-        anyway (a small Gaussian component covers the outside), but mass is
-        only modelled finely inside.
+    domain : array-like of shape (n_features, 2), "auto" or None, default=None
+        The box ``[low, high]`` per feature on which the TT base lives. In data
+        mode it is given in the original feature units, and by default
+        (``None`` or ``"auto"``) it is the bounding box of the training data
+        widened by 10% on each side. In variational mode ``None`` or
+        ``"auto"`` finds the box (with ``n_features``): multi-start gradient
+        ascent of ``log_target`` from standard-normal points (and
+        ``mode_starts``), the Laplace covariance at every mode found, and the
+        box that holds each mode to 6 local standard deviations in the
+        coordinates chosen by ``preconditioner``; an explicit box is used as
+        it is. The base has full support anyway (a small Gaussian component
+        covers the outside), but mass is only modelled finely inside.
+    preconditioner : {"auto", "none", "diagonal", "full"}, default="auto"
+        Variational mode with an automatic box: the coordinates ``y`` of the
+        TT base, ``x = shift + matrix y``. ``"none"``: the target's own;
+        ``"diagonal"``: centred on the modes and scaled by their Laplace
+        standard deviations (correlations, and a chain's low TT rank, kept);
+        ``"full"``: whitened by the Cholesky factor of the (pooled) Laplace
+        covariance, so that a linear correlation no longer costs TT rank;
+        ``"auto"``: all three are built, and the one whose base scores the
+        best ELBO on exact draws of itself (the self-check) is kept. With an
+        explicit ``domain`` only ``"none"`` (or ``"auto"``, which means it)
+        applies. The map is a fixed layer of the model with an exact
+        log-determinant; ``preconditioner_`` says which was kept.
+    mode_starts : array-like of shape (n_starts, n_features), default=None
+        Variational mode with an automatic box: points where the mode search
+        starts besides the standard-normal ones (a guess of the mode, the
+        modes you know of a multimodal target); also gives the dimension
+        when ``n_features`` is not set.
     flow : {"realnvp", "nsf", "maf", "none"} or callable, default="realnvp"
         The flow on top of the base: affine couplings (RealNVP), rational-
         quadratic neural spline couplings (NSF), masked autoregressive affine
@@ -225,8 +360,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "max_evals": 10**7, "tol": 1e-5}`` for long chains where the one-site
         default stagnates.
     n_features : int, default=None
-        Dimension for variational inference when ``domain`` is a single
-        ``(low, high)`` pair shared by all coordinates.
+        Dimension for variational inference when ``domain`` is automatic or
+        a single ``(low, high)`` pair shared by all coordinates.
     max_iter : int, default=300
         Maximum number of iterations of each training stage: epochs of the
         base's and of the flow's maximum likelihood in data mode; in
@@ -304,7 +439,17 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Variational mode: its standard error.
     n_target_evaluations_ : int
         Variational mode: points at which ``log_target`` was evaluated in
-        ``fit`` (TT-cross, training and diagnostics).
+        ``fit`` (mode search, TT-cross, self-checks, training and
+        diagnostics).
+    preconditioner_ : str
+        Variational mode: the coordinates of the base that were kept
+        (``"none"``, ``"diagonal"`` or ``"full"``).
+    base_elbo_, base_ess_, base_kl_ : float
+        Variational mode with a TT base and an automatic box: the self-check
+        of the base alone, before the flow, on 4096 exact draws: its ELBO,
+        the effective sample size of its importance weights and its
+        reverse-KL estimate (``log Z`` estimate minus the ELBO). A low
+        ``base_ess_`` says the base misses mass, whatever the flow then does.
 
     See Also
     --------
@@ -335,7 +480,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "base": [StrOptions({"tt", "gaussian"})],
         "tt_rank": [Interval(Integral, 1, None, closed="left")],
         "n_basis": [Interval(Integral, 2, None, closed="left")],
-        "domain": ["array-like", None],
+        "domain": ["array-like", StrOptions({"auto"}), None],
+        "preconditioner": [StrOptions({"auto", "none", "diagonal", "full"})],
+        "mode_starts": ["array-like", None],
         "flow": [StrOptions(set(FLOW_NAMES)), callable],
         "n_flow_layers": [Interval(Integral, 1, None, closed="left")],
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
@@ -362,6 +509,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         tt_rank=8,
         n_basis=16,
         domain=None,
+        preconditioner="auto",
+        mode_starts=None,
         flow="realnvp",
         n_flow_layers=8,
         hidden_units=64,
@@ -384,6 +533,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.tt_rank = tt_rank
         self.n_basis = n_basis
         self.domain = domain
+        self.preconditioner = preconditioner
+        self.mode_starts = mode_starts
         self.flow = flow
         self.n_flow_layers = n_flow_layers
         self.hidden_units = hidden_units
@@ -628,7 +779,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             ones = torch.ones(n_features, dtype=dtype, device=device)
             return GaussianBase(torch.zeros_like(ones), ones), None
         domain = None
-        if self.domain is not None:
+        if not _is_auto(self.domain):
             low, high = check_domain(self.domain, n_features)
             domain = np.stack([(low - mean) / scale, (high - mean) / scale], axis=1)
         base = TTDistribution.from_samples(
@@ -654,17 +805,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         if not callable(self.log_target):
             raise TypeError(f"log_target must be callable, got {type(self.log_target).__name__}.")
-        if self.domain is None:
-            raise ValueError(
-                "domain is required with log_target: give the box (n_features, 2) of "
-                "(low, high) bounds where the TT base should resolve the target."
-            )
-        if self.n_features is None and _is_single_pair(self.domain):
-            raise ValueError("A single (low, high) domain needs n_features to give the dimension.")
-        low, high = check_domain(self.domain, self.n_features)
-        n_features = low.shape[0]
         train_dtype = _DTYPES[self.dtype]
-        check_domain_resolution(low, high, train_dtype)
+        automatic = _is_auto(self.domain)
+        if automatic:
+            n_features = self._automatic_n_features()
+        else:
+            if self.n_features is None and _is_single_pair(self.domain):
+                raise ValueError(
+                    "A single (low, high) domain needs n_features to give the dimension."
+                )
+            low, high = check_domain(self.domain, self.n_features)
+            n_features = low.shape[0]
+            check_domain_resolution(low, high, train_dtype)
+            if self.preconditioner not in ("auto", "none"):
+                raise ValueError(
+                    f"preconditioner={self.preconditioner!r} needs domain='auto': an explicit "
+                    "domain is a box in the coordinates of log_target, which a "
+                    "preconditioner would change."
+                )
         warm = self._is_warm("variational")
         if warm and n_features != self.n_features_in_:
             raise ValueError(
@@ -683,53 +841,54 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             report=counter,
             name="log_target",
         )
+        fitted: dict = {}
         if warm:
             model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
+            output_layer = None
             n_cross_evaluations = 0
+            # the base and its coordinates are kept: so is what was measured of them
+            kept = [name for name in _BASE_CHECK_ATTRIBUTES if hasattr(self, name)]
+            fitted.update({name: getattr(self, name) for name in kept})
         else:
-            if self.base == "gaussian":
-                # Centred on the box, which holds two standard deviations.
-                base = GaussianBase(
-                    torch.as_tensor((low + high) / 2, dtype=train_dtype, device=device),
-                    torch.as_tensor((high - low) / 4, dtype=train_dtype, device=device),
+            non_gaussian = False
+            if automatic:
+                coordinates, non_gaussian = self._automatic_coordinates(
+                    evaluate, counter, n_features, generator, device
                 )
-                n_cross_evaluations = 0
             else:
-                options = dict(self.cross_options or {})
-                reserved = options.keys() & _CROSS_RESERVED
-                if reserved:
-                    raise ValueError(
-                        f"cross_options cannot set {sorted(reserved)}: they are the "
-                        "estimator's own parameters."
-                    )
-                base = TTDistribution.from_log_density(
-                    self.log_target,
-                    np.stack([low, high], axis=1),
-                    tt_rank=self.tt_rank,
-                    n_basis=self.n_basis,
-                    random_state=generator,
-                    device=device,
-                    dtype=train_dtype,
-                    verbose=self.verbose,
-                    callable_name="log_target",
-                    **options,
-                )
-                n_cross_evaluations = base.cross_report.n_evaluations
-            # The flow acts on the box mapped to [-1, 1]^d (the splines' bound
-            # with a margin), as it acts on standardised data in data mode.
+                identity = torch.eye(n_features, dtype=torch.float64)
+                coordinates = [("none", torch.zeros(n_features, dtype=torch.float64), identity)]
+                coordinates = [(*coordinates[0], np.stack([low, high], axis=1))]
             layers = self._flow_layers(n_features, 1.2, layer_seed)
-            if layers:
-                center = torch.as_tensor((low + high) / 2, dtype=train_dtype)
-                half_width = torch.as_tensor((high - low) / 2, dtype=train_dtype)
-                to_unit_box = FixedAffine(-center / half_width, 1.0 / half_width)
-                layers = [to_unit_box, *layers, FixedAffine(center, half_width)]
+            (base, kind, box, shift, matrix), checks, n_cross_evaluations = self._variational_base(
+                coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
+            )
+            output_layer = _coordinate_layers(shift, matrix, box, with_flow=bool(layers))
+            layers = [*output_layer[:-1], *layers, *output_layer[-1:]] if layers else output_layer
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
+            output_layer = output_layer[-1] if output_layer else None
+            fitted["preconditioner_"] = kind
+            if non_gaussian and checks is not None and checks.ess < MIN_GOOD_BASE_ESS:
+                warnings.warn(
+                    f"domain='auto': the base's self-check ESS is {checks.ess:.3f}, and the "
+                    "Laplace approximation at a mode of log_target does not describe the mass "
+                    "around it (a funnel's neck, a curved ridge), so the automatic box may "
+                    "miss mass: give a domain or mode_starts near the mass, or raise n_basis.",
+                    ConvergenceWarning,
+                    stacklevel=4,
+                )
+            if checks is not None:
+                fitted.update(
+                    base_elbo_=checks.elbo,
+                    base_ess_=checks.ess,
+                    base_kl_=checks.log_normalizer - checks.elbo,
+                )
         parameters = self._trained_parameters(model)
         history = None
         if parameters:
             if list(model.flows.parameters()):
                 with torch.no_grad():
-                    probe = model.q0.sample(2, generator=generator)
+                    probe, _ = model.sample(2, generator=generator)
                 # Through the evaluator, so that a failure names log_target
                 # and keeps the callable's own exception as the cause.
                 check_differentiable(lambda x: evaluate(x, grad=True), probe)
@@ -742,7 +901,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 validation_seed=diagnostic_seed,
                 verbose=self.verbose,
             )
-        fitted = self._finalize(model, device)
+        if output_layer is not None:
+            # The map into the target's coordinates was rounded to the training
+            # dtype: put back its float64 values (a posterior's mode far from
+            # zero keeps its digits).
+            model.flows[-1] = output_layer.to(device)
+        fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
         x, log_q = self._sample_and_log_prob(model, N_DIAGNOSTIC_SAMPLES, draw)
         diagnostics = importance_diagnostics(
@@ -760,6 +924,172 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             n_target_evaluations_=n_cross_evaluations + counter.n_evaluations,
         )
         return fitted
+
+    def _automatic_n_features(self) -> int:
+        """The dimension of a variational fit without a box: ``n_features``, or
+        the width of ``mode_starts``."""
+        starts = None
+        if self.mode_starts is not None:
+            starts = np.asarray(self.mode_starts, dtype=np.float64)
+            if starts.ndim != 2 or starts.shape[0] < 1:
+                raise ValueError(
+                    "mode_starts must be a 2-D array (n_starts, n_features) of points, got "
+                    f"shape {starts.shape}."
+                )
+        if self.n_features is None:
+            if starts is None:
+                raise ValueError(
+                    "domain='auto' needs the dimension: give n_features (or mode_starts)."
+                )
+            return int(starts.shape[1])
+        if starts is not None and starts.shape[1] != self.n_features:
+            raise ValueError(
+                f"mode_starts has {starts.shape[1]} columns but n_features={self.n_features}."
+            )
+        return int(self.n_features)
+
+    def _automatic_coordinates(self, evaluate, counter, n_features, generator, device) -> list:
+        """Candidate coordinates and boxes for the TT base, from the modes of log_target.
+
+        Multi-start ascent from standard-normal points (and ``mode_starts``)
+        finds the modes and their Laplace covariances
+        (:func:`~sktt_flow.geometry.find_modes`); each candidate is an affine
+        map ``x = shift + matrix y`` (:func:`~sktt_flow.geometry.affine_from_laplace`)
+        and the box in ``y`` that holds every mode to ``DEFAULT_N_STD`` local
+        standard deviations (:func:`~sktt_flow.geometry.box_from_modes`).
+        Returns ``[(kind, shift, matrix, box), ...]`` (float64, CPU), and
+        whether the Laplace approximation failed to describe the mass at some
+        mode (:attr:`~sktt_flow.geometry.ModeSearch.non_gaussian`).
+        """
+        # The search runs in float64 (Newton steps on float32 Hessians lose
+        # the mode's digits) through an evaluator that shares the counts.
+        search_evaluate = LogDensityEvaluator(
+            self.log_target,
+            n_features,
+            batch_size=1 << 62,
+            dtype=torch.float64,
+            device=device,
+            report=counter,
+            name="log_target",
+        )
+        search = find_modes(
+            search_evaluate,
+            n_features,
+            starts=self.mode_starts,
+            generator=generator,
+            device=device,
+        )
+        if search.n_modes == 0:
+            fates = {fate: search.fates.count(fate) for fate in set(search.fates)}
+            raise ValueError(
+                "domain='auto' found no mode of log_target: the ascents from "
+                f"{len(search.fates)} starting points ended as {fates}. An improper or "
+                "unbounded log_target has no mode; otherwise give a domain, or mode_starts "
+                "near the mass."
+            )
+        kinds = AFFINE_KINDS if self.preconditioner == "auto" else (self.preconditioner,)
+        modes, covariances = search.modes.cpu(), search.covariances.cpu()
+        candidates = []
+        for kind in kinds:
+            shift, matrix = affine_from_laplace(modes, covariances, kind)
+            box = box_from_modes(modes, covariances, coordinates=(shift, matrix))
+            candidates.append((kind, shift.cpu(), matrix.cpu(), box))
+        return candidates, bool(search.non_gaussian.any())
+
+    def _variational_base(self, coordinates, evaluate, generator, seed, device, dtype):
+        """The base of the variational model, in the best of the candidate coordinates.
+
+        With a TT base, one TT-cross per candidate on its box, each scored by
+        the self-check: exact draws of the candidate (mapped into the target's
+        coordinates), importance weights against ``log_target``, and the ELBO
+        on them, which orders candidates as their reverse KL does (``log Z``
+        is common to all). Returns ``((base, kind, box, shift, matrix),
+        diagnostics of the kept one or None, cross evaluations)``.
+        """
+        n_features = coordinates[0][1].shape[0]
+        if self.base == "gaussian":
+            # One candidate: the Laplace approximation itself when the box is
+            # automatic (full coordinates), else centred on the box, which
+            # holds two standard deviations, as before.
+            kind, shift, matrix, box = next(
+                (c for c in coordinates if c[0] == "full"), coordinates[-1]
+            )
+            if _is_auto(self.domain):
+                base = GaussianBase(
+                    torch.zeros(n_features, dtype=dtype, device=device),
+                    torch.ones(n_features, dtype=dtype, device=device),
+                )
+            else:
+                low, high = box[:, 0], box[:, 1]
+                base = GaussianBase(
+                    torch.as_tensor((low + high) / 2, dtype=dtype, device=device),
+                    torch.as_tensor((high - low) / 4, dtype=dtype, device=device),
+                )
+            return (base, kind, box, shift, matrix), None, 0
+        options = dict(self.cross_options or {})
+        reserved = options.keys() & _CROSS_RESERVED
+        if reserved:
+            raise ValueError(
+                f"cross_options cannot set {sorted(reserved)}: they are the estimator's "
+                "own parameters."
+            )
+        automatic = _is_auto(self.domain)
+        n_evaluations = 0
+
+        def build(kind, shift, matrix, box):
+            """A candidate base, its self-check (automatic boxes) and its warnings."""
+            nonlocal n_evaluations
+            log_target = _pulled_back(self.log_target, shift, matrix, dtype, device)
+            # The warnings of a candidate that is not kept would only confuse:
+            # only the kept one's are shown.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                base = TTDistribution.from_log_density(
+                    log_target,
+                    box,
+                    tt_rank=self.tt_rank,
+                    n_basis=self.n_basis,
+                    random_state=generator,
+                    device=device,
+                    dtype=dtype,
+                    verbose=self.verbose,
+                    callable_name="log_target",
+                    **options,
+                )
+            n_evaluations += base.cross_report.n_evaluations
+            checks = draws = None
+            if automatic:
+                checks, draws = _self_check(base, shift, matrix, evaluate, seed, device)
+                if self.verbose:
+                    print(
+                        f"coordinates {kind!r}, box widths {np.ptp(box, axis=1).round(3)}: "
+                        f"base ELBO {checks.elbo:.4f}, ESS {checks.ess:.3f}"
+                    )
+            return (base, kind, box, shift, matrix), checks, draws, caught
+
+        kept = None
+        for candidate in coordinates:
+            built = build(*candidate)
+            if kept is None or built[1].elbo > kept[1].elbo:
+                kept = built
+        if automatic and kept[1].ess >= MIN_ESS_TO_REFINE_BOX:
+            # The box from the Laplace covariances is a guess (six local
+            # standard deviations of a Gaussian); the kept base's own draws,
+            # weighted by the target, say where the mass is. A tighter box
+            # gives the same n_basis a finer resolution: keep whichever base
+            # wins the self-check.
+            (_, kind, box, shift, matrix), _, draws, _ = kept
+            refined = _box_of_weighted_draws(*draws, box)
+            if refined is not None:
+                built = build(kind, shift, matrix, refined)
+                if built[1].elbo > kept[1].elbo:
+                    kept = built
+        best, best_checks, _, best_warnings = kept
+        for caught in best_warnings:
+            warnings.warn_explicit(
+                caught.message, caught.category, caught.filename, caught.lineno
+            )
+        return best, best_checks, n_evaluations
 
     @staticmethod
     def _finalize(model: TensorizingFlow, device: torch.device) -> dict:

@@ -51,7 +51,13 @@ import numpy as np
 import torch
 from sklearn.utils.validation import check_is_fitted
 
-from sktt_flow.flows import FixedAffine, GaussianBase, TensorizingFlow, build_flow_layers
+from sktt_flow.flows import (
+    FixedAffine,
+    FixedLinearAffine,
+    GaussianBase,
+    TensorizingFlow,
+    build_flow_layers,
+)
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.validation import check_domain
 
@@ -85,7 +91,18 @@ _FITTED_KINDS = {
     "log_normalizer_": "number",
     "log_normalizer_std_error_": "number",
     "n_target_evaluations_": "count",
+    "base_elbo_": "number",
+    "base_ess_": "number",
+    "base_kl_": "number",
+    "preconditioner_": "coordinates",
 }
+
+#: Kinds of the last layer of a variational model, the map into the target's
+#: coordinates (metadata ``"output_layer"``): none (the identity, a base
+#: alone on an explicit box), a FixedAffine, or a FixedLinearAffine (a
+#: full preconditioner). Files without the key predate preconditioning:
+#: a FixedAffine when there is a flow, none otherwise.
+_OUTPUT_LAYERS = ("none", "diagonal", "linear")
 _FITTED_ATTRIBUTES = tuple(_FITTED_KINDS)
 
 #: Devices a model file may name: where fit can put a model.
@@ -234,6 +251,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "domain": base.domain.detach().cpu().double().tolist() if is_tt else [],
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
         "tail_bound": _tail_bound(model),
+        "output_layer": _output_layer_kind(
+            model, "data" if estimator.log_target is None else "variational"
+        ),
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {
@@ -363,6 +383,7 @@ _KIND_DESCRIPTIONS = {
     "number": "a number",
     "numbers": "a list of numbers",
     "count": "a non-negative integer",
+    "coordinates": 'one of "none", "diagonal" or "full"',
 }
 
 
@@ -380,6 +401,8 @@ def _check_fitted(fitted: dict, where: str) -> None:
             valid = isinstance(value, list) and all(map(_is_number, value))
         elif kind == "count":
             valid = _is_count(value)
+        elif kind == "coordinates":
+            valid = value in ("none", "diagonal", "full")
         else:
             continue
         if not valid:
@@ -403,6 +426,30 @@ def _from_json_number(value: Any) -> Any:
     if isinstance(value, list):
         return [_from_json_number(item) for item in value]
     return float(value) if isinstance(value, str) else value
+
+
+def _from_json_fitted(name: str, value: Any) -> Any:
+    """A fitted attribute as stored (checked by :func:`_check_fitted`)."""
+    return value if _FITTED_KINDS[name] == "coordinates" else _from_json_number(value)
+
+
+def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
+    """What the last layer of a model is, for :func:`_build_model` (see
+    :data:`_OUTPUT_LAYERS`)."""
+    if mode == "data" or not len(model.flows):
+        return "diagonal" if len(model.flows) else "none"
+    last = model.flows[-1]
+    if isinstance(last, FixedLinearAffine):
+        return "linear"
+    if isinstance(last, FixedAffine):
+        return "diagonal"
+    return "none"
+
+
+def _output_layer(metadata: dict, has_flow_layers: bool) -> str:
+    """The stored kind of the last layer, or what files without it had."""
+    default = "diagonal" if metadata["mode"] == "data" or has_flow_layers else "none"
+    return metadata.get("output_layer", default)
 
 
 def _read_archive(path: str | os.PathLike) -> tuple[dict, bytes]:
@@ -627,7 +674,9 @@ def _check_architecture(
             and np.array_equal(state["q0.high"].numpy(), high)
         ):
             raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
-        if any(shape[1] != estimator.n_basis for shape in shapes):
+        if isinstance(estimator.n_basis, Integral) and any(
+            shape[1] != estimator.n_basis for shape in shapes
+        ):
             raise mismatch(
                 f"params n_basis={estimator.n_basis}, but the cores have "
                 f"{sorted({shape[1] for shape in shapes})} basis functions"
@@ -643,11 +692,23 @@ def _check_architecture(
     if isinstance(flow, str):
         n_layers, hidden_units = estimator.n_flow_layers, estimator.hidden_units
         layers_size = _flow_state_size(flow, n_features, n_layers, hidden_units)
-        # The standardisation (data) or the maps to and from the unit box
-        # (variational, when there are layers) are FixedAffine layers: a
-        # shift and a scale each.
-        n_affine = 1 if mode == "data" else (2 if layers_size else 0)
-        needed = layers_size + n_affine * 2 * n_features
+        # The standardisation (data), or the map to the unit box (variational,
+        # when there are layers) and the one into the target's coordinates:
+        # a shift and a scale each, or a FixedLinearAffine's shift, matrix,
+        # LU factors, pivots and log-determinant.
+        output = metadata.get("output_layer")
+        if output is not None and output not in _OUTPUT_LAYERS:
+            raise unbuildable(f"output_layer={_preview(output)} is not one of {_OUTPUT_LAYERS}")
+        output = _output_layer(metadata, bool(layers_size))
+        output_size = {
+            "none": 0,
+            "diagonal": 2 * n_features,
+            "linear": 2 * n_features**2 + 2 * n_features + 1,
+        }[output]
+        if mode == "data" and output != "diagonal":
+            raise unbuildable(f"output_layer={output!r} in data mode")
+        to_unit_box = 2 * n_features if mode == "variational" and layers_size else 0
+        needed = layers_size + to_unit_box + output_size
         held = sum(tensor.numel() for key, tensor in state.items() if key.startswith("flows."))
         if held != needed:
             raise mismatch(
@@ -689,11 +750,13 @@ def _build_model(
                 hidden_units=estimator.hidden_units,
                 tail_bound=float(metadata["tail_bound"]),
             )
-        if metadata["mode"] == "data":
-            layers.append(FixedAffine(torch.zeros_like(ones), ones))
-        elif layers:  # variational: the maps to and from the unit box, as fit builds them
+        output = _output_layer(metadata, bool(layers))
+        if metadata["mode"] == "variational" and layers:  # the map to the unit box
             layers = [FixedAffine(torch.zeros_like(ones), ones), *layers]
+        if output == "diagonal":
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
+        elif output == "linear":
+            layers.append(FixedLinearAffine(torch.zeros_like(ones), torch.diag(ones)))
         model = TensorizingFlow(base, layers).to(dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(
@@ -843,7 +906,7 @@ def load_estimator(
         fitted["feature_names_in_"] = np.asarray(metadata["feature_names"], dtype=object)
     fitted.update(
         {
-            name: _from_json_number(value)
+            name: _from_json_fitted(name, value)
             for name, value in metadata["fitted"].items()
             if name in _FITTED_ATTRIBUTES
         }

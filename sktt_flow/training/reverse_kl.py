@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -14,6 +15,11 @@ __all__ = ["STEPS_PER_ITERATION", "check_differentiable", "fit_reverse_kl"]
 
 #: Gradient steps between two validations; one "iteration" of ``max_iter``.
 STEPS_PER_ITERATION = 10
+
+#: Standard errors by which the trained state's ELBO must beat the starting
+#: state's on fresh common draws to be kept (one-sided, about 2% of truly
+#: worse states get through).
+CONFIRMATION_STANDARD_ERRORS = 2.0
 
 
 def check_differentiable(
@@ -143,7 +149,8 @@ def _confirmed_on_fresh_draws(
     it looks better than it is: when the flow cannot improve on a near-exact
     base, it could end slightly worse than it started. Both states are scored
     on the same fresh base draws (common random numbers), which makes their
-    difference precise, and the trained one must win.
+    difference precise, and the trained one must win by two standard errors of
+    the paired differences.
     """
     trained_state = copy.deepcopy(model.state_dict())
 
@@ -158,4 +165,12 @@ def _confirmed_on_fresh_draws(
     model.load_state_dict(start_state)
     started = elbo_terms()
     model.load_state_dict(trained_state)
-    return bool((trained - started).mean() > 0)
+    # Paired differences on common draws; a mean above zero alone lets a state
+    # that is slightly worse through about half of the time when the base is
+    # near exact (seen: 0.002 nats worse on 20,000 other draws). The gain must
+    # stand out of its own noise.
+    gains = (trained - started).double()
+    if not bool(torch.isfinite(gains).all()):
+        return False
+    standard_error = float(gains.std()) / math.sqrt(gains.numel())
+    return float(gains.mean()) > CONFIRMATION_STANDARD_ERRORS * standard_error
