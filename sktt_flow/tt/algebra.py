@@ -16,6 +16,7 @@ them modifies its input.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -29,9 +30,11 @@ __all__ = [
     "coefficients_to_nodal",
     "left_orthogonalize",
     "log_norm_squared",
+    "mode_energy_shares",
     "nodal_to_coefficients",
     "right_orthogonalize",
     "round_tt",
+    "scale_to_unit_max",
     "transform_modes",
     "tt_ranks",
     "tt_svd",
@@ -211,14 +214,86 @@ def round_tt(
     return cores
 
 
+def scale_to_unit_max(
+    cores: Sequence[torch.Tensor], *, keep_within: int = 0
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Every core rescaled to a largest entry in ``[0.5, 1)``, and the log of what was removed.
+
+    The train is ``exp(log_scale)`` times the returned one. Rescale before any
+    norm, QR or SVD of a train built from values of unknown scale: squaring an
+    entry above ``1e154`` overflows in float64 (``1e19`` in float32), and a
+    norm of ``inf`` turns the normalised train into ``0/0``. The factors are
+    powers of two, so the rescaling is exact and ``log_scale`` is rounded
+    once. All-zero cores are left as they are. The factors are detached: the
+    train is the same whatever they are, so gradients through
+    ``exp(log_scale) * returned`` are exact.
+
+    Parameters
+    ----------
+    cores : sequence of tensors
+    keep_within : int, default=0
+        Cores whose largest entry has a binary exponent of modulus at most
+        ``keep_within`` (largest entry in about ``[2^-keep_within,
+        2^keep_within]``) are left bit for bit as they are: rescaling cores
+        already in range would only add rounding to sums of logarithms
+        (measurable in float32 over 64 cores).
+    """
+    scaled = []
+    exponents = torch.zeros((), dtype=torch.int64, device=cores[0].device)
+    for core in cores:
+        largest = core.detach().abs().amax()
+        _, exponent = torch.frexp(largest)
+        exponent = exponent.to(torch.int64)
+        # frexp(0) has exponent 0: zero cores count as scaled by one
+        exponent = torch.where(exponent.abs() <= keep_within, 0, exponent)
+        scaled.append(torch.ldexp(core, -exponent.to(core.dtype)))
+        exponents = exponents + exponent
+    return scaled, exponents.to(cores[0].dtype) * math.log(2.0)
+
+
+def mode_energy_shares(cores: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Share of ``||C||_F^2`` at each mode index of each core, shape (d, n).
+
+    ``shares[k, i] = ||C[..., i_k = i, ...]||_F^2 / ||C||_F^2``: for a train
+    of orthonormal-basis coefficients, the share of the squared ``L^2`` norm
+    of the function carried by degree ``i`` of coordinate ``k``. Computed
+    gauge-invariantly: with the cores left of ``k`` left-orthogonal and those
+    right of it right-orthogonal, it is the energy of core ``k``'s slice
+    ``i``, summed over both bond indices. O(d n r^3). All cores need the same
+    ``n``. A zero train gives NaN shares.
+    """
+    scaled, _ = scale_to_unit_max([core.detach() for core in cores])
+    scaled = right_orthogonalize(scaled)
+    shares = []
+    for k, core in enumerate(scaled):
+        energy = core.square().sum(dim=(0, 2))
+        shares.append(energy / energy.sum())
+        if k + 1 < len(scaled):
+            r_left, n, r_right = core.shape
+            # Move the orthogonality centre to core k + 1; the scale of R is
+            # irrelevant (shares are ratios), so divide it out to stay in range.
+            _, r = torch.linalg.qr(core.reshape(r_left * n, r_right))
+            r = r / r.abs().amax().clamp_min(torch.finfo(r.dtype).tiny)
+            following = scaled[k + 1]
+            scaled[k + 1] = (r @ following.reshape(following.shape[0], -1)).reshape(
+                r.shape[0], following.shape[1], following.shape[2]
+            )
+    return torch.stack(shares)
+
+
 def log_norm_squared(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     """``log ||C||_F^2`` by a left-to-right contraction, O(d n r^3).
 
-    The running Gram matrix is rescaled at every step, so the result neither
-    overflows nor underflows for long trains. Differentiable in the cores.
+    Cores with entries far from 1 are first rescaled (:func:`scale_to_unit_max`)
+    and the running Gram matrix is rescaled at every step, so the result
+    neither overflows nor underflows for long trains or cores of any scale.
+    Differentiable in the cores.
     """
+    # Entries beyond 2^16 or below 2^-16 only: the squares stay far inside even
+    # float32's range, and canonical cores are not touched.
+    cores, log_scale = scale_to_unit_max(cores, keep_within=16)
+    log_scale = 2.0 * log_scale
     gram = torch.ones(1, 1, dtype=cores[0].dtype, device=cores[0].device)
-    log_scale = torch.zeros((), dtype=cores[0].dtype, device=cores[0].device)
     for core in cores:
         # gram'[c, d] = sum_{a, b, i} G[a, i, c] gram[a, b] G[b, i, d]
         left = torch.tensordot(gram, core, dims=([0], [0]))  # (b, i, c)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 import warnings
 from collections.abc import Sequence
 
@@ -21,6 +22,7 @@ from sktt_flow.tt.algebra import (
     nodal_to_coefficients,
     right_orthogonalize,
     round_tt,
+    scale_to_unit_max,
 )
 from sktt_flow.tt.basis import (
     gauss_legendre,
@@ -29,7 +31,7 @@ from sktt_flow.tt.basis import (
     scaled_legendre_polynomials,
     to_reference_interval,
 )
-from sktt_flow.tt.cross import tt_cross
+from sktt_flow.tt.cross import CrossReport, SelfCheck, tt_cross
 from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
 from sktt_flow.tt.sampling import conditional_cdf_operators, sample_right_orthogonal
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
@@ -591,14 +593,20 @@ class TTDistribution(BaseDistribution):
         *,
         n_features: int | None = None,
         tt_rank: int = 8,
-        n_basis: int = 16,
+        n_basis: int | str = 16,
         tol: float = 1e-4,
         max_evals: int | None = None,
-        max_sweeps: int = 10,
+        max_sweeps: int = 20,
         batch_size: int = 100_000,
         n_seeds: int = 128,
         n_seed_steps: int = 25,
         cross_method: str = "one-site",
+        kick_rank: int = 2,
+        patience: int = 3,
+        n_check_samples: int = 2000,
+        min_ess: float = 0.5,
+        resolution_tol: float = 1e-3,
+        max_n_basis: int = 128,
         tail_weight: float = 1e-9,
         random_state=None,
         device: torch.device | str | None = None,
@@ -614,6 +622,14 @@ class TTDistribution(BaseDistribution):
         rounded to ``tt_rank`` and normalised, so that ``p_TT`` is proportional
         to the square of the polynomial interpolant of ``sqrt(h)``.
 
+        Every half-sweep's train is built into the distribution it would give
+        and checked on ``n_check_samples`` exact draws of itself (the
+        *self-check*: ESS, ELBO, reverse-KL and ``log Z`` estimates, the
+        relative error on off-grid held-out points, and the resolution check
+        of the Legendre spectrum; see :func:`~sktt_flow.tt.cross.tt_cross`).
+        The train with the largest ELBO is returned; cross stops when it has
+        not improved for ``patience`` half-sweeps.
+
         Parameters
         ----------
         log_density : callable
@@ -626,25 +642,49 @@ class TTDistribution(BaseDistribution):
             Needed only when ``domain`` is a single pair.
         tt_rank : int, default=8
             Maximum bond rank, during cross and after rounding.
-        n_basis : int, default=16
+        n_basis : int or "auto", default=16
             Grid nodes and Legendre functions per coordinate. It sets the
             resolution: a bump of width ``w`` needs ``n_basis`` well above
-            ``(high - low) / w``.
+            ``(high - low) / w``. ``"auto"`` starts at 16 and multiplies it
+            by 1.5 while the resolution check fails (some coordinate keeps
+            more than ``resolution_tol`` of its energy in its top quarter of
+            degrees) and the self-check ELBO improves, up to ``max_n_basis``
+            and within ``max_evals``; ``cross_report.n_basis_trials`` records
+            every size tried.
         tol : float, default=1e-4
-            Relative error target on held-out grid points.
+            Relative error target on held-out grid points (cross stops when it
+            is reached; two-site cross also truncates to it).
         max_evals : int, optional
-            Budget of ``log_density`` evaluations (points).
-        max_sweeps : int, default=10
-            Maximum half-sweeps of cross.
+            Budget of ``log_density`` evaluations (points), self-checks and
+            every size tried by ``n_basis="auto"`` included.
+        max_sweeps : int, default=20
+            Maximum half-sweeps of cross (per size with ``n_basis="auto"``);
+            cross usually stops earlier, by ``patience`` or ``tol``.
         batch_size : int, default=100000
             Maximum points per call of ``log_density``.
         n_seeds, n_seed_steps : int
             Random starts and gradient-ascent steps that seed the index sets
             with high-density points (see :func:`~sktt_flow.tt.cross.find_seeds`).
         cross_method : {"one-site", "two-site"}, default="one-site"
-            One-site cross costs ``r n r`` evaluations per core and sweep with
-            ranks fixed by the index sets; two-site costs ``r n n r`` per bond
-            and adapts every rank by SVD (see :func:`~sktt_flow.tt.cross.tt_cross`).
+            One-site cross costs ``r n (r + kick_rank)`` evaluations per core
+            and half-sweep; two-site costs ``r n n r`` per bond. Both adapt
+            the ranks by SVD truncation (see :func:`~sktt_flow.tt.cross.tt_cross`).
+        kick_rank : int, default=2
+            One-site: extra multi-indices per fiber (where the last self-check
+            found the train shortest of ``h``, and seeds), which let the ranks
+            grow; 0: no enrichment.
+        patience : int, default=3
+            Half-sweeps without improvement of the self-check before stopping.
+        n_check_samples : int, default=2000
+            Exact draws per self-check; 0 disables it (the held-out grid error
+            then chooses the train and the stop, and ``n_basis="auto"`` uses
+            the resolution check alone).
+        min_ess : float, default=0.5
+            Self-check ESS below which the result warns.
+        resolution_tol : float, default=1e-3
+            Top-quarter energy share above which a coordinate is unresolved.
+        max_n_basis : int, default=128
+            Cap of ``n_basis="auto"``.
         tail_weight : float, default=1e-9
             Weight of the full-support component; tiny by default so that its
             reverse KL cost is negligible (see the class docstring).
@@ -660,92 +700,267 @@ class TTDistribution(BaseDistribution):
         -------
         TTDistribution
             With ``cross_report`` (:class:`~sktt_flow.tt.cross.CrossReport`):
-            calls, evaluations, sweeps, error and rank histories.
+            calls, evaluations, sweeps, error, rank and self-check histories,
+            the returned train's self-check and resolution, advice.
+
+        Raises
+        ------
+        ValueError
+            For bad arguments, a misbehaving callable, a budget too small for
+            one half-sweep, or when no finite, non-zero train came out (e.g.
+            ``log_density`` was ``-inf`` at every evaluated point).
 
         Warns
         -----
         ConvergenceWarning
-            When cross stops (stagnation, budget, ``max_sweeps``) above
-            ``tol``. One-site cross is the cheap default and is accurate on
-            moderate dimensions; on long chains such as GinzburgLandau1D(50)
-            it stagnates where two-site cross, at many more evaluations, does
-            not (``benchmarks/results/cross_cpu.md``).
+            When the returned train fails its self-check (ESS below
+            ``min_ess``), naming the remedies the diagnostics point to
+            (``n_basis``, ``tt_rank``, the domain, two-site cross, the
+            budget); without a self-check, when the grid error stays above
+            ``tol``.
         """
         if n_features is None and np.shape(domain) == (2,):
             raise ValueError("A single (low, high) domain needs n_features.")
+        auto = isinstance(n_basis, str)
+        if auto and n_basis != "auto":
+            raise ValueError(f'n_basis must be an integer >= 2 or "auto", got {n_basis!r}.')
         for name, value, minimum in (
             ("tt_rank", tt_rank, 1),
-            ("n_basis", n_basis, 2),
+            ("n_basis", AUTO_N_BASIS_START if auto else n_basis, 2),
+            ("max_n_basis", max_n_basis, 2),
             ("max_sweeps", max_sweeps, 1),
             ("batch_size", batch_size, 1),
             ("n_seeds", n_seeds, 1),
             ("n_seed_steps", n_seed_steps, 0),
+            ("kick_rank", kick_rank, 0),
+            ("patience", patience, 1),
+            ("n_check_samples", n_check_samples, 0),
         ):
             check_positive_int(value, name, minimum)
+        if max_evals is not None:
+            if not (isinstance(max_evals, numbers.Real) and max_evals >= 1):
+                raise ValueError(f"max_evals must be a number >= 1 or None, got {max_evals!r}.")
+            max_evals = int(max_evals)
         # tt_cross checks that log_density is callable.
         low, high = check_domain(domain, n_features)
         device = torch.device("cpu" if device is None else device)
-        low = torch.as_tensor(low, device=device)
-        high = torch.as_tensor(high, device=device)
-        nodes, _ = gauss_legendre(n_basis, low, high, device=device)
+        low = torch.as_tensor(low, dtype=torch.float64, device=device)
+        high = torch.as_tensor(high, dtype=torch.float64, device=device)
+        box = torch.stack([low, high], dim=1)
         generator = torch_generator(random_state, device)
-        nodal_cores, report = tt_cross(
-            log_density,
-            nodes,
-            max_rank=tt_rank,
-            tol=tol,
-            max_evals=max_evals,
-            max_sweeps=max_sweeps,
-            batch_size=batch_size,
-            n_seeds=n_seeds,
-            n_seed_steps=n_seed_steps,
-            generator=generator,
-            dtype=dtype,
-            method=cross_method,
-            verbose=verbose,
-            callable_name=callable_name,
-        )
-        if report.log_shift == -math.inf:
-            raise ValueError(
-                "log_density was -inf at every evaluated point: the density is zero "
-                "on the domain as far as cross can see. Check the domain."
+
+        def build(nodal_cores: list[torch.Tensor]) -> TTDistribution:
+            return cls._from_nodal_cores(
+                nodal_cores, box, tt_rank=tt_rank, tail_weight=tail_weight, dtype=dtype
             )
+
+        def run(size: int, budget: int | None, seeds: torch.Tensor | None, abandon: bool = False):
+            nodes, _ = gauss_legendre(size, low, high, device=device)
+            return tt_cross(
+                log_density,
+                nodes,
+                max_rank=tt_rank,
+                tol=tol,
+                max_evals=budget,
+                max_sweeps=max_sweeps,
+                batch_size=batch_size,
+                n_seeds=n_seeds,
+                n_seed_steps=n_seed_steps,
+                generator=generator,
+                dtype=dtype,
+                method=cross_method,
+                kick_rank=kick_rank,
+                patience=patience,
+                domain=box,
+                seeds=seeds,
+                build_candidate=build,
+                n_check_samples=n_check_samples,
+                min_ess=min_ess,
+                resolution_tol=resolution_tol,
+                abandon_unresolved=abandon,
+                verbose=verbose,
+                callable_name=callable_name,
+            )
+
+        if auto:
+            nodal_cores, report = cls._cross_auto_n_basis(run, max_evals, max_n_basis)
+        else:
+            nodal_cores, report = run(n_basis, max_evals, None)
+        distribution = build(nodal_cores)
+        distribution.cross_report = report
+        _warn_if_poor(report, tol, auto, max_n_basis)
+        return distribution
+
+    @staticmethod
+    def _cross_auto_n_basis(run, max_evals: int | None, max_n_basis: int):
+        """TT-cross at growing ``n_basis`` (``n_basis="auto"``).
+
+        Sizes 16, 24, 36, ... (x1.5), capped at ``max_n_basis``: the next size
+        is tried while the resolution check of the last one fails and it
+        improved the self-check ELBO on the best size so far by more than
+        the noise; the evaluation budget is shared, and so are the seeds.
+        Returns the nodal cores and report of the size with the largest ELBO
+        (without a self-check: the last size), the report's counts covering
+        every size tried.
+        """
+        best = None
+        trials: list[dict] = []
+        seeds = None
+        n_calls = n_evaluations = n_check_evaluations = 0
+        size = min(AUTO_N_BASIS_START, max_n_basis)
+        while True:
+            budget = None if max_evals is None else max_evals - n_evaluations
+            try:
+                # A size below the cap is abandoned as soon as its resolution
+                # check fails twice: the next size is where the budget goes.
+                nodal_cores, report = run(size, budget, seeds, size < max_n_basis)
+            except ValueError as error:
+                # A larger size that the budget cannot afford ends the search.
+                if best is None or "too small for one sweep" not in str(error):
+                    raise
+                break
+            seeds = report.seeds
+            n_calls += report.n_calls
+            n_evaluations += report.n_evaluations
+            n_check_evaluations += report.n_check_evaluations
+            trials.append(
+                {
+                    "n_basis": size,
+                    "ess": report.ess,
+                    "kl": report.kl,
+                    "elbo": report.elbo,
+                    "max_resolution_share": max(report.resolution, default=math.nan),
+                    "n_evaluations": report.n_evaluations,
+                }
+            )
+            previous = None if best is None else best[1]
+            improved = _self_check_improves(report, previous)
+            if previous is None or _self_check_score(report) >= _self_check_score(previous):
+                best = (nodal_cores, report)
+            unresolved = bool(report.unresolved) or not report.resolution
+            if not (unresolved and improved) or size >= max_n_basis:
+                break
+            size = min(max_n_basis, math.ceil(AUTO_N_BASIS_GROWTH * size))
+        nodal_cores, report = best
+        report.n_calls, report.n_evaluations = n_calls, n_evaluations
+        report.n_check_evaluations = n_check_evaluations
+        report.n_basis_trials = trials
+        return nodal_cores, report
+
+    @classmethod
+    def _from_nodal_cores(
+        cls,
+        nodal_cores: Sequence[torch.Tensor],
+        box: torch.Tensor,
+        *,
+        tt_rank: int,
+        tail_weight: float,
+        dtype: torch.dtype,
+    ) -> TTDistribution:
+        """The canonical distribution of a train of values of ``sqrt(h)`` at
+        the Gauss–Legendre nodes of ``box``: exact map to coefficients, rounding
+        to ``tt_rank``, normalisation. Raises ValueError when the train is not
+        finite or is zero."""
+        # Every core at unit largest entry first: the density ignores the scale,
+        # and SVDs and norms of cores of unknown scale could overflow.
+        nodal_cores, _ = scale_to_unit_max(list(nodal_cores))
+        low, high = box[:, 0], box[:, 1]
         # Rounding at a tolerance far below the cross error only drops the
-        # redundant ranks that one-site cross keeps.
+        # redundant ranks that cross may keep.
         cores = round_tt(
             nodal_to_coefficients(nodal_cores, low, high), max_rank=tt_rank, rtol=1e-12
         )
-        distribution = cls(cores, torch.stack([low, high], dim=1), tail_weight=tail_weight).to(
-            device=device, dtype=dtype
-        )
-        distribution.canonicalize_()
-        distribution.cross_report = report
-        if not report.converged:
-            warnings.warn(
-                f"TT-cross stopped without reaching tol={tol}: {report.stop_reason}; "
-                f"held-out relative error {report.best_error:.2e} after "
-                f"{report.n_evaluations} evaluations. The base may miss mass; check "
-                "its effective sample size, and try cross_method='two-site' (rank-"
-                "adaptive), a larger n_basis or tt_rank, or a tighter domain.",
-                ConvergenceWarning,
-                stacklevel=2,
-            )
-        return distribution
+        distribution = cls(cores, box, tail_weight=tail_weight).to(device=box.device, dtype=dtype)
+        return distribution.canonicalize_()
 
     def canonicalize_(self) -> TTDistribution:
         """Right-orthogonalise the cores and scale them to ``||C||_F = 1``, in place.
 
         The density does not change; conditionals and normaliser become
         cheapest and best conditioned in this form.
+
+        Raises
+        ------
+        ValueError
+            When a core has a non-finite entry or the train is zero: neither
+            is a density, and normalising would give NaN.
         """
         with torch.no_grad():
-            # Each core at unit norm first: the density ignores the scale, and
-            # the norm of a long train overflows float32 (e^154 for 64 random
-            # cores of rank 8), which right_orthogonalize would gather in G_1.
             cores = [core.detach().double() for core in self.cores]
+            bad = [k for k, core in enumerate(cores) if not bool(torch.isfinite(core).all())]
+            if bad:
+                raise ValueError(
+                    f"The train has non-finite entries (cores {bad}): it is not a density."
+                )
+            # Each core at unit largest entry, then at unit norm: the density
+            # ignores the scale, the square of an entry above 1e154 overflows,
+            # and the norm of a long train overflows float32 (e^154 for 64
+            # random cores of rank 8), which right_orthogonalize would gather
+            # in G_1.
+            cores, _ = scale_to_unit_max(cores)
             tiny = torch.finfo(torch.float64).tiny
             cores = right_orthogonalize([core / core.norm().clamp_min(tiny) for core in cores])
-            cores[0] = cores[0] / cores[0].norm()
+            norm = cores[0].norm()
+            if not bool(norm > 0) or not bool(torch.isfinite(norm)):
+                raise ValueError("The train is zero: it is not a density.")
+            cores[0] = cores[0] / norm
             for parameter, core in zip(self.cores, cores, strict=True):
                 parameter.data = core.to(parameter.dtype).contiguous()
         return self
+
+
+#: First size and growth factor of ``n_basis="auto"``.
+AUTO_N_BASIS_START = 16
+AUTO_N_BASIS_GROWTH = 1.5
+
+
+def _returned_check(report: CrossReport) -> SelfCheck | None:
+    """The self-check of the train a cross report returned (None without one)."""
+    if not report.check_history or report.best_sweep == 0:
+        return None
+    return report.check_history[report.best_sweep - 1]
+
+
+def _self_check_score(report: CrossReport) -> tuple:
+    """Sort key of a cross run's returned train (larger is better); without a
+    self-check every run ties, so that the later, larger size wins."""
+    check = _returned_check(report)
+    return () if check is None else check.score()
+
+
+def _self_check_improves(report: CrossReport, previous: CrossReport | None) -> bool:
+    """Whether a run's returned train beats the previous best by more than the
+    noise of the two ELBO estimates (always, without a self-check)."""
+    check = _returned_check(report)
+    if previous is None or check is None:
+        return True
+    return check.improves_on(_returned_check(previous))
+
+
+def _warn_if_poor(report: CrossReport, tol: float, auto: bool, max_n_basis: int) -> None:
+    """The ConvergenceWarning of :meth:`TTDistribution.from_log_density`."""
+    if report.converged:
+        return
+    advice = list(report.advice)
+    if auto:
+        advice = [
+            f"raise max_n_basis (n_basis='auto' stopped at {report.n_basis})"
+            if line.startswith("raise n_basis")
+            else line
+            for line in advice
+        ]
+    remedies = "; ".join(advice) if advice else "check the target and the domain"
+    if math.isfinite(report.ess):
+        message = (
+            f"The TT-cross base is poor: self-check ESS {report.ess:.3f} (reverse KL "
+            f"estimate {report.kl:.3g}) on exact draws, after {report.n_evaluations} "
+            f"evaluations ({report.stop_reason}). Remedies: {remedies}."
+        )
+    else:
+        message = (
+            f"TT-cross stopped without reaching tol={tol}: {report.stop_reason}; held-out "
+            f"relative error {report.best_error:.2e} after {report.n_evaluations} "
+            f"evaluations. The base may miss mass; check its effective sample size. "
+            f"Remedies: {remedies}."
+        )
+    warnings.warn(message, ConvergenceWarning, stacklevel=3)

@@ -9,9 +9,11 @@ from sktt_flow.tt.algebra import (
     coefficients_to_nodal,
     left_orthogonalize,
     log_norm_squared,
+    mode_energy_shares,
     nodal_to_coefficients,
     right_orthogonalize,
     round_tt,
+    scale_to_unit_max,
     tt_ranks,
     tt_svd,
     tt_to_full,
@@ -145,3 +147,59 @@ def test_nodal_coefficient_conversion_interpolates_exactly():
 def test_check_cores_names_the_problem(cores, message):
     with pytest.raises(ValueError, match=message):
         check_cores(cores)
+
+
+def test_log_norm_squared_of_cores_with_huge_entries():
+    """Cores of values of unknown scale (TT-cross before normalisation): entries
+    of 1e200 square to inf in float64; the result must be the exact shift of
+    the unscaled one, not NaN. Catches a log_norm_squared that takes norms
+    before rescaling."""
+    cores = random_cores((1, 3, 4, 2, 1), 5, seed=3)
+    reference = float(log_norm_squared(cores))
+    huge = [core * 1e200 for core in cores]
+    expected = reference + 2 * len(cores) * np.log(1e200)
+    assert float(log_norm_squared(huge)) == pytest.approx(expected, rel=1e-12)
+    tiny = [core * 1e-200 for core in cores]
+    assert float(log_norm_squared(tiny)) == pytest.approx(
+        reference - 2 * len(cores) * np.log(1e200), rel=1e-12
+    )
+
+
+def test_scale_to_unit_max_is_exact():
+    """Powers of two only: every returned core times its factor is the input to
+    the last bit, every largest entry lies in [0.5, 1), a zero core stays zero,
+    log_scale is the sum of the exponents, and with keep_within cores already
+    in range are left untouched."""
+    factors = [3e250, 1.0, 7e-240]
+    cores = [
+        core * factor
+        for core, factor in zip(random_cores((1, 2, 3, 1), 4, seed=1), factors, strict=True)
+    ]
+    cores.append(torch.zeros(1, 4, 1, dtype=torch.float64))
+    scaled, log_scale = scale_to_unit_max(cores)
+    total_exponent = 0
+    for original, result in zip(cores, scaled, strict=True):
+        largest = float(result.abs().max())
+        if largest == 0.0:
+            assert torch.equal(result, original)
+            continue
+        assert 0.5 <= largest < 1.0
+        exponent = int(torch.frexp(original.abs().amax())[1])
+        assert torch.equal(torch.ldexp(result, torch.tensor(float(exponent))), original)
+        total_exponent += exponent
+    assert float(log_scale) == pytest.approx(total_exponent * np.log(2.0), rel=1e-15)
+    kept, _ = scale_to_unit_max(cores, keep_within=16)
+    assert torch.equal(kept[1], cores[1]) and not torch.equal(kept[0], cores[0])
+
+
+def test_mode_energy_shares_match_the_full_tensor():
+    """shares[k, i] = ||C[.., i_k = i, ..]||^2 / ||C||^2, against the full
+    tensor, whatever the gauge and scale of the cores."""
+    cores = random_cores((1, 3, 4, 2, 1), 5, seed=4)
+    cores[1] = cores[1] * 1e180  # scale must not matter
+    full = tt_to_full(cores) / 1e180
+    energy = full.square()
+    for k, shares in enumerate(mode_energy_shares(cores)):
+        other = tuple(axis for axis in range(4) if axis != k)
+        expected = energy.sum(dim=other) / energy.sum()
+        np.testing.assert_allclose(shares.numpy(), expected.numpy(), rtol=1e-10)

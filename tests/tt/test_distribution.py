@@ -349,3 +349,35 @@ def test_the_box_is_closed(dtype):
         assert torch.isfinite(distribution.log_prob_tt(torch.stack(faces))).all()
         assert torch.isneginf(distribution.log_prob_tt(torch.stack(outside))).all()
         assert torch.isfinite(distribution.log_prob(torch.stack(outside))).all()
+
+
+@pytest.mark.parametrize(
+    "bad_core, message",
+    [
+        (torch.zeros(3, 8, 4, dtype=torch.float64), "is zero"),
+        (torch.full((3, 8, 4), math.inf, dtype=torch.float64), "non-finite"),
+        (torch.full((3, 8, 4), math.nan, dtype=torch.float64), "non-finite"),
+    ],
+    ids=["zero", "inf", "nan"],
+)
+def test_canonicalize_refuses_what_is_not_a_density(distribution_3d, bad_core, message):
+    """A zero train used to become 0/0 = NaN cores, silently; inf and NaN cores
+    the same. Now canonicalize_ raises, naming the problem."""
+    distribution_3d.cores[1].data = bad_core
+    with pytest.raises(ValueError, match=message):
+        distribution_3d.canonicalize_()
+
+
+def test_canonicalize_rescales_cores_of_any_scale():
+    """Cores with entries of 1e200 (values of sqrt(h) far from its shift): the
+    canonical form is finite and the density is unchanged."""
+    cores = random_cores((1, 3, 2, 1), 6, seed=2)
+    reference = TTDistribution(cores, [[-1.0, 1.0]] * 3)
+    scaled = TTDistribution([cores[0] * 1e200, cores[1], cores[2] * 1e250], [[-1.0, 1.0]] * 3)
+    scaled.canonicalize_()
+    assert all(torch.isfinite(core).all() for core in scaled.cores)
+    z = torch.rand(50, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            scaled.log_prob(2 * z - 1).numpy(), reference.log_prob(2 * z - 1).numpy(), rtol=1e-10
+        )
