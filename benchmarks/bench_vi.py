@@ -368,7 +368,10 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
         **METHOD_PARAMETERS[method],
         tt_rank=case.tt_rank,
         n_basis=case.n_basis,
-        domain=target.domain,
+        # "auto": no box; the estimator finds the modes, the coordinates and
+        # the box itself (n_features only), as a user without a box would.
+        domain=target.domain if args.domain == "target" else None,
+        n_features=target.n_features,
         log_target=target.log_prob,
         max_iter=args.max_iter,
         batch_size=args.batch_size,
@@ -621,6 +624,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
     """What must agree between runs merged into one file."""
     return {
         "quick": args.quick,
+        "domain": args.domain,
         "max_iter": args.max_iter,
         "steps_per_iteration": STEPS_PER_ITERATION,
         "batch_size": args.batch_size,
@@ -909,6 +913,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="reference log Z for targets without an exact one (default "
         "benchmarks/results/posterior_reference.json, from reference_log_z.py)",
     )
+    parser.add_argument(
+        "--domain",
+        choices=("target", "auto"),
+        default="target",
+        help="the box of the TT and Gaussian bases: each target's own (default), or none "
+        "given (domain='auto': mode search, Laplace coordinates, self-check); results of "
+        "'auto' go to vi_cpu_auto.*",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--max-iter", type=int, default=None, help="default 300, quick 10")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -961,7 +973,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "cases": case_meta,
         "results": [asdict(result) for result in results],
     }
-    stem = "vi_cpu" + ("_quick" if args.quick else "")
+    stem = "vi_cpu" + ("_auto" if args.domain == "auto" else "") + ("_quick" if args.quick else "")
     write_results(
         payload,
         args.output,

@@ -44,6 +44,10 @@ __all__ = ["TensorizingFlowDensity"]
 #: measured three times slower than 4096 for an 8-layer RealNVP).
 CHUNK_SIZE = {"cpu": 4096, "cuda": 1 << 20}
 
+#: Legendre functions per coordinate of a base fitted to data with
+#: ``n_basis="auto"`` (a fixed size until it is chosen from held-out data).
+DATA_N_BASIS = 16
+
 #: Fresh samples behind ``elbo_``, ``ess_`` and ``log_normalizer_`` after a
 #: variational fit.
 N_DIAGNOSTIC_SAMPLES = 10_000
@@ -304,10 +308,17 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Maximum bond rank of the tensor train. Higher ranks carry more
         structure (more modes, stronger dependence) at a cost linear in the
         dimension and cubic in the rank.
-    n_basis : int, default=16
+    n_basis : int or "auto", default="auto"
         Legendre polynomials per coordinate (degree ``n_basis - 1``); sets
         the resolution of the base along each coordinate: features of width
         ``w`` on a box of width ``L`` need ``n_basis`` well above ``L / w``.
+        ``"auto"``: in variational mode TT-cross starts at 16 and grows the
+        basis while the energy in the highest Legendre degrees says a
+        coordinate is not resolved and the self-check on exact draws improves
+        (:meth:`TTDistribution.from_log_density
+        <sktt_flow.TTDistribution.from_log_density>`); in data mode it is
+        16 (choosing it from held-out data is planned). An int is used as it
+        is.
     domain : array-like of shape (n_features, 2), "auto" or None, default=None
         The box ``[low, high]`` per feature on which the TT base lives. In data
         mode it is given in the original feature units, and by default
@@ -331,7 +342,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         best ELBO on exact draws of itself (the self-check) is kept. With an
         explicit ``domain`` only ``"none"`` (or ``"auto"``, which means it)
         applies. The map is a fixed layer of the model with an exact
-        log-determinant; ``preconditioner_`` says which was kept.
+        log-determinant; ``preconditioner_`` says which was kept. Not used in
+        data mode, where the features are standardised (diagonal).
     mode_starts : array-like of shape (n_starts, n_features), default=None
         Variational mode with an automatic box: points where the mode search
         starts besides the standard-normal ones (a guess of the mode, the
@@ -479,7 +491,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     _parameter_constraints: ClassVar[dict] = {
         "base": [StrOptions({"tt", "gaussian"})],
         "tt_rank": [Interval(Integral, 1, None, closed="left")],
-        "n_basis": [Interval(Integral, 2, None, closed="left")],
+        "n_basis": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "domain": ["array-like", StrOptions({"auto"}), None],
         "preconditioner": [StrOptions({"auto", "none", "diagonal", "full"})],
         "mode_starts": ["array-like", None],
@@ -507,7 +519,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         *,
         base="tt",
         tt_rank=8,
-        n_basis=16,
+        n_basis="auto",
         domain=None,
         preconditioner="auto",
         mode_starts=None,
@@ -785,7 +797,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         base = TTDistribution.from_samples(
             train,
             tt_rank=self.tt_rank,
-            n_basis=self.n_basis,
+            n_basis=DATA_N_BASIS if self.n_basis == "auto" else self.n_basis,
             domain=domain,
             **self._stage_options(),
             validation=validation,
@@ -1070,20 +1082,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         kept = None
         for candidate in coordinates:
             built = build(*candidate)
+            if automatic and built[1].ess >= MIN_ESS_TO_REFINE_BOX:
+                # The box from the Laplace covariances is a guess (six local
+                # standard deviations of a Gaussian); the base's own draws,
+                # weighted by the target, say where the mass is. A tighter box
+                # gives the same n_basis a finer resolution: keep whichever
+                # base wins the self-check. Each candidate is refined before
+                # they are compared: a box too wide for its resolution can
+                # lose to coordinates that merely hold one mode well.
+                (_, kind, box, shift, matrix), _, draws, _ = built
+                refined = _box_of_weighted_draws(*draws, box)
+                if refined is not None:
+                    rebuilt = build(kind, shift, matrix, refined)
+                    if rebuilt[1].elbo > built[1].elbo:
+                        built = rebuilt
             if kept is None or built[1].elbo > kept[1].elbo:
                 kept = built
-        if automatic and kept[1].ess >= MIN_ESS_TO_REFINE_BOX:
-            # The box from the Laplace covariances is a guess (six local
-            # standard deviations of a Gaussian); the kept base's own draws,
-            # weighted by the target, say where the mass is. A tighter box
-            # gives the same n_basis a finer resolution: keep whichever base
-            # wins the self-check.
-            (_, kind, box, shift, matrix), _, draws, _ = kept
-            refined = _box_of_weighted_draws(*draws, box)
-            if refined is not None:
-                built = build(kind, shift, matrix, refined)
-                if built[1].elbo > kept[1].elbo:
-                    kept = built
         best, best_checks, _, best_warnings = kept
         for caught in best_warnings:
             warnings.warn_explicit(
