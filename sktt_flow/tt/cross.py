@@ -66,6 +66,7 @@ import torch
 from sktt_flow.diagnostics.importance import importance_diagnostics
 from sktt_flow.tt.algebra import log_norm_squared, mode_energy_shares
 from sktt_flow.tt.maxvol import maxvol
+from sktt_flow.utils.validation import check_positive_int
 
 if TYPE_CHECKING:  # the distribution imports this module
     from sktt_flow.tt.distribution import TTDistribution
@@ -1191,8 +1192,7 @@ def tt_cross(
         ("patience", patience, 1),
         ("n_check_samples", n_check_samples, 0),
     ):
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}.")
+        check_positive_int(value, name, minimum)
     if not 0.0 <= min_ess <= 1.0:
         raise ValueError(f"min_ess must be in [0, 1], got {min_ess!r}.")
     if not resolution_tol > 0:
