@@ -22,12 +22,19 @@ from sktt_flow.diagnostics import importance_diagnostics
 from sktt_flow.flows import (
     FLOW_NAMES,
     FixedAffine,
-    FixedLinearAffine,
     GaussianBase,
     TensorizingFlow,
     build_flow_layers,
+    coordinate_layers,
+    pull_back,
 )
-from sktt_flow.geometry import AFFINE_KINDS, affine_from_laplace, box_from_modes, find_modes
+from sktt_flow.geometry import (
+    AFFINE_KINDS,
+    affine_from_laplace,
+    box_from_modes,
+    box_of_weighted_draws,
+    find_modes,
+)
 from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse_kl
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
@@ -145,53 +152,12 @@ def _is_auto(domain) -> bool:
     return domain is None or (isinstance(domain, str) and domain == "auto")
 
 
-def _pulled_back(log_target, shift, matrix, dtype, device):
-    """``y -> log_target(shift + matrix y)``: the target in the coordinates of the
-    TT base (its log-Jacobian is a constant, which the base's normaliser absorbs)."""
-    identity = torch.eye(matrix.shape[0], dtype=matrix.dtype)
-    if bool((shift == 0).all()) and torch.equal(matrix, identity):
-        return log_target
-    shift = shift.to(device=device, dtype=dtype)
-    matrix_transposed = matrix.T.to(device=device, dtype=dtype).contiguous()
-
-    def log_target_of_base_coordinates(y: torch.Tensor) -> torch.Tensor:
-        return log_target(shift + y @ matrix_transposed)
-
-    return log_target_of_base_coordinates
-
-
-def _coordinate_layers(shift, matrix, box, *, with_flow: bool) -> list:
-    """The fixed layers between the base's box and the target's coordinates, float64.
-
-    With a flow: ``[to the unit box, from the unit box into x]``, the flow
-    going between them (it acts on ``[-1, 1]^d`` whatever the box, as it acts
-    on standardised data in data mode); the second map composes the way back
-    from the unit box with ``x = shift + matrix y``. Without: ``[y -> x]``,
-    or nothing for the identity. Diagonal maps are :class:`FixedAffine`, the
-    others :class:`FixedLinearAffine`.
-    """
-    box = torch.as_tensor(box, dtype=torch.float64)
-    center, half_width = (box[:, 0] + box[:, 1]) / 2, (box[:, 1] - box[:, 0]) / 2
-    if with_flow:
-        out_shift, out_matrix = shift + matrix @ center, matrix * half_width[None, :]
-        layers = [FixedAffine(-center / half_width, 1.0 / half_width)]
-    else:
-        out_shift, out_matrix = shift, matrix
-        layers = []
-    diagonal = torch.diagonal(out_matrix)
-    if torch.equal(out_matrix, torch.diag(diagonal)):
-        if not with_flow and bool((out_shift == 0).all() and (diagonal == 1).all()):
-            return layers
-        return [*layers, FixedAffine(out_shift, diagonal)]
-    return [*layers, FixedLinearAffine(out_shift, out_matrix)]
-
-
 def _self_check(base, shift, matrix, evaluate, seed, device):
     """Importance diagnostics of a base in the target's coordinates, on exact draws.
 
     ``y ~ base``, ``x = shift + matrix y``, ``log q(x) = log q_y(y) -
     log |det matrix|``, weights ``h(x) / q(x)``. Returns the diagnostics and
-    ``(y, log w)`` for :func:`_box_of_weighted_draws`.
+    ``(y, log w)`` for :func:`~sktt_flow.geometry.box_of_weighted_draws`.
     """
     with torch.no_grad():
         y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
@@ -199,37 +165,6 @@ def _self_check(base, shift, matrix, evaluate, seed, device):
         x = shift.to(device) + y.double() @ matrix.T.to(device)
         log_weights = evaluate(x) - log_q
         return importance_diagnostics(log_weights + log_q, log_q), (y.double(), log_weights)
-
-
-def _box_of_weighted_draws(y, log_weights, box, *, tail=1e-3, margin=0.25):
-    """Where the weighted draws lie: a box from their quantiles, or None.
-
-    Per coordinate the ``tail`` and ``1 - tail`` quantiles of the draws
-    weighted by ``h / q``, widened by ``margin`` of their distance on each
-    side. None when it would not be at least a fifth narrower than ``box`` in
-    some coordinate (nothing to gain), or when the weights are degenerate.
-    """
-    weights = torch.softmax(log_weights, dim=0)
-    if not bool(torch.isfinite(weights).all()):
-        return None
-    order = torch.sort(y, dim=0)
-    # per coordinate (rows): the cumulative weight of the sorted draws
-    cumulative = torch.cumsum(weights[order.indices], dim=0).T.contiguous()
-    levels = torch.tensor([[tail, 1.0 - tail]], dtype=cumulative.dtype, device=y.device)
-    positions = torch.searchsorted(cumulative, levels.expand(y.shape[1], 2).contiguous())
-    positions = positions.clamp_max(y.shape[0] - 1)
-    columns = torch.arange(y.shape[1], device=y.device)
-    low, high = order.values[positions[:, 0], columns], order.values[positions[:, 1], columns]
-    width = (high - low).clamp_min(1e-12)
-    refined = torch.stack([low - margin * width, high + margin * width], dim=1).cpu().numpy()
-    # never beyond the Laplace box: the draws cannot see mass the base lacks
-    refined[:, 0] = np.maximum(refined[:, 0], box[:, 0])
-    refined[:, 1] = np.minimum(refined[:, 1], box[:, 1])
-    if not np.all(refined[:, 0] < refined[:, 1]):
-        return None
-    if not np.any(np.ptp(refined, axis=1) < 0.8 * np.ptp(box, axis=1)):
-        return None
-    return refined
 
 
 def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, FixedAffine]:
@@ -875,7 +810,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             (base, kind, box, shift, matrix), checks, n_cross_evaluations = self._variational_base(
                 coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
             )
-            output_layer = _coordinate_layers(shift, matrix, box, with_flow=bool(layers))
+            output_layer = coordinate_layers(shift, matrix, box, with_flow=bool(layers))
             layers = [*output_layer[:-1], *layers, *output_layer[-1:]] if layers else output_layer
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
             output_layer = output_layer[-1] if output_layer else None
@@ -1051,7 +986,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         def build(kind, shift, matrix, box):
             """A candidate base, its self-check (automatic boxes) and its warnings."""
             nonlocal n_evaluations
-            log_target = _pulled_back(self.log_target, shift, matrix, dtype, device)
+            log_target = pull_back(self.log_target, shift, matrix, dtype, device)
             # The warnings of a candidate that is not kept would only confuse:
             # only the kept one's are shown.
             with warnings.catch_warnings(record=True) as caught:
@@ -1091,7 +1026,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # they are compared: a box too wide for its resolution can
                 # lose to coordinates that merely hold one mode well.
                 (_, kind, box, shift, matrix), _, draws, _ = built
-                refined = _box_of_weighted_draws(*draws, box)
+                refined = box_of_weighted_draws(*draws, box)
                 if refined is not None:
                     rebuilt = build(kind, shift, matrix, refined)
                     if rebuilt[1].elbo > built[1].elbo:

@@ -13,6 +13,7 @@ from sktt_flow.geometry.box import (
     DEFAULT_N_STD,
     affine_from_laplace,
     box_from_modes,
+    box_of_weighted_draws,
     gaussian_tail_mass,
 )
 from sktt_flow.geometry.modes import FATES, ModeSearch, find_modes, laplace_covariance
@@ -24,6 +25,7 @@ __all__ = [
     "ModeSearch",
     "affine_from_laplace",
     "box_from_modes",
+    "box_of_weighted_draws",
     "find_modes",
     "gaussian_tail_mass",
     "laplace_covariance",

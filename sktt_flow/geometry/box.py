@@ -43,6 +43,7 @@ __all__ = [
     "DEFAULT_N_STD",
     "affine_from_laplace",
     "box_from_modes",
+    "box_of_weighted_draws",
     "gaussian_tail_mass",
 ]
 
@@ -269,3 +270,59 @@ def affine_from_laplace(modes, covariances, kind: str, *, weights=None):
             "factor; repair the covariances first (find_modes returns repaired ones)."
         )
     return mean, factor
+
+
+def box_of_weighted_draws(
+    y: torch.Tensor,
+    log_weights: torch.Tensor,
+    box: np.ndarray,
+    *,
+    tail: float = 1e-3,
+    margin: float = 0.25,
+) -> np.ndarray | None:
+    """Where the weighted draws lie: a box from their quantiles, or None.
+
+    Per coordinate the ``tail`` and ``1 - tail`` quantiles of the draws
+    weighted by ``h / q``, widened by ``margin`` of their distance on each
+    side, and never beyond ``box``: draws of a base cannot show mass that
+    the base lacks. None when it would not be at least a fifth narrower than
+    ``box`` in some coordinate (nothing to gain), or when the weights are
+    degenerate.
+
+    Parameters
+    ----------
+    y : tensor (N, d)
+        Exact draws of a base on ``box``.
+    log_weights : tensor (N,)
+        Their importance log-weights ``log h - log q`` against the target.
+    box : ndarray (d, 2)
+        The box of the base.
+    tail, margin : float
+        Quantile level on each side, and the widening as a fraction of the
+        distance between the two quantiles.
+
+    Returns
+    -------
+    ndarray (d, 2) or None
+    """
+    weights = torch.softmax(log_weights, dim=0)
+    if not bool(torch.isfinite(weights).all()):
+        return None
+    order = torch.sort(y, dim=0)
+    # per coordinate (rows): the cumulative weight of the sorted draws
+    cumulative = torch.cumsum(weights[order.indices], dim=0).T.contiguous()
+    levels = torch.tensor([[tail, 1.0 - tail]], dtype=cumulative.dtype, device=y.device)
+    positions = torch.searchsorted(cumulative, levels.expand(y.shape[1], 2).contiguous())
+    positions = positions.clamp_max(y.shape[0] - 1)
+    columns = torch.arange(y.shape[1], device=y.device)
+    low, high = order.values[positions[:, 0], columns], order.values[positions[:, 1], columns]
+    width = (high - low).clamp_min(1e-12)
+    refined = torch.stack([low - margin * width, high + margin * width], dim=1).cpu().numpy()
+    # never beyond the Laplace box: the draws cannot see mass the base lacks
+    refined[:, 0] = np.maximum(refined[:, 0], box[:, 0])
+    refined[:, 1] = np.minimum(refined[:, 1], box[:, 1])
+    if not np.all(refined[:, 0] < refined[:, 1]):
+        return None
+    if not np.any(np.ptp(refined, axis=1) < 0.8 * np.ptp(box, axis=1)):
+        return None
+    return refined
