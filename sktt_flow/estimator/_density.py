@@ -955,13 +955,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         """
         n_features = coordinates[0][1].shape[0]
         if self.base == "gaussian":
-            # One candidate: the Laplace approximation itself when the box is
-            # automatic (full coordinates), else centred on the box, which
-            # holds two standard deviations, as before.
+            # One candidate: the Laplace approximation itself in Laplace
+            # coordinates (full ones when preconditioner="auto"), else centred
+            # on the box, which holds two standard deviations, as before.
             kind, shift, matrix, box = next(
                 (c for c in coordinates if c[0] == "full"), coordinates[-1]
             )
-            if _is_auto(self.domain):
+            if kind != "none":
                 base = GaussianBase(
                     torch.zeros(n_features, dtype=dtype, device=device),
                     torch.ones(n_features, dtype=dtype, device=device),

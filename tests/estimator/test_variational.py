@@ -369,3 +369,23 @@ def test_mode_starts_give_the_dimension_and_are_used():
     ).fit()
     assert model.n_features_in_ == 2
     assert np.abs(model.sample(500, random_state=0).mean(axis=0) - 40.0).max() < 0.1
+
+
+def test_gaussian_base_without_a_box_is_the_laplace_approximation():
+    """base="gaussian" with an automatic box is N(mode, Laplace covariance): for
+    a Gaussian target it is exact (a box-centred or diagonal Gaussian is not),
+    and with preconditioner="none" it is centred on the box instead."""
+    model = TensorizingFlowDensity(
+        log_target=skewed_log_target, n_features=2, base="gaussian", flow="none"
+    ).fit()
+    assert model.preconditioner_ == "full"
+    assert model.ess_ > 0.999
+    assert abs(model.log_normalizer_ - SKEWED_LOG_Z) < 1e-3
+    raw = TensorizingFlowDensity(
+        log_target=skewed_log_target,
+        n_features=2,
+        base="gaussian",
+        flow="none",
+        preconditioner="none",
+    ).fit()
+    assert raw.preconditioner_ == "none" and raw.ess_ < 0.5
