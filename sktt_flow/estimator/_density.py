@@ -65,6 +65,11 @@ N_DIAGNOSTIC_SAMPLES = 10_000
 #: that matter (tenths of a nat and more).
 N_SELF_CHECK_SAMPLES = 4096
 
+#: Random starts of the mode search at each scale: standard normal, and
+#: ``WIDE_START_SCALES`` times wider.
+N_WIDE_STARTS = 32
+WIDE_START_SCALES = (10.0, 100.0)
+
 #: Self-check ESS below which the weighted draws of a base are too few to
 #: say where the mass is (4096 draws: about 40 effective ones).
 MIN_ESS_TO_REFINE_BOX = 0.01
@@ -919,10 +924,25 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             report=counter,
             name="log_target",
         )
+        # Standard-normal starts find the modes near the origin; modes tens or
+        # hundreds of units away (a mixture spread over a wide region) are
+        # reached only from starts out there, so a third of the starts are
+        # drawn ten times and a third a hundred times wider. Ascents from far
+        # starts on a target with light tails converge like the others;
+        # those that run away are flagged and left out.
+        wide = [
+            scale * torch.randn(N_WIDE_STARTS, n_features, generator=generator, device=device)
+            for scale in WIDE_START_SCALES
+        ]
+        starts = torch.cat(wide).double()
+        if self.mode_starts is not None:
+            given = torch.as_tensor(np.asarray(self.mode_starts, dtype=np.float64), device=device)
+            starts = torch.cat([given, starts])
         search = find_modes(
             search_evaluate,
             n_features,
-            starts=self.mode_starts,
+            starts=starts,
+            n_starts=N_WIDE_STARTS,
             generator=generator,
             device=device,
         )
