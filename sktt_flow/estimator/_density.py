@@ -930,14 +930,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # drawn ten times and a third a hundred times wider. Ascents from far
         # starts on a target with light tails converge like the others;
         # those that run away are flagged and left out.
-        wide = [
+        starts = [
             scale * torch.randn(N_WIDE_STARTS, n_features, generator=generator, device=device)
             for scale in WIDE_START_SCALES
         ]
-        starts = torch.cat(wide).double()
         if self.mode_starts is not None:
-            given = torch.as_tensor(np.asarray(self.mode_starts, dtype=np.float64), device=device)
-            starts = torch.cat([given, starts])
+            given = np.asarray(self.mode_starts, dtype=np.float64)
+            starts.insert(0, torch.as_tensor(given, device=device))
+        starts = torch.cat([rows.double() for rows in starts]) if starts else None
         search = find_modes(
             search_evaluate,
             n_features,
