@@ -808,17 +808,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     evaluate, counter, n_features, generator, device
                 )
             else:
-                identity = torch.eye(n_features, dtype=torch.float64)
-                coordinates = [("none", torch.zeros(n_features, dtype=torch.float64), identity)]
-                coordinates = [(*coordinates[0], np.stack([low, high], axis=1))]
+                coordinates = [
+                    (
+                        "none",
+                        torch.zeros(n_features, dtype=torch.float64),
+                        torch.eye(n_features, dtype=torch.float64),
+                        np.stack([low, high], axis=1),
+                    )
+                ]
             layers = self._flow_layers(n_features, 1.2, layer_seed)
             (base, kind, box, shift, matrix), checks, n_cross_evaluations = self._variational_base(
                 coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
             )
-            output_layer = coordinate_layers(shift, matrix, box, with_flow=bool(layers))
-            layers = [*output_layer[:-1], *layers, *output_layer[-1:]] if layers else output_layer
+            maps = coordinate_layers(shift, matrix, box, with_flow=bool(layers))
+            # .to(dtype) below rounds the layers in place: keep a float64 copy
+            # of the map into the target's coordinates for the fitted model.
+            output_layer = copy.deepcopy(maps[-1]) if maps else None
+            layers = [*maps[:-1], *layers, *maps[-1:]] if layers else maps
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
-            output_layer = output_layer[-1] if output_layer else None
             fitted["preconditioner_"] = kind
             if non_gaussian and checks is not None and checks.ess < MIN_GOOD_BASE_ESS:
                 warnings.warn(
@@ -960,7 +967,20 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         for kind in kinds:
             shift, matrix = affine_from_laplace(modes, covariances, kind)
             box = box_from_modes(modes, covariances, coordinates=(shift, matrix))
-            candidates.append((kind, shift.cpu(), matrix.cpu(), box))
+            shift, matrix = shift.cpu(), matrix.cpu()
+            # The points of the box, in the target's coordinates, must be
+            # distinct in the training dtype (a mode far from zero with a
+            # tiny spread is not, in float32).
+            box_tensor = torch.as_tensor(box)
+            center = shift + matrix @ box_tensor.mean(dim=1)
+            reach = matrix.abs() @ (box_tensor[:, 1] - box_tensor[:, 0]) / 2
+            check_domain_resolution(
+                (center - reach).numpy(),
+                (center + reach).numpy(),
+                _DTYPES[self.dtype],
+                name="the automatic box (in the coordinates of log_target)",
+            )
+            candidates.append((kind, shift, matrix, box))
         return candidates, bool(search.non_gaussian.any())
 
     def _variational_base(self, coordinates, evaluate, generator, seed, device, dtype):

@@ -411,3 +411,28 @@ def test_automatic_box_finds_modes_far_from_the_origin():
     shares = torch.bincount(torch.cdist(samples, centres).argmin(dim=1), minlength=5) / 5000
     # 5000 draws: the standard error of each share is 0.006
     np.testing.assert_allclose(shares.numpy(), 0.2, atol=0.03)
+
+
+def test_automatic_coordinates_keep_float64_digits_and_refuse_unresolvable_boxes():
+    """Training in float32 rounds the layers in place: the fitted model's map
+    into the target's coordinates must get its float64 values back (a mode at
+    1000.123456789 is not a float32 number). A box of width 0.1 at 1e8 holds no
+    distinct float32 points and is refused by name."""
+    shifted = SKEWED_MEAN + torch.tensor([997.123456789, 0.0], dtype=torch.float64)
+
+    def far_skewed(x):
+        return skewed_log_target(x - (shifted - SKEWED_MEAN).to(x.dtype))
+
+    model = TensorizingFlowDensity(
+        log_target=far_skewed,
+        **{**AUTOMATIC, "flow": "realnvp", "n_flow_layers": 2, "hidden_units": 8, "max_iter": 1},
+    ).fit()
+    last = model.flow_.flows[-1]
+    assert model.preconditioner_ == "full" and last.shift.dtype == torch.float64
+    assert bool((last.shift.float().double() != last.shift).any())
+    with pytest.raises(ValueError, match=r"automatic box .* torch.float32"):
+        TensorizingFlowDensity(
+            log_target=lambda x: -0.5 * ((x - 1e8) / 0.01).square().sum(dim=1),
+            n_features=1,
+            flow="none",
+        ).fit()
