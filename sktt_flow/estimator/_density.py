@@ -168,8 +168,8 @@ def _self_check(base, shift, matrix, evaluate, seed, device):
         y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
         log_q = base.log_prob(y).double() - torch.linalg.slogdet(matrix).logabsdet.item()
         x = shift.to(device) + y.double() @ matrix.T.to(device)
-        log_weights = evaluate(x) - log_q
-        return importance_diagnostics(log_weights + log_q, log_q), (y.double(), log_weights)
+        log_h = evaluate(x)
+        return importance_diagnostics(log_h, log_q), (y.double(), log_h - log_q)
 
 
 def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, FixedAffine]:
