@@ -364,10 +364,19 @@ def true_log_normalizer(
 # ------------------------------------------------------------------ runner
 def estimator(case: Case, target: Target, method: str, args: argparse.Namespace):
     """The estimator of one method, with the suite's shared settings."""
+    parameters = dict(METHOD_PARAMETERS[method])
+    n_basis = case.n_basis
+    if args.domain == "auto":
+        # Everything on auto, as a user without a box would leave it: the
+        # resolution from the self-check, and for the tensorizing flow the
+        # base whose model scores the better ELBO (TT or Laplace Gaussian).
+        n_basis = "auto"
+        if method == "tt-flow":
+            parameters["base"] = "auto"
     return TensorizingFlowDensity(
-        **METHOD_PARAMETERS[method],
+        **parameters,
         tt_rank=case.tt_rank,
-        n_basis=case.n_basis,
+        n_basis=n_basis,
         # "auto": no box; the estimator finds the modes, the coordinates and
         # the box itself (n_features only), as a user without a box would.
         domain=target.domain if args.domain == "target" else None,
@@ -406,6 +415,12 @@ def run_method(
             result.log_z_std_error = model.log_normalizer_std_error_
             result.n_target_evaluations = model.n_target_evaluations_
             result.n_iter = model.n_iter_
+            if model.tt_ is not None:
+                result.n_basis = model.tt_.n_basis
+            if method == "tt-flow" and model.base_ != "tt":
+                result.notes.append(
+                    f"base='auto' kept the {model.base_} base: its model scored the better ELBO"
+                )
             if model.validation_scores_:
                 scores = model.validation_scores_
                 result.start_elbo = scores[0]

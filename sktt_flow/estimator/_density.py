@@ -21,15 +21,18 @@ from sklearn.utils.validation import check_is_fitted, validate_data
 from sktt_flow.diagnostics import importance_diagnostics
 from sktt_flow.flows import (
     FLOW_NAMES,
+    SPLINE_MARGIN,
     FixedAffine,
     GaussianBase,
     TensorizingFlow,
     build_flow_layers,
     coordinate_layers,
     pull_back,
+    spline_tail_bound,
 )
 from sktt_flow.geometry import (
     AFFINE_KINDS,
+    adjust_box,
     affine_from_laplace,
     box_from_modes,
     box_of_weighted_draws,
@@ -38,6 +41,7 @@ from sktt_flow.geometry import (
 from sktt_flow.training import check_differentiable, fit_forward_kl, fit_reverse_kl
 from sktt_flow.tt.cross import LogDensityEvaluator
 from sktt_flow.tt.distribution import TTDistribution
+from sktt_flow.utils.device import resolve_device
 from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.standardize import standardization, standardize
 from sktt_flow.utils.threads import torch_threads_within_limits
@@ -73,6 +77,11 @@ WIDE_START_SCALES = (10.0, 100.0)
 #: Self-check ESS below which the weighted draws of a base are too few to
 #: say where the mass is (4096 draws: about 40 effective ones).
 MIN_ESS_TO_REFINE_BOX = 0.01
+
+#: Times an automatic box may be adjusted to the self-check's weighted draws
+#: (:func:`~sktt_flow.geometry.adjust_box`; a side moves out by half the
+#: width each time, so up to 3.4 times the width on one side).
+MAX_BOX_ADJUSTMENTS = 3
 
 #: Self-check ESS under which an automatic box built from a poor Laplace
 #: approximation is worth a warning.
@@ -133,16 +142,6 @@ class _DeviceOption(StrOptions):
         return "a str among {'cpu', 'cuda', 'cuda:N', 'auto'}"
 
 
-def _spline_tail_bound(base, standardized: torch.Tensor) -> float:
-    """Half-width of the interval where spline flows act: the TT box, or the
-    data's range for a Gaussian base, with a margin."""
-    if isinstance(base, TTDistribution):
-        extent = torch.maximum(base.low.abs(), base.high.abs()).max()
-    else:
-        extent = standardized.abs().max()
-    return 1.2 * float(extent)
-
-
 def _is_single_pair(domain) -> bool:
     """Whether ``domain`` is one ``(low, high)`` pair (a ragged list is not:
     :func:`~sktt_flow.utils.validation.check_domain` then says what is wrong)."""
@@ -181,31 +180,6 @@ def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, Fix
     return TensorizingFlow(model.q0, layers), to_features
 
 
-def _resolve_device(device) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as error:
-        raise ValueError(
-            f'device must be "cpu", "cuda", "cuda:N" or "auto", got {device!r}.'
-        ) from error
-    if resolved.type not in ("cpu", "cuda"):
-        raise ValueError(f'device must be "cpu", "cuda", "cuda:N" or "auto", got {device!r}.')
-    if resolved.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(
-                f"device={device!r} was requested but CUDA is not available on this "
-                'machine (torch.cuda.is_available() is False); use device="cpu" or "auto".'
-            )
-        if resolved.index is not None and resolved.index >= torch.cuda.device_count():
-            raise ValueError(
-                f"device={device!r} was requested but only {torch.cuda.device_count()} "
-                "CUDA device(s) are visible."
-            )
-    return resolved
-
-
 class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     r"""Tensorizing flow: a normalizing flow on a tensor-train base distribution.
 
@@ -237,13 +211,19 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
     Parameters
     ----------
-    base : {"tt", "gaussian"}, default="tt"
+    base : {"auto", "tt", "gaussian"}, default="auto"
         The base distribution: the tensor train, or a fixed diagonal Gaussian
         (:class:`~sktt_flow.flows.GaussianBase`; standard in standardised
-        coordinates from data, centred on ``domain`` with a quarter of its
-        width as standard deviation in variational mode) to compare with an
-        ordinary flow of the same architecture and training. The ``tt_rank``,
-        ``n_basis`` and ``train_base`` parameters only concern the TT base.
+        coordinates from data; in variational mode the Laplace approximation
+        with ``domain="auto"``, else centred on ``domain`` with a quarter of
+        its width as standard deviation) to compare with an ordinary flow of
+        the same architecture and training. ``"auto"``: in variational mode
+        with ``domain="auto"``, both bases get the flow, each model is scored
+        by its ELBO on 4096 fresh exact draws, and the better one is kept
+        (``base_`` says which), so the fit is never worse than the Laplace
+        Gaussian with the same flow, at the cost of training two; otherwise
+        the TT. The ``tt_rank``, ``n_basis`` and ``train_base`` parameters
+        only concern the TT base.
     tt_rank : int, default=8
         Maximum bond rank of the tensor train. Higher ranks carry more
         structure (more modes, stronger dependence) at a cost linear in the
@@ -363,7 +343,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Names of the features, when ``X`` has string column names.
     tt_ : TTDistribution or None
         The fitted TT base (in standardised coordinates in data mode); None
-        with ``base="gaussian"``.
+        when the base is a Gaussian.
+    base_ : str
+        The base of the fitted model, ``"tt"`` or ``"gaussian"`` (with
+        ``base="auto"``, the one whose model scored the better ELBO).
     flow_ : TensorizingFlow
         The fitted model, a :class:`normflows.NormalizingFlow` with ``q0 = tt_``
         whose ``log_prob`` and ``sample`` act on the original features.
@@ -397,9 +380,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Variational mode: the coordinates of the base that were kept
         (``"none"``, ``"diagonal"`` or ``"full"``).
     base_elbo_, base_ess_, base_kl_ : float
-        Variational mode with a TT base and an automatic box: the self-check
-        of the base alone, before the flow, on 4096 exact draws: its ELBO,
-        the effective sample size of its importance weights and its
+        Variational mode with an automatic box: the self-check of the kept
+        base alone (the TT, or the Laplace Gaussian), before the flow, on
+        4096 exact draws: its ELBO, the effective sample size of its
+        importance weights and its
         reverse-KL estimate (``log Z`` estimate minus the ELBO). A low
         ``base_ess_`` says the base misses mass, whatever the flow then does.
 
@@ -429,7 +413,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     """
 
     _parameter_constraints: ClassVar[dict] = {
-        "base": [StrOptions({"tt", "gaussian"})],
+        "base": [StrOptions({"auto", "tt", "gaussian"})],
         "tt_rank": [Interval(Integral, 1, None, closed="left")],
         "n_basis": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
         "domain": ["array-like", StrOptions({"auto"}), None],
@@ -457,7 +441,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     def __init__(
         self,
         *,
-        base="tt",
+        base="auto",
         tt_rank=8,
         n_basis="auto",
         domain=None,
@@ -623,7 +607,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         warm = self._is_warm("data")
         X = validate_data(self, X, reset=not warm, dtype=np.float64, ensure_min_samples=2)
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         train_dtype = _DTYPES[self.dtype]
         generator, layer_seed, _ = self._generators(device)
         n_samples, n_features = X.shape
@@ -681,7 +665,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 device,
                 train_dtype,
             )
-            tail_bound = _spline_tail_bound(base, train)
+            tail_bound = spline_tail_bound(base, train)
             layers = self._flow_layers(n_features, tail_bound, layer_seed)
             model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
         parameters = self._trained_parameters(model)
@@ -781,7 +765,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 f"warm_start: the domain has {n_features} features but the fitted model "
                 f"has {self.n_features_in_}."
             )
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         generator, layer_seed, diagnostic_seed = self._generators(device)
         counter = SimpleNamespace(n_calls=0, n_evaluations=0)
         evaluate = LogDensityEvaluator(
@@ -794,13 +778,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             name="log_target",
         )
         fitted: dict = {}
+        n_cross_evaluations = 0
         if warm:
             model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
-            output_layer = None
-            n_cross_evaluations = 0
             # the base and its coordinates are kept: so is what was measured of them
             kept = [name for name in _BASE_CHECK_ATTRIBUTES if hasattr(self, name)]
             fitted.update({name: getattr(self, name) for name in kept})
+            history = self._train_variational(model, evaluate, generator, diagnostic_seed)
+            output_layer = None
         else:
             non_gaussian = False
             if automatic:
@@ -816,50 +801,56 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         np.stack([low, high], axis=1),
                     )
                 ]
-            layers = self._flow_layers(n_features, 1.2, layer_seed)
-            (base, kind, box, shift, matrix), checks, n_cross_evaluations = self._variational_base(
-                coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
-            )
-            maps = coordinate_layers(shift, matrix, box, with_flow=bool(layers))
-            # .to(dtype) below rounds the layers in place: keep a float64 copy
-            # of the map into the target's coordinates for the fitted model.
-            output_layer = copy.deepcopy(maps[-1]) if maps else None
-            layers = [*maps[:-1], *layers, *maps[-1:]] if layers else maps
-            model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
-            fitted["preconditioner_"] = kind
-            if non_gaussian and checks is not None and checks.ess < MIN_GOOD_BASE_ESS:
-                warnings.warn(
-                    f"domain='auto': the base's self-check ESS is {checks.ess:.3f}, and the "
-                    "Laplace approximation at a mode of log_target does not describe the mass "
-                    "around it (a funnel's neck, a curved ridge), so the automatic box may "
-                    "miss mass: give a domain or mode_starts near the mass, or raise n_basis.",
-                    ConvergenceWarning,
-                    stacklevel=4,
+            candidates = []  # (name, (base, kind, box, shift, matrix), self-check or None)
+            if self.base in ("tt", "auto"):
+                placed, checks, n_cross_evaluations = self._variational_base(
+                    coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
                 )
+                if non_gaussian and checks is not None and checks.ess < MIN_GOOD_BASE_ESS:
+                    warnings.warn(
+                        f"domain='auto': the base's self-check ESS is {checks.ess:.3f}, and the "
+                        "Laplace approximation at a mode of log_target does not describe the "
+                        "mass around it (a funnel's neck, a curved ridge), so the automatic box "
+                        "may miss mass: give a domain or mode_starts near the mass, or raise "
+                        "n_basis.",
+                        ConvergenceWarning,
+                        stacklevel=4,
+                    )
+                candidates.append(("tt", placed, checks))
+            if self.base == "gaussian" or (self.base == "auto" and automatic):
+                placed = self._gaussian_base(coordinates, device, train_dtype)
+                checks = None
+                if automatic:
+                    checks, _ = _self_check(
+                        placed[0], *placed[3:], evaluate, diagnostic_seed, device
+                    )
+                candidates.append(("gaussian", placed, checks))
+            best = None
+            for name, placed, checks in candidates:
+                model, output_layer = self._variational_model(
+                    placed, layer_seed, train_dtype, device
+                )
+                history = self._train_variational(model, evaluate, generator, diagnostic_seed)
+                # Each candidate's model is scored on its own fresh exact
+                # draws; the ELBO orders models as their reverse KL does.
+                score = None
+                if len(candidates) > 1:
+                    with torch.no_grad():
+                        draw = torch_generator(diagnostic_seed + 3, device)
+                        x, log_q = model.sample(N_SELF_CHECK_SAMPLES, generator=draw)
+                        score = importance_diagnostics(evaluate(x), log_q.double()).elbo
+                    if self.verbose:
+                        print(f"base {name!r}: model ELBO {score:.4f} on fresh draws")
+                if best is None or score > best[0]:
+                    best = (score, name, placed, checks, model, output_layer, history)
+            _, _, (_, kind, _, _, _), checks, model, output_layer, history = best
+            fitted["preconditioner_"] = kind
             if checks is not None:
                 fitted.update(
                     base_elbo_=checks.elbo,
                     base_ess_=checks.ess,
                     base_kl_=checks.log_normalizer - checks.elbo,
                 )
-        parameters = self._trained_parameters(model)
-        history = None
-        if parameters:
-            if list(model.flows.parameters()):
-                with torch.no_grad():
-                    probe, _ = model.sample(2, generator=generator)
-                # Through the evaluator, so that a failure names log_target
-                # and keeps the callable's own exception as the cause.
-                check_differentiable(lambda x: evaluate(x, grad=True), probe)
-            history = fit_reverse_kl(
-                model,
-                lambda x: evaluate(x, grad=True),
-                parameters=parameters,
-                **self._stage_options(),
-                generator=generator,
-                validation_seed=diagnostic_seed,
-                verbose=self.verbose,
-            )
         if output_layer is not None:
             # The map into the target's coordinates was rounded to the training
             # dtype: put back its float64 values (a posterior's mode far from
@@ -883,6 +874,43 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             n_target_evaluations_=n_cross_evaluations + counter.n_evaluations,
         )
         return fitted
+
+    def _variational_model(self, placed, layer_seed, dtype, device):
+        """The untrained model on a placed base, and a float64 copy of its map
+        into the target's coordinates (None when there is none)."""
+        base, _, box, shift, matrix = placed
+        n_features = shift.shape[0]
+        # the flow acts on the base's box mapped to [-1, 1]^d
+        layers = self._flow_layers(n_features, SPLINE_MARGIN, layer_seed)
+        maps = coordinate_layers(shift, matrix, box, with_flow=bool(layers))
+        # .to(dtype) below rounds the layers in place: keep a float64 copy
+        # of the map into the target's coordinates for the fitted model.
+        output_layer = copy.deepcopy(maps[-1]) if maps else None
+        layers = [*maps[:-1], *layers, *maps[-1:]] if layers else maps
+        model = TensorizingFlow(base, layers).to(device=device, dtype=dtype)
+        return model, output_layer
+
+    def _train_variational(self, model, evaluate, generator, validation_seed):
+        """Reverse-KL training of the model's trainable parameters; its history, or
+        None when nothing is trained."""
+        parameters = self._trained_parameters(model)
+        if not parameters:
+            return None
+        if list(model.flows.parameters()):
+            with torch.no_grad():
+                probe, _ = model.sample(2, generator=generator)
+            # Through the evaluator, so that a failure names log_target
+            # and keeps the callable's own exception as the cause.
+            check_differentiable(lambda x: evaluate(x, grad=True), probe)
+        return fit_reverse_kl(
+            model,
+            lambda x: evaluate(x, grad=True),
+            parameters=parameters,
+            **self._stage_options(),
+            generator=generator,
+            validation_seed=validation_seed,
+            verbose=self.verbose,
+        )
 
     def _automatic_n_features(self) -> int:
         """The dimension of a variational fit without a box: ``n_features``, or
@@ -983,36 +1011,40 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             candidates.append((kind, shift, matrix, box))
         return candidates, bool(search.non_gaussian.any())
 
-    def _variational_base(self, coordinates, evaluate, generator, seed, device, dtype):
-        """The base of the variational model, in the best of the candidate coordinates.
+    @staticmethod
+    def _gaussian_base(coordinates, device, dtype):
+        """The Gaussian base of a variational model, placed as ``(base, kind, box,
+        shift, matrix)``: the Laplace approximation itself in Laplace
+        coordinates (full ones when there are several kinds), else centred on
+        the box with a quarter of its width as standard deviation (two
+        standard deviations to each side)."""
+        kind, shift, matrix, box = next(
+            (c for c in coordinates if c[0] == "full"), coordinates[-1]
+        )
+        n_features = shift.shape[0]
+        if kind != "none":
+            base = GaussianBase(
+                torch.zeros(n_features, dtype=dtype, device=device),
+                torch.ones(n_features, dtype=dtype, device=device),
+            )
+        else:
+            low, high = box[:, 0], box[:, 1]
+            base = GaussianBase(
+                torch.as_tensor((low + high) / 2, dtype=dtype, device=device),
+                torch.as_tensor((high - low) / 4, dtype=dtype, device=device),
+            )
+        return base, kind, box, shift, matrix
 
-        With a TT base, one TT-cross per candidate on its box, each scored by
+    def _variational_base(self, coordinates, evaluate, generator, seed, device, dtype):
+        """The TT base of the variational model, in the best of the candidate coordinates.
+
+        One TT-cross per candidate on its box, each scored by
         the self-check: exact draws of the candidate (mapped into the target's
         coordinates), importance weights against ``log_target``, and the ELBO
         on them, which orders candidates as their reverse KL does (``log Z``
         is common to all). Returns ``((base, kind, box, shift, matrix),
         diagnostics of the kept one or None, cross evaluations)``.
         """
-        n_features = coordinates[0][1].shape[0]
-        if self.base == "gaussian":
-            # One candidate: the Laplace approximation itself in Laplace
-            # coordinates (full ones when preconditioner="auto"), else centred
-            # on the box, which holds two standard deviations, as before.
-            kind, shift, matrix, box = next(
-                (c for c in coordinates if c[0] == "full"), coordinates[-1]
-            )
-            if kind != "none":
-                base = GaussianBase(
-                    torch.zeros(n_features, dtype=dtype, device=device),
-                    torch.ones(n_features, dtype=dtype, device=device),
-                )
-            else:
-                low, high = box[:, 0], box[:, 1]
-                base = GaussianBase(
-                    torch.as_tensor((low + high) / 2, dtype=dtype, device=device),
-                    torch.as_tensor((high - low) / 4, dtype=dtype, device=device),
-                )
-            return (base, kind, box, shift, matrix), None, 0
         options = dict(self.cross_options or {})
         reserved = options.keys() & _CROSS_RESERVED
         if reserved:
@@ -1057,27 +1089,40 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         kept = None
         for candidate in coordinates:
             built = build(*candidate)
-            if automatic and built[1].ess >= MIN_ESS_TO_REFINE_BOX:
+            for _ in range(MAX_BOX_ADJUSTMENTS if automatic else 0):
                 # The box from the Laplace covariances is a guess (six local
                 # standard deviations of a Gaussian); the base's own draws,
-                # weighted by the target, say where the mass is. A tighter box
-                # gives the same n_basis a finer resolution: keep whichever
-                # base wins the self-check. Each candidate is refined before
-                # they are compared: a box too wide for its resolution can
-                # lose to coordinates that merely hold one mode well.
+                # weighted by the target, say where the mass is: sides where
+                # they pile up cut mass (log tau of eight schools: mode 3.4,
+                # mass down to -4), sides they never reach spend resolution
+                # (and, on a steep side, pay for the base's leaks there). Each
+                # new box is kept only if its base wins the self-check: the
+                # ELBO of a truncated base pays log P(box) for the cut. Each
+                # candidate is adjusted before they are compared: a box too
+                # wide for its resolution can lose to coordinates that merely
+                # hold one mode well.
+                if built[1].ess < MIN_ESS_TO_REFINE_BOX:
+                    break
                 (_, kind, box, shift, matrix), _, draws, _ = built
-                refined = box_of_weighted_draws(*draws, box)
-                if refined is not None:
-                    rebuilt = build(kind, shift, matrix, refined)
+                proposals = [adjust_box(*draws, box)]
+                narrower = box_of_weighted_draws(*draws, box)
+                if narrower is not None and not np.array_equal(narrower, proposals[0]):
+                    proposals.append(narrower)  # moving in alone may still win
+                improved = False
+                for proposal in proposals:
+                    if proposal is None:
+                        continue
+                    rebuilt = build(kind, shift, matrix, proposal)
                     if rebuilt[1].elbo > built[1].elbo:
-                        built = rebuilt
+                        built, improved = rebuilt, True
+                        break
+                if not improved:
+                    break
             if kept is None or built[1].elbo > kept[1].elbo:
                 kept = built
         best, best_checks, _, best_warnings = kept
         for caught in best_warnings:
-            warnings.warn_explicit(
-                caught.message, caught.category, caught.filename, caught.lineno
-            )
+            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
         return best, best_checks, n_evaluations
 
     @staticmethod
@@ -1086,7 +1131,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         model.requires_grad_(False)
         model.eval()
         tt = model.q0 if isinstance(model.q0, TTDistribution) else None
-        return {"flow_": model, "tt_": tt, "device_": device}
+        return {
+            "flow_": model,
+            "tt_": tt,
+            "base_": "gaussian" if tt is None else "tt",
+            "device_": device,
+        }
 
     # ------------------------------------------------------------- inference
     def _chunk_size(self) -> int:

@@ -57,6 +57,7 @@ from sktt_flow.flows import (
     GaussianBase,
     TensorizingFlow,
     build_flow_layers,
+    spline_tail_bound,
 )
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.validation import check_domain
@@ -95,6 +96,7 @@ _FITTED_KINDS = {
     "base_ess_": "number",
     "base_kl_": "number",
     "preconditioner_": "coordinates",
+    "base_": "base",
 }
 
 #: Kinds of the last layer of a variational model, the map into the target's
@@ -189,10 +191,9 @@ def _tail_bound(model: TensorizingFlow) -> float:
         bound = getattr(module, "tail_bound", None)
         if isinstance(bound, Real) and not isinstance(bound, bool):
             return float(bound)
-    base = model.q0
-    if not isinstance(base, TTDistribution):
-        return 1.0  # no spline layer: the bound is not used
-    return float(torch.maximum(base.low.abs(), base.high.abs()).max()) * 1.2
+    # no spline layer: the bound fit would derive from the box (unused for a
+    # Gaussian base)
+    return spline_tail_bound(model.q0)
 
 
 def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -> None:
@@ -384,6 +385,7 @@ _KIND_DESCRIPTIONS = {
     "numbers": "a list of numbers",
     "count": "a non-negative integer",
     "coordinates": 'one of "none", "diagonal" or "full"',
+    "base": 'one of "tt" or "gaussian"',
 }
 
 
@@ -403,6 +405,8 @@ def _check_fitted(fitted: dict, where: str) -> None:
             valid = _is_count(value)
         elif kind == "coordinates":
             valid = value in ("none", "diagonal", "full")
+        elif kind == "base":
+            valid = value in ("tt", "gaussian")
         else:
             continue
         if not valid:
@@ -430,7 +434,19 @@ def _from_json_number(value: Any) -> Any:
 
 def _from_json_fitted(name: str, value: Any) -> Any:
     """A fitted attribute as stored (checked by :func:`_check_fitted`)."""
-    return value if _FITTED_KINDS[name] == "coordinates" else _from_json_number(value)
+    if _FITTED_KINDS[name] in ("coordinates", "base"):
+        return value
+    return _from_json_number(value)
+
+
+def _has_gaussian_base(metadata: dict, estimator) -> bool:
+    """Whether the stored model's base is a Gaussian: the fitted ``base_``
+    (checked by :func:`_check_fitted`), or for files that predate it
+    (``base`` was then "tt" or "gaussian") the parameter."""
+    stored = metadata["fitted"].get("base_")
+    if stored is None:
+        return estimator.base == "gaussian"
+    return stored == "gaussian"
 
 
 def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
@@ -558,9 +574,7 @@ def _quadratic_through(values: tuple[int, ...], x: int) -> int:
     in exact integer arithmetic (``(x - 1)(x - 2)`` is even)."""
     first, second, third = values
     return (
-        first
-        + (x - 1) * (second - first)
-        + (x - 1) * (x - 2) // 2 * (third - 2 * second + first)
+        first + (x - 1) * (second - first) + (x - 1) * (x - 2) // 2 * (third - 2 * second + first)
     )
 
 
@@ -631,7 +645,7 @@ def _check_architecture(
             raise unbuildable(
                 f"tt_core_shapes[{k}]={_preview(shape)} is not three positive integers"
             )
-    if estimator.base == "gaussian":
+    if _has_gaussian_base(metadata, estimator):
         if shapes:
             raise unbuildable("core shapes for a Gaussian base")
         expected = {
@@ -668,7 +682,7 @@ def _check_architecture(
                 f"{entry} gives {key!r} the shape {list(shape)} in torch.float64; {_STATE} holds "
                 f"{list(state[key].shape)} in {state[key].dtype}"
             )
-    if estimator.base != "gaussian":
+    if not _has_gaussian_base(metadata, estimator):
         if not (
             np.array_equal(state["q0.low"].numpy(), low)
             and np.array_equal(state["q0.high"].numpy(), high)
@@ -735,7 +749,7 @@ def _build_model(
     try:
         n_features = metadata["n_features"]
         ones = torch.ones(n_features, dtype=torch.float64)
-        if estimator.base == "gaussian":
+        if _has_gaussian_base(metadata, estimator):
             base = GaussianBase(torch.zeros_like(ones), ones)
         else:
             cores = [

@@ -1,6 +1,11 @@
 """Normalizing flows on a tensor-train base: layers, builders by name, the model."""
 
-from sktt_flow.flows.builders import FLOW_NAMES, build_flow_layers
+from sktt_flow.flows.builders import (
+    FLOW_NAMES,
+    SPLINE_MARGIN,
+    build_flow_layers,
+    spline_tail_bound,
+)
 from sktt_flow.flows.coordinates import coordinate_layers, pull_back
 from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
@@ -8,6 +13,7 @@ from sktt_flow.flows.model import TensorizingFlow
 
 __all__ = [
     "FLOW_NAMES",
+    "SPLINE_MARGIN",
     "AffineAutoregressive",
     "FixedAffine",
     "FixedLinearAffine",
@@ -16,4 +22,5 @@ __all__ = [
     "build_flow_layers",
     "coordinate_layers",
     "pull_back",
+    "spline_tail_bound",
 ]

@@ -15,10 +15,14 @@ from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE
 
 from sktt_flow.flows.layers import AffineAutoregressive
 
-__all__ = ["FLOW_NAMES", "build_flow_layers"]
+__all__ = ["FLOW_NAMES", "SPLINE_MARGIN", "build_flow_layers", "spline_tail_bound"]
 
 #: Names accepted by :func:`build_flow_layers`.
 FLOW_NAMES = ("realnvp", "nsf", "maf", "none")
+
+#: Margin of the interval where spline layers act over the base's reach:
+#: points a little outside the box still fall where the splines bend.
+SPLINE_MARGIN = 1.2
 
 #: Bound of the log-scale of one affine coupling, ``S tanh(u / S)``: deep
 #: affine couplings with an unbounded ``exp`` scale are the usual source of
@@ -155,3 +159,21 @@ def build_flow_layers(
     if flow == "maf":
         return _masked_autoregressive(n_features, n_layers, hidden_units)
     raise ValueError(f"flow must be one of {FLOW_NAMES} or a callable, got {flow!r}.")
+
+
+def spline_tail_bound(base, points: torch.Tensor | None = None) -> float:
+    """Half-width of the interval where spline flows act on a base's points.
+
+    ``SPLINE_MARGIN`` times the farthest reach from zero of the base's box
+    (a :class:`~sktt_flow.tt.TTDistribution`, which has ``low`` and
+    ``high``), or of ``points`` (for a base without a box, such as a
+    Gaussian on standardised data); 1 when neither is there, since no spline
+    layer then uses it.
+    """
+    if hasattr(base, "low") and hasattr(base, "high"):
+        extent = float(torch.maximum(base.low.abs(), base.high.abs()).max())
+    elif points is not None:
+        extent = float(points.abs().max())
+    else:
+        return 1.0
+    return SPLINE_MARGIN * extent

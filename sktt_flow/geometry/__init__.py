@@ -11,10 +11,12 @@ This layer imports only torch, numpy and :mod:`sktt_flow.utils`.
 from sktt_flow.geometry.box import (
     AFFINE_KINDS,
     DEFAULT_N_STD,
+    adjust_box,
     affine_from_laplace,
     box_from_modes,
     box_of_weighted_draws,
     gaussian_tail_mass,
+    widen_box_at_edges,
 )
 from sktt_flow.geometry.modes import FATES, ModeSearch, find_modes, laplace_covariance
 
@@ -23,10 +25,12 @@ __all__ = [
     "DEFAULT_N_STD",
     "FATES",
     "ModeSearch",
+    "adjust_box",
     "affine_from_laplace",
     "box_from_modes",
     "box_of_weighted_draws",
     "find_modes",
     "gaussian_tail_mass",
     "laplace_covariance",
+    "widen_box_at_edges",
 ]

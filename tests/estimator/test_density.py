@@ -129,14 +129,18 @@ def test_sample_and_score_agree_with_score_samples(fitted):
 
 
 def test_flow_improves_on_the_base_alone(data):
-    """Held-out log-likelihood with the flow is at least the base's: the flow
-    starts at the identity and its best validation state is kept."""
+    """The flow starts at the identity on the base (same first validation
+    score) and, on this skewed sample that a rank-4, 12-function base holds
+    only roughly, gains about 0.11 nats per row on held-out data (seen: -1.234
+    against -1.345; the paired difference's standard error over 1500 rows is
+    about 0.01). A flow that does not train, or whose best state is not the
+    one kept, fails this."""
     X, X_test = data
     base_only = TensorizingFlowDensity(**{**SMALL, "flow": "none"}).fit(X)
     with_flow = TensorizingFlowDensity(**SMALL).fit(X)
     assert with_flow.validation_scores_[0] == pytest.approx(base_only.validation_scores_[-1])
-    assert max(with_flow.validation_scores_) >= with_flow.validation_scores_[0]
-    assert with_flow.score(X_test) > base_only.score(X_test) - 0.02
+    assert max(with_flow.validation_scores_) > with_flow.validation_scores_[0] + 0.05
+    assert with_flow.score(X_test) > base_only.score(X_test) + 0.05
 
 
 @pytest.mark.parametrize("flow", ["nsf", "maf"])
@@ -164,7 +168,9 @@ def test_train_base_refines_the_cores(data):
     assert not all(
         torch.equal(a, b) for a, b in zip(frozen.tt_.cores, joint.tt_.cores, strict=True)
     )
-    assert max(joint.validation_scores_) >= joint.validation_scores_[0]
+    # training the cores with the flow gains on held-out data over the frozen
+    # base (seen: -1.098 against -1.234; standard error about 0.01)
+    assert joint.score(data[1]) > frozen.score(data[1]) + 0.05
 
 
 def test_warm_start_continues_training(data):

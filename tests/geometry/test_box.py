@@ -16,10 +16,12 @@ import torch
 from sktt_flow.geometry import (
     AFFINE_KINDS,
     DEFAULT_N_STD,
+    adjust_box,
     affine_from_laplace,
     box_from_modes,
     box_of_weighted_draws,
     gaussian_tail_mass,
+    widen_box_at_edges,
 )
 
 
@@ -246,3 +248,47 @@ def test_box_of_weighted_draws_never_widens_and_says_when_nothing_is_gained():
     # degenerate weights: no box
     nan_weights = torch.full((4000,), float("nan"), dtype=torch.float64)
     assert box_of_weighted_draws(y, nan_weights, np.array([[-10.0, 10.0]])) is None
+
+
+def _truncated_normal(low: float, high: float, n: int, seed: int) -> torch.Tensor:
+    """Exact draws of a standard normal restricted to [low, high] (inverse CDF)."""
+    normal = torch.distributions.Normal(0.0, 1.0)
+    low_cdf, high_cdf = normal.cdf(torch.tensor(low)), normal.cdf(torch.tensor(high))
+    u = torch.rand(n, 1, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    return normal.icdf(low_cdf + (high_cdf - low_cdf) * u).double()
+
+
+def test_widen_box_at_edges_moves_out_only_the_cut_sides():
+    """A base that is the standard normal restricted to [-1, 6] (importance
+    weights all equal) holds 12% of its weight within 5% of the width from
+    the left side, and 1e-9 at the right one: only the left moves out, by half
+    the width. Under the full +-6 box no side moves."""
+    flat = torch.zeros(4096, dtype=torch.float64)
+    cut = _truncated_normal(-1.0, 6.0, 4096, seed=0)
+    wider = widen_box_at_edges(cut, flat, np.array([[-1.0, 6.0]]))
+    np.testing.assert_allclose(wider, [[-4.5, 6.0]])
+    whole = _truncated_normal(-6.0, 6.0, 4096, seed=1)
+    assert widen_box_at_edges(whole, flat, np.array([[-6.0, 6.0]])) is None
+    # the weights decide: uniform draws weighted by a normal density centred
+    # on the left side pile against it (half of the weight within 0.6 of it)
+    generator = torch.Generator().manual_seed(4)
+    uniform = 12.0 * torch.rand(4096, 1, generator=generator, dtype=torch.float64) - 6.0
+    towards_left = -0.5 * (uniform[:, 0] + 6.0).square()
+    np.testing.assert_allclose(
+        widen_box_at_edges(uniform, towards_left, np.array([[-6.0, 6.0]])), [[-12.0, 6.0]]
+    )
+
+
+def test_adjust_box_moves_cut_sides_out_and_empty_sides_in():
+    """A standard normal restricted to [-1, 12]: the cut side moves out by half
+    the width (6.5), the empty side moves in to the 0.999 quantile (3.09)
+    plus a quarter of the quantiles' distance (4096 draws: about 0.1)."""
+    flat = torch.zeros(4096, dtype=torch.float64)
+    draws = _truncated_normal(-1.0, 12.0, 4096, seed=2)
+    adjusted = adjust_box(draws, flat, np.array([[-1.0, 12.0]]))
+    assert adjusted[0, 0] == pytest.approx(-7.5)
+    low_quantile = -1.0 + 0.001 * 0.84  # barely inside the cut side
+    assert adjusted[0, 1] == pytest.approx(3.09 + 0.25 * (3.09 - low_quantile), abs=0.3)
+    # nothing cut and nothing to narrow: no new box
+    whole = _truncated_normal(-4.5, 4.5, 4096, seed=3)
+    assert adjust_box(whole, flat, np.array([[-4.5, 4.5]])) is None
