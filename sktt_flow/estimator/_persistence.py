@@ -255,6 +255,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "output_layer": _output_layer_kind(
             model, "data" if estimator.log_target is None else "variational"
         ),
+        # data mode: a FixedLinearAffine (whitening) before the standardisation
+        "whitening": _has_whitening(model, estimator.log_target is None),
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {
@@ -460,6 +462,29 @@ def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     if isinstance(last, FixedAffine):
         return "diagonal"
     return "none"
+
+
+def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
+    """Whether a data-mode model whitens: a FixedLinearAffine just before its
+    standardisation (``preconditioner_ == "full"``)."""
+    return (
+        data_mode and len(model.flows) >= 2 and isinstance(model.flows[-2], FixedLinearAffine)
+    )
+
+
+def _stored_whitening(metadata: dict, where: str) -> bool:
+    """The metadata's ``whitening`` flag (absent in files that predate it)."""
+    whitening = metadata.get("whitening", False)
+    if not isinstance(whitening, bool):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'whitening'."
+        )
+    if whitening and metadata["mode"] != "data":
+        raise ValueError(
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} (whitening in "
+            f"{metadata['mode']} mode)."
+        )
+    return whitening
 
 
 def _output_layer(metadata: dict, has_flow_layers: bool) -> str:
@@ -722,7 +747,10 @@ def _check_architecture(
         if mode == "data" and output != "diagonal":
             raise unbuildable(f"output_layer={output!r} in data mode")
         to_unit_box = 2 * n_features if mode == "variational" and layers_size else 0
-        needed = layers_size + to_unit_box + output_size
+        whitening = 0
+        if _stored_whitening(metadata, where):
+            whitening = 2 * n_features**2 + 2 * n_features + 1
+        needed = layers_size + to_unit_box + output_size + whitening
         held = sum(tensor.numel() for key, tensor in state.items() if key.startswith("flows."))
         if held != needed:
             raise mismatch(
@@ -767,6 +795,8 @@ def _build_model(
         output = _output_layer(metadata, bool(layers))
         if metadata["mode"] == "variational" and layers:  # the map to the unit box
             layers = [FixedAffine(torch.zeros_like(ones), ones), *layers]
+        if _stored_whitening(metadata, where):
+            layers.append(FixedLinearAffine(torch.zeros_like(ones), torch.diag(ones)))
         if output == "diagonal":
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
         elif output == "linear":
