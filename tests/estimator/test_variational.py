@@ -522,3 +522,32 @@ def test_automatic_base_choice_survives_persistence(tmp_path):
     assert loaded.base_ == "gaussian"
     X = model.sample(200, random_state=1)
     np.testing.assert_allclose(loaded.score_samples(X), model.score_samples(X), atol=1e-12)
+
+
+def test_modes_their_laplace_gaussian_does_not_describe_stay_out_of_the_box():
+    """A Gaussian mode at the origin (standard deviation 0.3) and, e^-12 below
+    it, a local maximum at (6, 0) that is flat to fourth order along x (its
+    Laplace covariance is repaired to a huge one, and its Laplace gap is
+    large): the box must come from the described mode alone. With the flat
+    mode in the union, the box would span tens of units and a 12-function
+    base would not resolve the Gaussian (ESS far below 0.99)."""
+
+    def log_target(x):
+        gaussian = -0.5 * (x / 0.3).square().sum(dim=1)
+        ridge = -12.0 - 1e-3 * (x[:, 0] - 6.0) ** 4 - 0.5 * (x[:, 1] / 0.3) ** 2
+        return torch.logaddexp(gaussian, ridge)
+
+    model = TensorizingFlowDensity(
+        log_target=log_target,
+        n_features=2,
+        base="tt",
+        tt_rank=2,
+        n_basis=12,
+        flow="none",
+        random_state=0,
+    ).fit()
+    corners = model.tt_.domain.T.to(torch.float64)
+    for layer in model.flow_.flows:
+        corners, _ = layer(corners)
+    assert float((corners[1] - corners[0]).abs().max()) < 6.0
+    assert model.ess_ > 0.99
