@@ -257,6 +257,7 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         ),
         # data mode: a FixedLinearAffine (whitening) before the standardisation
         "whitening": _has_whitening(model, estimator.log_target is None),
+        "defensive_weight": model.defensive_weight,
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {
@@ -485,6 +486,17 @@ def _stored_whitening(metadata: dict, where: str) -> bool:
             f"{metadata['mode']} mode)."
         )
     return whitening
+
+
+def _stored_defensive_weight(metadata: dict, where: str) -> float:
+    """The model's defensive weight (0 in files that predate it)."""
+    weight = metadata.get("defensive_weight", 0.0)
+    if not (_is_finite(weight) and 0.0 <= weight < 1.0):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid "
+            f"'defensive_weight' ({_preview(weight)})."
+        )
+    return float(weight)
 
 
 def _output_layer(metadata: dict, has_flow_layers: bool) -> str:
@@ -801,7 +813,9 @@ def _build_model(
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
         elif output == "linear":
             layers.append(FixedLinearAffine(torch.zeros_like(ones), torch.diag(ones)))
-        model = TensorizingFlow(base, layers).to(dtype=torch.float64)
+        model = TensorizingFlow(
+            base, layers, defensive_weight=_stored_defensive_weight(metadata, where)
+        ).to(dtype=torch.float64)
     except (TypeError, ValueError, RuntimeError) as error:
         raise ValueError(
             f"{where}: the architecture cannot be rebuilt from {_METADATA} ({error})."

@@ -483,3 +483,24 @@ def test_a_challenger_must_win_by_two_standard_errors():
     assert density_module._clearly_better(incumbent + 0.5 + noise - noise.mean(), incumbent)
     assert density_module._clearly_better(incumbent, incumbent.clone().fill_(-torch.inf))
     assert not density_module._clearly_better(incumbent.clone().fill_(-torch.inf), incumbent)
+
+
+def test_rows_unlike_the_training_ones_keep_the_defensive_floor(data):
+    """A fitted model is the defensive mixture of its flow and its base through
+    the fixed layers (weight 1e-3): at a row far outside the training range
+    its log-density is at least log(1e-3) plus the fixed component's, however
+    the coupling networks extrapolate; on the training rows the mixture
+    costs at most -log(1 - 1e-3)."""
+    X = data[0]
+    model = TensorizingFlowDensity(**SMALL).fit(X)
+    weight = model.flow_.defensive_weight
+    assert weight == density_module.DATA_DEFENSIVE_WEIGHT > 0
+    far = X.mean(0) + 8 * (X.max(0) - X.mean(0))[None, :]
+    with torch.no_grad():
+        points = torch.as_tensor(np.vstack([far, X[:100]]))
+        z, log_det = model.flow_._fixed_inverse(points)
+        fixed = (model.flow_.q0.log_prob(z) + log_det).numpy()
+        flow_only = model.flow_.log_flow_only(points).numpy()
+    scores = model.score_samples(np.vstack([far, X[:100]]))
+    assert scores[0] >= np.log(weight) + fixed[0] - 1e-9
+    assert np.all(scores[1:] >= flow_only[1:] + np.log1p(-weight) - 1e-9)
