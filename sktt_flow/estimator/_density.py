@@ -93,6 +93,10 @@ MIN_ESS_TO_REFINE_BOX = 0.01
 #: width each time, so up to 3.4 times the width on one side).
 MAX_BOX_ADJUSTMENTS = 3
 
+#: Self-check ESS of a variational base (after its box is adjusted) at which
+#: the remaining candidate coordinates are not tried.
+GOOD_ENOUGH_BASE_ESS = 0.95
+
 #: Self-check ESS under which an automatic box built from a poor Laplace
 #: approximation is worth a warning.
 MIN_GOOD_BASE_ESS = 0.5
@@ -1258,6 +1262,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     break
             if kept is None or built[1].elbo > kept[1].elbo:
                 kept = built
+            if automatic and kept[1].ess >= GOOD_ENOUGH_BASE_ESS:
+                # The candidates come in order of cost to the TT (none,
+                # diagonal, full); once one is near exact the others can only
+                # gain what its ESS leaves, and each costs as much again
+                # (GinzburgLandau1D(50): 5.8 million evaluations for the
+                # three, where the first alone reaches ESS 0.98).
+                break
         best, best_checks, _, best_warnings = kept
         for caught in best_warnings:
             warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
