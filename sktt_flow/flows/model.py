@@ -137,23 +137,48 @@ class TensorizingFlow(nf.NormalizingFlow):
         return -self.log_prob(x).mean()
 
     # --------------------------------------------------------------- sampling
-    def sample(self, num_samples: int = 1, generator: torch.Generator | None = None):
+    def defensive_draws(
+        self, num_samples: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor | None:
+        """Which of ``num_samples`` draws come from the defensive component
+        (bool mask), or None when there is none.
+
+        One uniform per draw, all drawn at once: callers that sample in chunks
+        draw the mask for every draw first and pass slices to :meth:`sample`,
+        so that the generator's stream, and the draws, do not depend on the
+        chunk sizes.
+        """
+        if not self._is_defended():
+            return None
+        device = generator.device if generator is not None else None
+        uniforms = torch.rand(num_samples, generator=generator, device=device)
+        return uniforms < self.defensive_weight
+
+    def sample(
+        self,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        defensive: torch.Tensor | None = None,
+    ):
         """Exact samples and their log-density, ``(x, log q(x))``.
 
         The base is sampled without gradient (its sampler inverts CDFs); the
         flow keeps the graph, so ``x`` and ``log q`` are differentiable in the
         flow's parameters (the reparametrisation gradient of reverse KL).
+        With a defensive component, ``defensive`` (from
+        :meth:`defensive_draws`) says which draws come from it; it is drawn
+        here, before the base, when not given.
         """
+        if defensive is None:
+            defensive = self.defensive_draws(num_samples, generator)
         z = self.q0.sample(num_samples, generator=generator)
         log_q0 = self.q0.log_prob(z)
         x, log_det = self.forward_and_log_det(z)
-        if not self._is_defended():
+        if defensive is None:
             return x, log_q0 - log_det
-        # Each draw comes from the defensive component with probability
-        # delta (one more uniform per draw from the same generator); its
-        # mixture density needs the other component's density at the point.
-        uniforms = torch.rand(num_samples, generator=generator, device=z.device, dtype=z.dtype)
-        defensive = uniforms < self.defensive_weight
+        # A draw from either component needs the other one's density at the
+        # point for the mixture's.
+        defensive = defensive.to(z.device)
         x_fixed, fixed_log_det = self._fixed_forward(z)
         x = torch.where(defensive[:, None], x_fixed, x)
         log_flow = log_q0 - log_det
