@@ -58,7 +58,7 @@ def grid(half_width: float, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     return xx, yy, np.stack([xx.ravel(), yy.ravel()], axis=1)
 
 
-def total_mass(model, half_width: float = 20.0, n: int = 400) -> float:
+def total_mass(model, half_width: float = 20.0, n: int = 300) -> float:
     """Integral of exp(score_samples) over a square, by the midpoint rule."""
     h = 2 * half_width / n
     axis = np.linspace(-half_width + h / 2, half_width - h / 2, n)
