@@ -19,7 +19,7 @@ from sklearn.utils import check_random_state
 from sklearn.utils._param_validation import Interval, StrOptions
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from sktt_flow.diagnostics import importance_diagnostics
+from sktt_flow.diagnostics import clearly_better, importance_diagnostics
 from sktt_flow.flows import (
     FLOW_NAMES,
     SPLINE_MARGIN,
@@ -154,24 +154,6 @@ class _DeviceOption(StrOptions):
 
     def __str__(self) -> str:
         return "a str among {'cpu', 'cuda', 'cuda:N', 'auto'}"
-
-
-def _clearly_better(challenger: torch.Tensor, incumbent: torch.Tensor) -> bool:
-    """Whether per-row log-likelihoods ``challenger`` beat ``incumbent`` on the
-    same rows by ``CONFIRMATION_STANDARD_ERRORS`` standard errors of the
-    paired differences (any gain, with a single row)."""
-    gains = challenger - incumbent
-    if not bool(torch.isfinite(gains).all()):
-        return bool(torch.isfinite(challenger).all()) and not bool(torch.isfinite(incumbent).all())
-    margin = 0.0
-    if gains.numel() > 1:
-        margin = CONFIRMATION_STANDARD_ERRORS * float(gains.std()) / gains.numel() ** 0.5
-    return float(gains.mean()) > margin
-
-
-def _standard_gaussian_log_prob(rows: np.ndarray) -> np.ndarray:
-    """Log-density of the standard normal at each row (float64)."""
-    return -0.5 * (np.square(rows).sum(axis=1) + rows.shape[1] * np.log(2 * np.pi))
 
 
 def _whitening(train: np.ndarray, scored: np.ndarray):
@@ -822,9 +804,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # matter: where the full-covariance Gaussian beats the
                 # standard one on the held-out rows (breast cancer by
                 # about 9 nats per row; a ring of modes not at all).
-                standard = _standard_gaussian_log_prob(scored)
-                full = _standard_gaussian_log_prob(whitened[1][1]) - whitened[2]
-                if not _clearly_better(torch.as_tensor(full), torch.as_tensor(standard)):
+                ones = torch.ones(n_features, dtype=torch.float64)
+                standard_normal = GaussianBase(torch.zeros_like(ones), ones)
+                standard = standard_normal.log_prob(torch.as_tensor(scored))
+                full = standard_normal.log_prob(torch.as_tensor(whitened[1][1])) - whitened[2]
+                if not clearly_better(full, standard, CONFIRMATION_STANDARD_ERRORS):
                     kinds = ["diagonal"]
         best = None
         for kind in kinds:
@@ -867,7 +851,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # rows, and the TT's early stopping on the same rows, smaller
                 # gains are noise (seen on wine, 12 held-out rows: whitening
                 # ahead by 0.5-0.8 nats there and behind by 0.1-0.8 on test).
-                if best is None or _clearly_better(scores, best[0]):
+                if best is None or clearly_better(scores, best[0], CONFIRMATION_STANDARD_ERRORS):
                     tail_bound = spline_tail_bound(base, fit_rows)
                     best = (scores, base, whitening, history, kind, tail_bound)
         _, base, whitening, history, kind, tail_bound = best

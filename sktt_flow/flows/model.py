@@ -14,6 +14,19 @@ from sktt_flow.tt.distribution import TTDistribution
 
 __all__ = ["TensorizingFlow"]
 
+#: Layers without parameters, kept by the defensive component.
+_FIXED_LAYERS = (FixedAffine, FixedLinearAffine)
+
+
+def _push(layers, points: torch.Tensor, *, inverse: bool):
+    """``points`` through ``layers`` (latent to data, or back with ``inverse``)
+    and the summed ``log |det|`` of the direction taken."""
+    log_det = torch.zeros(points.shape[0], dtype=points.dtype, device=points.device)
+    for layer in reversed(layers) if inverse else layers:
+        points, layer_log_det = layer.inverse(points) if inverse else layer(points)
+        log_det = log_det + layer_log_det
+    return points, log_det
+
 
 class TensorizingFlow(nf.NormalizingFlow):
     r"""``log q(x) = log q_0(z) + log |det dz/dx|`` with a TT base ``q_0``.
@@ -71,28 +84,19 @@ class TensorizingFlow(nf.NormalizingFlow):
     def _is_defended(self) -> bool:
         """Whether the defensive component is there and differs from the flow."""
         return self.defensive_weight > 0.0 and any(
-            not isinstance(flow, (FixedAffine, FixedLinearAffine)) for flow in self.flows
+            not isinstance(flow, _FIXED_LAYERS) for flow in self.flows
         )
+
+    def _fixed_layers(self) -> list[nf.flows.Flow]:
+        return [flow for flow in self.flows if isinstance(flow, _FIXED_LAYERS)]
 
     def _fixed_inverse(self, x: torch.Tensor):
         """Latent points and ``log |det dz/dx|`` through the fixed layers alone."""
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        z = x
-        for flow in reversed(self.flows):
-            if isinstance(flow, (FixedAffine, FixedLinearAffine)):
-                z, layer_log_det = flow.inverse(z)
-                log_det = log_det + layer_log_det
-        return z, log_det
+        return _push(self._fixed_layers(), x, inverse=True)
 
     def _fixed_forward(self, z: torch.Tensor):
         """Data points and ``log |det dx/dz|`` through the fixed layers alone."""
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        x = z
-        for flow in self.flows:
-            if isinstance(flow, (FixedAffine, FixedLinearAffine)):
-                x, layer_log_det = flow(x)
-                log_det = log_det + layer_log_det
-        return x, log_det
+        return _push(self._fixed_layers(), z, inverse=False)
 
     def _mix(self, log_flow: torch.Tensor, log_fixed: torch.Tensor) -> torch.Tensor:
         return torch.logaddexp(
@@ -107,26 +111,15 @@ class TensorizingFlow(nf.NormalizingFlow):
     # ---------------------------------------------------------------- density
     def inverse_and_log_det(self, x: torch.Tensor):
         """Latent points and ``log |det dz/dx|``."""
-        log_det = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-        z = x
-        for flow in reversed(self.flows):
-            z, layer_log_det = flow.inverse(z)
-            log_det = log_det + layer_log_det
-        return z, log_det
+        return _push(self.flows, x, inverse=True)
 
     def forward_and_log_det(self, z: torch.Tensor):
         """Data points and ``log |det dx/dz|``."""
-        log_det = torch.zeros(z.shape[0], dtype=z.dtype, device=z.device)
-        x = z
-        for flow in self.flows:
-            x, layer_log_det = flow(x)
-            log_det = log_det + layer_log_det
-        return x, log_det
+        return _push(self.flows, z, inverse=False)
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact normalised log-density, shape (N,)."""
-        z, log_det = self.inverse_and_log_det(x)
-        log_flow = self.q0.log_prob(z) + log_det
+        log_flow = self.log_flow_only(x)
         if not self._is_defended():
             return log_flow
         z_fixed, fixed_log_det = self._fixed_inverse(x)
