@@ -317,18 +317,34 @@ def test_automatic_box_with_a_flow_and_persistence(tmp_path, automatic_model):
         assert loaded.preconditioner_ == "full" and loaded.base_ess_ == fitted.base_ess_
 
 
-def test_automatic_box_keeps_both_modes():
-    """Two modes at (+-3, +-3): both are found from standard-normal starts and
-    both get half of the mass (a box around one mode would give 1 and 0)."""
-    centres = torch.tensor([[3.0, 3.0], [-3.0, -3.0]], dtype=torch.float64)
+#: Two modes at (+-3, +-3), standard deviation 0.5: ``log Z = log(2 * 2 pi * 0.25)``.
+TWO_MODE_CENTRES = torch.tensor([[3.0, 3.0], [-3.0, -3.0]], dtype=torch.float64)
 
-    def two_modes(x):
-        distances = ((x[:, None, :] - centres.to(x.dtype)) ** 2).sum(dim=2)
-        return torch.logsumexp(-0.5 * distances / 0.25, dim=1)
 
-    model = TensorizingFlowDensity(
+def two_modes(x: torch.Tensor) -> torch.Tensor:
+    distances = ((x[:, None, :] - TWO_MODE_CENTRES.to(x.dtype)) ** 2).sum(dim=2)
+    return torch.logsumexp(-0.5 * distances / 0.25, dim=1)
+
+
+@pytest.fixture(scope="module")
+def two_mode_model():
+    """The TT base alone with everything else automatic (base="auto")."""
+    return TensorizingFlowDensity(
         log_target=two_modes, n_features=2, tt_rank=4, n_basis=24, flow="none", random_state=0
     ).fit()
+
+
+def box_corners(model) -> torch.Tensor:
+    """The corners (low, high) of the TT base's box in the target's
+    coordinates, through the fixed maps of a model without flow layers."""
+    corners, _ = model.flow_.forward_and_log_det(model.tt_.domain.T.to(torch.float64))
+    return corners
+
+
+def test_automatic_box_keeps_both_modes(two_mode_model):
+    """Two modes at (+-3, +-3): both are found from standard-normal starts and
+    both get half of the mass (a box around one mode would give 1 and 0)."""
+    model = two_mode_model
     samples = model.sample(4000, random_state=0)
     # 4000 draws: the standard error of the share is 0.008
     assert (samples[:, 0] > 0).mean() == pytest.approx(0.5, abs=0.04)
@@ -466,10 +482,7 @@ def test_automatic_box_follows_the_mass_past_the_laplace_box(monkeypatch):
     options = {"log_target": log_gamma_target, "n_features": 1, "base": "tt", "flow": "none"}
     model = TensorizingFlowDensity(**options, random_state=0).fit()
     mode, std = math.log(LOG_GAMMA_SHAPE), LOG_GAMMA_SHAPE**-0.5
-    # the box's corners in the target's coordinates, through the fixed maps
-    corners = model.tt_.domain.T.to(torch.float64)
-    for layer in model.flow_.flows:
-        corners, _ = layer(corners)
+    corners = box_corners(model)
     assert float(corners.min()) < mode - 6 * std - 3.0
     assert float(corners.max()) < mode + 6 * std - 2.0
     # 10,000 draws: the ELBO's standard error is below 1e-3 for this base
@@ -479,7 +492,7 @@ def test_automatic_box_follows_the_mass_past_the_laplace_box(monkeypatch):
     assert log_z - fixed.elbo_ > 0.02
 
 
-def test_automatic_base_keeps_the_better_of_tt_and_laplace():
+def test_automatic_base_keeps_the_better_of_tt_and_laplace(two_mode_model):
     """base="auto" with an automatic box scores the TT base and the Laplace
     Gaussian (each with the flow) on fresh draws and keeps the better: the
     Laplace Gaussian is exact for a Gaussian target, and misses a mode of two
@@ -489,15 +502,7 @@ def test_automatic_base_keeps_the_better_of_tt_and_laplace():
     ).fit()
     assert gaussian.base_ == "gaussian" and gaussian.tt_ is None
     assert gaussian.elbo_ == pytest.approx(SKEWED_LOG_Z, abs=1e-6)
-    centres = torch.tensor([[3.0, 3.0], [-3.0, -3.0]], dtype=torch.float64)
-
-    def two_modes(x):
-        distances = ((x[:, None, :] - centres.to(x.dtype)) ** 2).sum(dim=2)
-        return torch.logsumexp(-0.5 * distances / 0.25, dim=1)
-
-    bimodal = TensorizingFlowDensity(
-        log_target=two_modes, n_features=2, tt_rank=4, n_basis=24, flow="none", random_state=0
-    ).fit()
+    bimodal = two_mode_model
     assert bimodal.base_ == "tt" and bimodal.tt_ is not None
     log_z = math.log(2 * 2 * math.pi * 0.25)
     assert log_z - bimodal.elbo_ < 0.05
@@ -546,9 +551,7 @@ def test_modes_their_laplace_gaussian_does_not_describe_stay_out_of_the_box():
         flow="none",
         random_state=0,
     ).fit()
-    corners = model.tt_.domain.T.to(torch.float64)
-    for layer in model.flow_.flows:
-        corners, _ = layer(corners)
+    corners = box_corners(model)
     assert float((corners[1] - corners[0]).abs().max()) < 6.0
     assert model.ess_ > 0.99
 
