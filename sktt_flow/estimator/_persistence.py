@@ -468,9 +468,7 @@ def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     """Whether a data-mode model whitens: a FixedLinearAffine just before its
     standardisation (``preconditioner_ == "full"``)."""
-    return (
-        data_mode and len(model.flows) >= 2 and isinstance(model.flows[-2], FixedLinearAffine)
-    )
+    return data_mode and len(model.flows) >= 2 and isinstance(model.flows[-2], FixedLinearAffine)
 
 
 def _stored_whitening(metadata: dict, where: str) -> bool:

@@ -228,8 +228,7 @@ def _accepts_grad_keyword(function: Callable) -> bool:
     # wrappers such as ``torch.autograd.Function.apply`` take anything and
     # pass it on to a function that does not expect it.
     return any(
-        p.name == "grad" and p.kind is not inspect.Parameter.POSITIONAL_ONLY
-        for p in parameters
+        p.name == "grad" and p.kind is not inspect.Parameter.POSITIONAL_ONLY for p in parameters
     )
 
 
@@ -354,8 +353,10 @@ class _Target:
         step = torch.finfo(self.dtype).eps ** (1.0 / 3.0) * points.abs().clamp_min(1.0)
         offsets = torch.diag_embed(step)  # (m, d, d): row j moves coordinate j
         shifted = torch.cat(
-            [(points[:, None, :] + offsets).reshape(-1, d), (points[:, None, :] - offsets)
-             .reshape(-1, d)]
+            [
+                (points[:, None, :] + offsets).reshape(-1, d),
+                (points[:, None, :] - offsets).reshape(-1, d),
+            ]
         )
         _, gradients, _ = self.derivatives(shifted, hessian=False)
         plus, minus = gradients.reshape(2, m, d, d)
@@ -458,8 +459,9 @@ def laplace_covariance(
 def _newton_decrement(gradients: torch.Tensor, hessians: torch.Tensor) -> torch.Tensor:
     """``g^T P^{-1} g / 2`` with ``P = -H``; ``+inf`` where ``P`` is not positive definite."""
     factor, info = torch.linalg.cholesky_ex(-hessians)
-    decrement = torch.full(gradients.shape[:1], math.inf, dtype=torch.float64,
-                           device=gradients.device)
+    decrement = torch.full(
+        gradients.shape[:1], math.inf, dtype=torch.float64, device=gradients.device
+    )
     ok = (info == 0) & torch.isfinite(gradients).all(-1)
     if bool(ok.any()):
         solved = torch.linalg.solve_triangular(
@@ -660,9 +662,7 @@ def find_modes(
         )
         flipped = torch.sign(trial_gradients) * direction < 0
         shrink = torch.full_like(trial, _SHRINK)
-        factor = torch.where(
-            accepted[:, None] & ~flipped, torch.full_like(trial, _GROW), shrink
-        )
+        factor = torch.where(accepted[:, None] & ~flipped, torch.full_like(trial, _GROW), shrink)
         # Bounded by the divergence radius: a coordinate whose gradient stays
         # zero would otherwise grow its step without limit.
         steps[rows] = (steps[rows] * factor).clamp_max(divergence_radius)
@@ -832,9 +832,11 @@ def _collect(
     if k:
         mode_rows = rows[index]
         covariances, repaired = covariances[index], repaired[index]
-        modes, log_values, mode_hessians = points[mode_rows], values[mode_rows], hessians[
-            mode_rows
-        ]
+        modes, log_values, mode_hessians = (
+            points[mode_rows],
+            values[mode_rows],
+            hessians[mode_rows],
+        )
         log_det = torch.linalg.slogdet(covariances).logabsdet
         log_masses = log_values + 0.5 * d * math.log(2.0 * math.pi) + 0.5 * log_det
         laplace_gaps = _laplace_gaps(
@@ -842,9 +844,7 @@ def _collect(
         )
     else:
         modes = torch.empty(0, d, dtype=torch.float64, device=device)
-        log_values = log_masses = laplace_gaps = torch.empty(
-            0, dtype=torch.float64, device=device
-        )
+        log_values = log_masses = laplace_gaps = torch.empty(0, dtype=torch.float64, device=device)
         mode_hessians = covariances = torch.empty(0, d, d, dtype=torch.float64, device=device)
         repaired = torch.empty(0, dtype=torch.bool, device=device)
     counts = torch.bincount(mode_of_start[mode_of_start >= 0], minlength=k)[:k]

@@ -148,9 +148,7 @@ class LogisticRegressionPosterior(Target):
 
     def __init__(self, dataset: str, *, prior_scale: float = 1.0):
         if not isinstance(dataset, str) or dataset not in _DATASETS:
-            raise ValueError(
-                f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}."
-            )
+            raise ValueError(f"dataset must be one of {sorted(_DATASETS)}, got {dataset!r}.")
         self.dataset = dataset
         self.prior_scale = check_positive_float(prior_scale, "prior_scale")
         features, labels, names = _DATASETS[dataset]()

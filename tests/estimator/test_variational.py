@@ -577,3 +577,92 @@ def test_a_box_from_covariances_that_describe_no_mode_is_warned_about():
     assert model.base_ess_ < 0.5
     described = [w for w in caught if "describe the mass around them" in str(w.message)]
     assert described[0].filename == __file__
+
+
+#: Data of a two-group hierarchical model in its centred form.
+CENTRED_DATA = (2.0, -1.0)
+
+
+def centred_hierarchical_log_target(z: torch.Tensor) -> torch.Tensor:
+    """``z = (log tau, theta_1, theta_2)``: ``tau`` half-Cauchy(1), ``theta_j ~
+    N(0, tau^2)``, ``y_j ~ N(theta_j, 1)``. At ``theta = 0`` the density grows
+    like ``1 / tau`` down the neck: no mode, but a finite normaliser."""
+    log_tau, theta = z[:, 0], z[:, 1:]
+    data = torch.tensor(CENTRED_DATA, dtype=z.dtype)
+    log_prior = math.log(2 / math.pi) - torch.log1p(torch.exp(2 * log_tau)) + log_tau
+    log_theta = -0.5 * (theta / log_tau.exp()[:, None]).square() - log_tau[:, None]
+    log_likelihood = -0.5 * (data - theta).square()
+    return log_prior + (log_theta + log_likelihood).sum(1) - 2 * math.log(2 * math.pi)
+
+
+def centred_hierarchical_log_normalizer() -> float:
+    """The thetas integrate out in closed form (``y_j ~ N(0, 1 + tau^2)``), which
+    leaves a 1-D integral over ``log tau`` for the trapezoidal rule."""
+    log_tau = np.linspace(-30.0, 10.0, 200_001)
+    variance = 1.0 + np.exp(2 * log_tau)
+    integrand = 2 / np.pi / variance * np.exp(log_tau)
+    for y in CENTRED_DATA:
+        integrand = integrand * np.exp(-0.5 * y**2 / variance) / np.sqrt(2 * np.pi * variance)
+    return math.log(np.trapezoid(integrand, log_tau))
+
+
+def test_a_target_without_a_mode_gets_its_box_from_langevin_chains(monkeypatch):
+    """The centred hierarchical model has no mode (every ascent runs down the
+    neck), so only the Langevin exploration can place the box. The base's
+    importance-sampling log Z must match the quadrature (seen: -4.179 against
+    -4.174, standard error 0.036) and the base's reverse KL stay below 0.5
+    (seen 0.15); without the exploration the fit refuses."""
+    options = {
+        "log_target": centred_hierarchical_log_target,
+        "n_features": 3,
+        "base": "tt",
+        "flow": "none",
+        "random_state": 0,
+    }
+    log_z = centred_hierarchical_log_normalizer()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        model = TensorizingFlowDensity(**options).fit()
+    assert model.preconditioner_ == "none"
+    assert abs(model.log_normalizer_ - log_z) < 0.1
+    assert log_z - model.elbo_ < 0.5
+
+    from sktt_flow.geometry import Exploration
+
+    def nowhere(log_target, starts, **_):
+        empty = torch.empty(0, starts.shape[1], dtype=torch.float64)
+        return Exploration(empty, torch.zeros(0), torch.zeros(0), 0)
+
+    monkeypatch.setattr("sktt_flow.estimator._density.explore_mass", nowhere)
+    with pytest.raises(ValueError, match="found no mode"):
+        TensorizingFlowDensity(**options).fit()
+
+
+def test_a_near_exact_base_that_cuts_no_mass_is_not_rebuilt(monkeypatch):
+    """The Laplace box of a Gaussian holds six standard deviations, the
+    weighted draws' quantiles about 4.5: a fifth narrower, which used to cost
+    a second cross for a base already at ESS 0.99 (1.2 million evaluations
+    on GinzburgLandau1D(50)). Only a side that cuts mass calls for a rebuild
+    once the base is near exact."""
+    from sktt_flow.tt.distribution import TTDistribution
+
+    calls = []
+    original = TTDistribution.from_log_density.__func__
+
+    def counted(cls, *args, **kwargs):
+        calls.append(kwargs.get("n_basis"))
+        return original(cls, *args, **kwargs)
+
+    monkeypatch.setattr(TTDistribution, "from_log_density", classmethod(counted))
+    model = TensorizingFlowDensity(
+        log_target=gaussian_log_target,
+        n_features=2,
+        preconditioner="full",
+        base="tt",
+        flow="none",
+        tt_rank=4,
+        n_basis=16,
+        random_state=0,
+    ).fit()
+    assert model.base_ess_ > 0.95
+    assert len(calls) == 1
