@@ -11,15 +11,20 @@ vector ``l`` the conditional density of ``z_k`` is
     \\qquad P = l\\, G_k \\in \\mathbb{R}^{n \\times r_k},
 
 a non-negative polynomial of degree ``2n - 2``. Its values at ``2n - 1``
-Gauss–Legendre nodes (computed as the quadratic forms ``l H(x_q) l^T`` with
-``H(x) = G_k(x) G_k(x)^T``, one GEMM per coordinate on the outer products of
-the prefixes) determine its Legendre coefficients exactly, and the
-antiderivative of a Legendre series is again one, so the conditional CDF is an
-exact polynomial of degree ``2n - 1``. Each ``z_k`` solves ``F(z_k) = u F(b)``
-for a uniform ``u``: a bracket from the CDF on a fixed grid (one matrix
-product), then Newton's method safeguarded by bisection, to a few ulps; the
-solver evaluates the CDF in Chebyshev polynomials, whose table at all degrees
-costs two kernels (see :class:`ConditionalCDFOperators`).
+Gauss–Legendre nodes are the quadratic forms ``l H(x_q) l^T`` with
+``H(x) = G_k(x) G_k(x)^T``, and they determine its Legendre coefficients
+exactly; the antiderivative of a Legendre series is again one, so the
+conditional CDF ``F`` is an exact polynomial of degree ``2n - 1``. All of this
+is linear in the outer product ``l^T l``: one matrix product per coordinate
+maps the outer products of all samples to the Chebyshev coefficients of their
+``F`` and to ``F`` on a fixed grid of Chebyshev points (see
+:class:`ConditionalCDFOperators`).
+
+Each ``z_k`` solves ``F(z_k) = u F(b)`` for a uniform ``u``: the grid brackets
+the root in one cell, linear interpolation in the cell is the first iterate,
+then Newton's method safeguarded by bisection, with ``F`` and ``F'`` evaluated
+together by Clenshaw's recurrence, runs until the error left after the last
+step is below rounding (see :func:`_newton_has_converged`), to a few ulps.
 Everything is vectorised over samples; the only loops are over coordinates and
 solver iterations. Because the map from uniforms to samples is deterministic
 and monotone in every ``u_k``, this is the inverse Rosenblatt transport of the
@@ -33,7 +38,6 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from sktt_flow.tt.algebra import advance_running_product, basis_core_matrices
 from sktt_flow.tt.basis import (
@@ -45,10 +49,17 @@ from sktt_flow.tt.basis import (
 
 __all__ = [
     "ConditionalCDFOperators",
-    "chebyshev_polynomials",
     "conditional_cdf_operators",
     "sample_right_orthogonal",
 ]
+
+#: Newton iterations that every sample takes before the first convergence
+#: check. From the linear interpolation in a cell of the grid most samples of
+#: a train with an irregular conditional need three or four (see
+#: :func:`_newton_has_converged`); iterations without bookkeeping cost the
+#: least, and checking earlier would stop next to no sample. At least two: the
+#: check compares the last two iterates.
+UNCHECKED_ITERATIONS = 3
 
 
 class ConditionalCDFOperators:
@@ -61,29 +72,27 @@ class ConditionalCDFOperators:
     The conditional is built in Legendre polynomials, where the Gauss rule
     and the antiderivative are exact and simple; the solver evaluates it in
     Chebyshev polynomials, the same polynomial (the change of basis is well
-    conditioned, done once here), because ``T_j(t) = cos(j arccos t)`` gives
-    the whole table in two kernels, where a recurrence needs two per degree.
+    conditioned, done once here), because Clenshaw's recurrence for a
+    Chebyshev series gives its derivative at the same time.
 
     Attributes
     ----------
     node_basis : tensor (2n - 1, n)
         ``sqrt(2j + 1) P_j`` at the ``2n - 1`` Gauss–Legendre nodes.
-    density_coefficients : tensor (2n - 1, 2n - 1)
-        Maps the nodal values of the density (a column per sample) to its
-        Chebyshev coefficients.
     cdf_coefficients : tensor (2n, 2n - 1)
-        Maps the nodal values of the density to the Chebyshev coefficients of
-        ``F(t) = int_{-1}^t q``.
+        Maps the nodal values of the density (a column per sample) to the
+        Chebyshev coefficients of ``F(t) = int_{-1}^t q``.
     grid : tensor (grid_size + 1,)
-        Bracketing grid on ``[-1, 1]``.
-    grid_basis : tensor (grid_size + 1, 2n)
-        ``T_j`` on the grid, for the CDF on the grid in one product.
-    series_coefficients : tensor (4n, 2n - 1)
-        ``cdf_coefficients`` above ``density_coefficients`` padded to ``2n``
-        rows: both series from the nodal values in one product.
+        Bracketing grid: the Chebyshev points ``-cos(pi i / grid_size)``,
+        increasing, which resolve a polynomial equally well all over
+        ``[-1, 1]``.
+    cdf_operator : tensor (2n + grid_size + 1, 2n - 1)
+        ``cdf_coefficients`` above the map to ``F`` on the grid: both from the
+        nodal values in one product. The row of ``F(-1)`` is exactly zero and
+        the last row gives ``F(1)``.
     """
 
-    def __init__(self, n: int, *, grid_size: int = 64, dtype=torch.float64, device=None):
+    def __init__(self, n: int, *, grid_size: int = 32, dtype=torch.float64, device=None):
         self.n = n
         n_nodes = 2 * n - 1
         nodes, weights = gauss_legendre(n_nodes, dtype=torch.float64)
@@ -99,20 +108,20 @@ class ConditionalCDFOperators:
         for j in range(1, n_nodes):
             antiderivative[j + 1, j] = 1.0 / (2 * j + 1)
             antiderivative[j - 1, j] = -1.0 / (2 * j + 1)
-        density_chebyshev = _legendre_to_chebyshev(n_nodes) @ density
         cdf_chebyshev = _legendre_to_chebyshev(2 * n) @ antiderivative @ density
-        grid = torch.linspace(-1.0, 1.0, grid_size + 1, dtype=torch.float64)
-        self.density_coefficients = density_chebyshev.to(dtype=dtype, device=device)
+        grid = -np.cos(np.pi * np.arange(grid_size + 1) / grid_size)
+        on_grid = torch.from_numpy(np.polynomial.chebyshev.chebvander(grid, 2 * n - 1))
+        cdf_on_grid = on_grid @ cdf_chebyshev
+        cdf_on_grid[0] = 0.0  # F(-1) = 0 exactly, not to rounding
         self.cdf_coefficients = cdf_chebyshev.to(dtype=dtype, device=device)
+        self.cdf_operator = torch.cat([cdf_chebyshev, cdf_on_grid]).to(dtype=dtype, device=device)
         self.node_basis = self.node_basis.to(dtype=dtype, device=device)
-        self.grid = grid.to(dtype=dtype, device=device)
-        self.grid_basis = chebyshev_polynomials(grid, 2 * n).T.to(dtype=dtype, device=device)
-        # Both series in one operator (the density's padded with a zero
-        # coefficient): one GEMM gives both, and the solver evaluates both with
-        # one product and one sum per iteration.
-        self.series_coefficients = torch.cat(
-            [self.cdf_coefficients, F.pad(self.density_coefficients, (0, 0, 0, 1))]
-        )
+        self.grid = torch.from_numpy(grid).to(dtype=dtype, device=device)
+
+    @property
+    def grid_size(self) -> int:
+        """Number of cells of the bracketing grid."""
+        return self.grid.shape[0] - 1
 
 
 @functools.lru_cache(maxsize=32)
@@ -142,105 +151,169 @@ def _legendre_to_chebyshev(m: int) -> torch.Tensor:
     return torch.from_numpy(np.linalg.solve(chebyshev, legendre))
 
 
-#: On a CPU, below this many points :func:`chebyshev_polynomials` uses the
-#: cosine formula (two kernels, launch-bound sizes); above, the recurrence,
-#: whose kernels cost less per element (measured at 2n = 32: the cosine is 6
-#: times faster at 256 points, 1.3 times slower at 10,000). On a GPU, where
-#: a cosine costs little and every kernel launch counts, always the cosine.
-COSINE_MAX_POINTS = 4096
+def _packed_gram(nodal_core: torch.Tensor) -> torch.Tensor:
+    """``H(x_q) = G(x_q) G(x_q)^T`` (Q, r, r) packed to its upper triangle (Q, r (r + 1) / 2).
 
-
-def chebyshev_polynomials(t: torch.Tensor, m: int) -> torch.Tensor:
-    """Chebyshev polynomials ``T_0, ..., T_{m-1}`` at ``t`` (N,) in [-1, 1], shape (m, N).
-
-    Both ways of computing them are accurate to a few ulps on [-1, 1]; not
-    differentiable.
+    Off-diagonal entries are doubled, so that a packed row times the packed
+    outer product of :func:`_packed_outer` is the whole quadratic form
+    ``l H(x_q) l^T`` with about half the terms.
     """
-    degrees = torch.arange(m, dtype=t.dtype, device=t.device).unsqueeze(1)
-    if t.device.type != "cpu" or t.shape[0] <= COSINE_MAX_POINTS:
-        return torch.cos(degrees * torch.arccos(t.clamp(-1.0, 1.0)))
-    table = t.new_empty(m, t.shape[0])
-    table[0].fill_(1.0)
-    if m > 1:
-        table[1].copy_(t)
+    gram = nodal_core @ nodal_core.transpose(1, 2)
+    rank = gram.shape[1]
+    rows, columns = torch.triu_indices(rank, rank, device=gram.device)
+    multiplicity = torch.where(rows == columns, 1.0, 2.0).to(gram.dtype)
+    return gram[:, rows, columns] * multiplicity
+
+
+def _packed_outer(prefix: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Upper triangle of the outer product of each column of ``prefix`` (r, N) with itself.
+
+    Written into ``out`` (r (r + 1) / 2, N) row ``a`` of the prefix at a time,
+    in the order of :func:`_packed_gram`: one kernel per row.
+    """
+    rank = prefix.shape[0]
+    offset = 0
+    for a in range(rank):
+        torch.mul(prefix[a], prefix[a:], out=out[offset : offset + rank - a])
+        offset += rank - a
+    return out
+
+
+def _cdf_and_density(
+    coefficients: Sequence[torch.Tensor], t: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F(t)`` and ``F'(t) / 2`` of every sample by Clenshaw's recurrence, each (N,).
+
+    ``F = sum_j c_j T_j`` with the Chebyshev coefficients ``coefficients[j]``
+    (N,), one entry per sample. The recurrence
+    ``b_j = c_j + 2t b_{j+1} - b_{j+2}`` gives ``F = b_0 - t b_1``;
+    differentiated, ``e_j = b_j' / 2`` obeys
+    ``e_j = b_{j+1} + 2t e_{j+1} - e_{j+2}``, and
+    ``F' / 2 = e_0 - t e_1 - b_1 / 2``. The pair costs three kernels a degree
+    and reads each coefficient once: the derivative needs no series of its
+    own. Stable on ``[-1, 1]``, where it replaces the ``(2n, N)`` table of all
+    the polynomials at ``t``.
+    """
+    m = len(coefficients)
     twice = 2.0 * t
-    for j in range(1, m - 1):
-        torch.mul(twice, table[j], out=table[j + 1])
-        table[j + 1].sub_(table[j - 1])
-    return table
+    # Rows (b, e) of degree j + 1 (current) and j + 2 (following), from
+    # j = m - 3 down; the views are taken once, as each indexing is a call.
+    current, following = t.new_empty(2, 2, t.shape[0])
+    b_current, e_current = current.unbind(0)
+    b_following, e_following = following.unbind(0)
+    b_following.copy_(coefficients[m - 1])
+    e_following.zero_()
+    torch.addcmul(coefficients[m - 2], twice, b_following, out=b_current)
+    e_current.copy_(coefficients[m - 1])
+    for j in range(m - 3, -1, -1):
+        # (b_j, e_j) into the rows of degree j + 2, which are no longer needed.
+        torch.sub(coefficients[j], b_following, out=b_following)
+        torch.sub(b_current, e_following, out=e_following)
+        following.addcmul_(twice, current)
+        current, following = following, current
+        b_current, b_following = b_following, b_current
+        e_current, e_following = e_following, e_current
+    cdf = b_current.addcmul_(t, b_following, value=-1.0)
+    half_density = e_current.addcmul_(t, e_following, value=-1.0)
+    return cdf, half_density.sub_(b_following, alpha=0.5)
+
+
+def _newton_has_converged(
+    step: torch.Tensor,
+    previous_step: torch.Tensor,
+    density: torch.Tensor,
+    previous_density: torch.Tensor,
+) -> torch.Tensor:
+    """Whether the iterate after a Newton step of length ``step`` is exact to rounding.
+
+    After a step ``s`` from ``t`` the error of the new iterate is ``K s^2`` to
+    leading order, with ``K = q'(t) / (2 q(t))``; ``q'`` is the difference
+    quotient of the densities ``q`` at the last two iterates, a distance
+    ``previous_step`` apart (``density`` may be ``q`` times any constant).
+    The estimate is trusted where that quotient is local (the previous step
+    at most ``eps^(1/4) / 8``) and the neglected cubic term is below rounding
+    (``s`` at most ``sqrt(eps)``); a step of a few ulps is final in any case.
+    Accepting the step whose error is predicted below rounding, instead of
+    waiting for the next step to be that small, saves one of the three or four
+    iterations most samples need. A negative or NaN density fails the test.
+    """
+    eps = torch.finfo(step.dtype).eps
+    curvature = (density - previous_density).abs_().mul_(step).mul_(step)
+    predicted_small = curvature <= previous_step * density * (eps / 2)
+    predicted_small &= step <= eps**0.5
+    predicted_small &= previous_step <= eps**0.25 / 8
+    return predicted_small.logical_or_(step <= 4 * eps)
 
 
 def _invert_cdf(
-    series: torch.Tensor,
+    cdf_values: torch.Tensor,
     uniforms: torch.Tensor,
     operators: ConditionalCDFOperators,
     max_iter: int = 60,
 ) -> torch.Tensor:
     """Solve ``F_i(t_i) = u_i F_i(1)`` on ``[-1, 1]`` for every sample ``i``.
 
-    ``series`` (2, 2n, N) holds the Chebyshev coefficients of the CDF and of
-    the density (padded), one column per sample.
+    ``cdf_values`` (2n + grid_size + 1, N) holds, one column per sample, the
+    Chebyshev coefficients of ``F`` and ``F`` on the grid (the rows of
+    ``operators.cdf_operator``); its first row is overwritten.
     """
-    n_terms = series.shape[1]
-    cdf_on_grid = operators.grid_basis @ series[0]  # (G + 1, N)
-    total = cdf_on_grid[-1]
-    target = uniforms * total
+    m = 2 * operators.n
+    series = cdf_values[:m]
+    cdf_on_grid = cdf_values[m:]
+    grid_size = operators.grid_size
+    target = uniforms * cdf_on_grid[grid_size]
     # F is non-decreasing: the number of interior grid values <= target is the
-    # index of the bracketing interval (round-off can only shift it by one,
-    # which the bisection safeguard below absorbs).
-    index = (cdf_on_grid[1:-1] <= target).sum(dim=0)
-    low = operators.grid[index]
-    high = operators.grid[index + 1]
-    f_low = cdf_on_grid.gather(0, index.unsqueeze(0)).squeeze(0)
-    f_high = cdf_on_grid.gather(0, index.unsqueeze(0) + 1).squeeze(0)
-    gap = f_high - f_low
-    fraction = torch.where(gap > 0, (target - f_low) / gap, torch.full_like(gap, 0.5))
-    t = low + fraction.clamp(0.0, 1.0) * (high - low)
-    eps = torch.finfo(t.dtype).eps
-    tolerance = 8 * eps * total.abs()
-    # Most samples converge in 3 or 4 iterations and a few take twice as many:
-    # once at most half of the working set is left, the rest is gathered into
-    # a smaller one (``rows`` maps it to the samples), so that the stragglers
-    # do not cost full-size iterations. At the few hundred samples of a
-    # variational step every kernel launch counts, hence the fused forms.
-    solution = None  # every sample's t, once the working set has shrunk
-    rows = None
+    # index of the bracketing cell (round-off can only misplace a root that
+    # lies within rounding of a grid point).
+    index = (cdf_on_grid[1:grid_size] <= target).sum(dim=0)
+    ends = torch.stack([index, index + 1])
+    f_low, f_high = cdf_on_grid.gather(0, ends)
+    low, high = operators.grid.take(ends)
+    # 0/0 where the cell carries no mass: its middle.
+    fraction = ((target - f_low) / (f_high - f_low)).nan_to_num_(0.5).clamp_(0.0, 1.0)
+    t = torch.lerp(low, high, fraction)
+    # From here on the series is that of F - target: the recurrence returns
+    # the residual.
+    series[0] -= target
+    coefficients = series.unbind(0)
+    solution = rows = step = density = None
     for iteration in range(max_iter):
-        polynomials = chebyshev_polynomials(t, n_terms)  # (2n, N)
-        values = (polynomials * series).sum(1)  # F(t) and q(t), (2, N)
-        residual = values[0] - target
+        previous_step, previous_density = step, density
+        residual, density = _cdf_and_density(coefficients, t)
         below = residual < 0
         low = torch.where(below, t, low)
         high = torch.where(below, high, t)
-        newton = t - residual / values[1]
+        newton = torch.addcdiv(t, residual, density, value=-0.5)
         # Newton's step where it stays in the bracket (NaN and inf do not
         # survive the comparison with their clamped value), else bisection.
         accept = newton.clamp(low, high) == newton
-        previous, t = t, torch.where(accept, newton, (low + high) * 0.5)
-        # Checked every other iteration: each check synchronises the device.
-        if iteration % 2 == 1:
-            converged = (
-                (residual.abs() <= tolerance)
-                | ((t - previous).abs() <= 4 * eps)
-                | (high - low <= 4 * eps)
-            )
-            active = torch.nonzero(~converged).squeeze(1)
-            if active.numel() == 0:
-                break
-            if 2 * active.numel() <= t.numel():
-                if rows is None:
-                    solution, rows = t.clone(), active
-                else:
-                    solution[rows] = t
-                    rows = rows[active]
-                t, low, high, target, tolerance = (
-                    x[active] for x in (t, low, high, target, tolerance)
-                )
-                series = series[:, :, active]
-    if rows is not None:
-        solution[rows] = t
-        t = solution
-    return t.clamp(-1.0, 1.0)
+        following = torch.where(accept, newton, torch.lerp(low, high, 0.5))
+        if iteration + 2 < UNCHECKED_ITERATIONS:
+            t = following
+            continue
+        step = (following - t).abs_()
+        t = following
+        if iteration + 1 < UNCHECKED_ITERATIONS:
+            continue
+        # The samples that have converged leave the working set (``rows`` maps
+        # it to the samples): the stragglers cost no full-size iterations, and
+        # the iterations they still need do not move the others.
+        converged = _newton_has_converged(step, previous_step, density, previous_density)
+        active = torch.nonzero(~converged).squeeze(1)
+        if rows is None:
+            solution, rows = t, active
+        else:
+            solution[rows] = t
+            rows = rows[active]
+        if active.numel() == 0:
+            break
+        t, low, high, step, density = (x[active] for x in (t, low, high, step, density))
+        series = series[:, active]
+        coefficients = series.unbind(0)
+    else:
+        if rows is not None:
+            solution[rows] = t
+    return (t if solution is None else solution).clamp(-1.0, 1.0)
 
 
 def sample_right_orthogonal(
@@ -274,37 +347,52 @@ def sample_right_orthogonal(
     The work runs with the samples along the last axis (the prefix is
     ``(r_k, N)``), so that every elementwise kernel is a contiguous sweep and
     every contraction one GEMM, as in
-    :meth:`~sktt_flow.tt.distribution.TTDistribution.log_abs_tt`.
+    :meth:`~sktt_flow.tt.distribution.TTDistribution.log_abs_tt`. The
+    quadratic forms ``l H(x_q) l^T`` take the upper triangle of the symmetric
+    outer product ``l^T l`` (``r (r + 1) / 2`` rows), and the map from them to
+    the coefficients and grid values of ``F`` is folded into one matrix per
+    coordinate where that is the cheaper order of the two products.
     """
     n = cores[0].shape[1]
     if operators is None:
         operators = conditional_cdf_operators(n, uniforms.dtype, uniforms.device)
     n_samples = uniforms.shape[0]
+    samples = torch.empty_like(uniforms)
+    if n_samples == 0:
+        return samples
     basis_scale = orthonormal_legendre_scale(low, high, n, scaled_table=True)
     core_matrices = basis_core_matrices(list(cores), basis_scale)
-    prefix = None
-    samples = torch.empty_like(uniforms)
-    tiny = torch.finfo(uniforms.dtype).tiny
-    for k, core in enumerate(cores):
-        r_left = core.shape[0]
-        # The conditional density at the 2n - 1 nodes is the quadratic form
-        # sum_b (prefix . G(node)[:, b])^2 = prefix^T H(node) prefix, with
-        # H(node) = G(node) G(node)^T built once per coordinate: one GEMM on
-        # the prefix's outer products (r_{k-1}^2 rows), a sixth of the memory
-        # traffic of squaring the (2n - 1) r_k rows of prefix . G(node).
+    cdf_operator = operators.cdf_operator
+    n_values, n_nodes = cdf_operator.shape
+    # Per coordinate, the matrices that map the packed outer products to
+    # ``cdf_operator @ nodal densities``, in the order they are applied.
+    factors = []
+    for core in cores:
         nodal_core = torch.einsum("qi,aib->qab", operators.node_basis, core)
-        gram = (nodal_core @ nodal_core.transpose(1, 2)).reshape(-1, r_left * r_left)
-        if prefix is None:
-            nodal_density = gram.expand(-1, n_samples)  # (2n - 1, N)
+        gram = _packed_gram(nodal_core)  # (2n - 1, r (r + 1) / 2)
+        packed = gram.shape[1]
+        if n_values * packed <= n_nodes * (packed + n_values):
+            factors.append((cdf_operator @ gram,))
         else:
-            outer = (prefix[:, None, :] * prefix[None, :, :]).reshape(r_left * r_left, -1)
-            nodal_density = gram @ outer
-        series = (operators.series_coefficients @ nodal_density).view(2, 2 * n, -1)
-        t = _invert_cdf(series, uniforms[:, k], operators)
+            factors.append((gram, cdf_operator))
+    tiny = torch.finfo(uniforms.dtype).tiny
+    prefix = uniforms.new_ones(1, n_samples)
+    cdf_values = uniforms.new_empty(n_values, n_samples)
+    largest = max(factor[0].shape[1] for factor in factors)
+    outer = uniforms.new_empty(largest, n_samples)
+    for k, coordinate_factors in enumerate(factors):
+        product = _packed_outer(prefix, outer[: coordinate_factors[0].shape[1]])
+        for factor in coordinate_factors[:-1]:
+            product = factor @ product
+        torch.mm(coordinate_factors[-1], product, out=cdf_values)
+        t = _invert_cdf(cdf_values, uniforms[:, k], operators)
         samples[:, k] = low[k] + (t + 1.0) * (high[k] - low[k]) / 2.0
+        if k + 1 == len(cores):
+            break
         table = scaled_legendre_polynomials(t, n, dim=0)  # (n, N)
-        prefix = advance_running_product(prefix, core_matrices[k], table)
-        # Rescale so that long trains neither underflow nor overflow. Any scale
-        # will do: the largest entry is 30 times cheaper than the 2-norm.
-        prefix = prefix * prefix.abs().amax(dim=0).clamp_min(tiny).reciprocal()
+        # F(1) is |l|^2 up to a constant (the cores right of k contract to the
+        # identity), and any positive scale of a prefix will do: dividing by
+        # its square root keeps long trains from underflowing or overflowing.
+        scale = cdf_values[-1].clamp_min(tiny).rsqrt_()
+        prefix = advance_running_product(prefix * scale, core_matrices[k], table)
     return samples
