@@ -197,6 +197,8 @@ class TensorizingFlow(nf.NormalizingFlow):
         log_target: Callable[[torch.Tensor], torch.Tensor],
         num_samples: int,
         generator: torch.Generator | None = None,
+        *,
+        base_draws: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         r"""Monte Carlo reverse KL up to ``log Z``: ``E_q[log q(x) - log h(x)]``.
 
@@ -206,13 +208,43 @@ class TensorizingFlow(nf.NormalizingFlow):
         :math:`E[(g - \bar g) \nabla \log q_0(z)]` with ``g = log q - log h``
         and a mean baseline :math:`\bar g` is added. Its value is zero, so the
         returned loss is still the reverse-KL estimate.
+
+        Parameters
+        ----------
+        log_target : callable
+            ``log h``, points (N, d) to values (N,), differentiable.
+        num_samples : int
+            Base draws to average over (the rows of ``base_draws`` when given).
+        generator : torch.Generator, optional
+            Draws them.
+        base_draws : tuple of tensors ``(z, log q0(z))``, optional
+            Exact base draws made beforehand (by a caller that draws in large
+            blocks, where the TT sampler is cheaper per draw), used instead of
+            drawing here: the loss and its gradients are those of a draw of
+            these points. Only for a frozen base, since ``log q0(z)`` made
+            beforehand carries no gradient to the cores.
         """
-        z = self.q0.sample(num_samples, generator=generator)
-        log_q0 = self.q0.log_prob(z)
+        base_trainable = any(parameter.requires_grad for parameter in self.q0.parameters())
+        if base_draws is None:
+            z = self.q0.sample(num_samples, generator=generator)
+            log_q0 = self.q0.log_prob(z)
+        else:
+            z, log_q0 = base_draws
+            if base_trainable:
+                raise ValueError(
+                    "base_draws needs a frozen base: log q0(z) computed beforehand "
+                    "carries no gradient to the base's parameters, so the score-function "
+                    "term would be lost."
+                )
+            if z.shape[0] != num_samples or log_q0.shape != (num_samples,):
+                raise ValueError(
+                    f"base_draws must hold num_samples={num_samples} points and as many "
+                    f"log-densities, got shapes {tuple(z.shape)} and {tuple(log_q0.shape)}."
+                )
         x, log_det = self.forward_and_log_det(z)
         gap = log_q0 - log_det - log_target(x)
         loss = gap.mean()
-        if any(parameter.requires_grad for parameter in self.q0.parameters()):
+        if base_trainable:
             centred = (gap - gap.mean()).detach()
             loss = loss + (centred * (log_q0 - log_q0.detach())).mean()
         return loss

@@ -177,7 +177,7 @@ def test_defensive_samples_come_from_the_mixture_with_their_log_density():
         torch.testing.assert_close(log_q, model.log_prob(x), rtol=1e-10, atol=1e-10)
     # the flow puts its mass within [1.5 +- 0.3] * 0.5 + 2, the fixed layer in [1.5, 2.5]
     flow_component = ((x[:, 0] > 2.6) & (x[:, 0] < 2.9)).double().mean()
-    fixed_share = 1.0 - float(((x[:, 0] > 2.5)).double().mean())
+    fixed_share = 1.0 - float((x[:, 0] > 2.5).double().mean())
     assert fixed_share == pytest.approx(weight, abs=0.015)
     assert float(flow_component) > 0.5
 
@@ -275,3 +275,44 @@ def test_reverse_kl_gradient_in_the_cores_matches_quadrature():
     assert float((exact * base.cores[0].detach()).sum()) == pytest.approx(0.0, abs=1e-12)
     loss_error = float(gap.std() / math.sqrt(n))
     assert float(loss.detach()) == pytest.approx(float(kl.detach()), abs=5 * loss_error)
+
+
+# ------------------------------------------------- reverse KL on given draws
+def test_reverse_kl_loss_on_given_base_draws_is_the_loss_of_those_draws():
+    """Draws made beforehand (as fit_reverse_kl's pool makes them) give the
+    same loss and the same gradients in every flow parameter, to the last bit,
+    as the loss that draws them itself from the same generator state. Fails if
+    the given draws or their log q0 are not the ones used, or are used
+    otherwise than drawn ones."""
+    model = perturbed_model("realnvp")
+    model.q0.requires_grad_(False)
+    parameters = list(model.flows.parameters())
+
+    def log_gaussian(x):
+        return -0.5 * (x**2).sum(1)
+
+    drawn = model.reverse_kl_loss(log_gaussian, 500, generator=torch.Generator().manual_seed(0))
+    drawn_gradients = torch.autograd.grad(drawn, parameters)
+    z = model.q0.sample(500, generator=torch.Generator().manual_seed(0))
+    given = model.reverse_kl_loss(log_gaussian, 500, base_draws=(z, model.q0.log_prob(z)))
+    given_gradients = torch.autograd.grad(given, parameters)
+    assert float(given.detach()) == float(drawn.detach())
+    assert all(torch.equal(a, b) for a, b in zip(drawn_gradients, given_gradients, strict=True))
+    assert any(float(gradient.abs().max()) > 0 for gradient in given_gradients)
+
+
+def test_reverse_kl_loss_refuses_given_draws_it_cannot_use():
+    """A trainable base needs log q0 with its graph for the score-function
+    term, which draws made beforehand lack; and the draws must be as many as
+    asked for."""
+    base = trainable_base()
+    model = TensorizingFlow(base, [])
+    with torch.no_grad():
+        z = base.sample(10, generator=torch.Generator().manual_seed(0))
+        log_q0 = base.log_prob(z)
+    with pytest.raises(ValueError, match="frozen base"):
+        model.reverse_kl_loss(log_target, 10, base_draws=(z, log_q0))
+    base.requires_grad_(False)
+    with pytest.raises(ValueError, match="num_samples=12"):
+        model.reverse_kl_loss(log_target, 12, base_draws=(z, log_q0))
+    assert torch.isfinite(model.reverse_kl_loss(log_target, 10, base_draws=(z, log_q0)))
