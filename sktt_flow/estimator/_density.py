@@ -16,7 +16,11 @@ from sklearn.base import BaseEstimator, DensityMixin, _fit_context
 from sklearn.covariance import LedoitWolf
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.utils import check_random_state
-from sklearn.utils._param_validation import Interval, StrOptions
+from sklearn.utils._param_validation import (
+    Interval,
+    StrOptions,
+    validate_parameter_constraints,
+)
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sktt_flow.diagnostics import clearly_better, importance_diagnostics
@@ -59,6 +63,23 @@ __all__ = ["TensorizingFlowDensity"]
 #: activations in cache and out of the allocator's mmap path (65536 rows
 #: measured three times slower than 4096 for an 8-layer RealNVP).
 CHUNK_SIZE = {"cpu": 4096, "cuda": 1 << 20}
+
+#: Draws are made in chunks of this many ``CHUNK_SIZE`` rows: the exact TT
+#: sampler does a fixed amount of work per call and coordinate, so on a CPU
+#: 16384 rows at once drew 20,000 rows 14% and 65,536 rows 26% faster than
+#: 4096 (d = 16, tt_rank = 8, float32 flow), and the flow's cost per row
+#: barely grows at that size.
+SAMPLE_CHUNK_FACTOR = {"cpu": 4, "cuda": 1}
+
+#: Rows are scored and drawn in multiples of this (the last chunk is padded,
+#: and every ``CHUNK_SIZE`` is one): torch's CPU kernels compute the tail of
+#: a vector that does not fill their SIMD blocks with scalar code, and the
+#: BLAS picks its kernels by size, so in float32 a row's log-density moved by
+#: an ulp (4e-6 nats on a 16-D model) with the number of rows evaluated
+#: alongside it; in multiples of 64 it was the same bit for bit from one row
+#: to 5000. scikit-learn's checks compare scores of batches and subsets to
+#: 1e-7. Padding one row costs 63 more, a fraction of a millisecond.
+ROW_MULTIPLE = 64
 
 #: Legendre functions per coordinate of a base fitted to data with
 #: ``n_basis="auto"`` (a fixed size until it is chosen from held-out data).
@@ -117,6 +138,10 @@ MIN_GOOD_BASE_ESS = 0.5
 _BASE_CHECK_ATTRIBUTES = ("base_elbo_", "base_ess_", "base_kl_", "preconditioner_")
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+#: Fixed layers, which a model evaluated in float32 keeps in float64 when
+#: they come after the last trained layer (see :func:`_in_precision`).
+_FIXED_LAYERS = (FixedAffine, FixedLinearAffine)
 
 #: Arguments of TTDistribution.from_log_density that the estimator sets itself.
 _CROSS_RESERVED = frozenset(
@@ -224,6 +249,36 @@ def _mean_width_ratio(new_box, box) -> float:
     if new_box is None:
         return 1.0
     return float(np.exp(np.mean(np.log(np.ptp(new_box, axis=1) / np.ptp(box, axis=1)))))
+
+
+def _in_precision(model: TensorizingFlow, dtype: torch.dtype) -> TensorizingFlow:
+    """A copy of a fitted float64 model that evaluates in ``dtype``.
+
+    The TT base and the layers up to the last trained one are cast to
+    ``dtype``; the fixed layers after it (the standardisation and whitening
+    into the features, or the map into the target's coordinates) stay in
+    float64, as does a Gaussian base. The fixed maps carry offsets such as a
+    feature's mean or a posterior's mode, whose digits float32 would lose, at
+    a cost of ``d`` or ``d^2`` per point; a Gaussian base costs ``d`` per
+    point, and in float64 it draws the same normals as the float64 model
+    (torch draws another stream in float32).
+    """
+    copied = copy.deepcopy(model)
+    layers = list(copied.flows)
+    n_cast = max(
+        (k + 1 for k, layer in enumerate(layers) if not isinstance(layer, _FIXED_LAYERS)),
+        default=0,
+    )
+    for layer in layers[:n_cast]:
+        layer.to(dtype=dtype)
+    if isinstance(copied.q0, TTDistribution):
+        copied.q0.to(dtype=dtype)
+    return copied
+
+
+def _padded_size(n_rows: int) -> int:
+    """``n_rows`` rounded up to a multiple of :data:`ROW_MULTIPLE`."""
+    return n_rows + (-n_rows % ROW_MULTIPLE)
 
 
 def _split_standardization(model: TensorizingFlow) -> tuple[TensorizingFlow, FixedAffine]:
@@ -392,9 +447,21 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Where the base and the flow are trained and evaluated. ``"auto"``
         picks CUDA when it is available.
     dtype : {"float32", "float64"}, default="float32"
-        Precision of training. The fitted model is kept in float64, and
-        log-densities and samples are computed in float64, so that they do not
-        depend on how many points are evaluated at once.
+        Precision of training.
+    inference_dtype : {"float32", "float64"} or None, default=None
+        Precision of ``score_samples``, ``sample`` and ``sample_and_score``:
+        that of the TT base and of the flow's layers. None means ``dtype``.
+        The fitted model ``flow_`` is kept in float64, and a float32 copy of
+        it serves float32; the fixed maps into the original features (the
+        standardisation and whitening of data, the map into the coordinates
+        of ``log_target``) and a Gaussian base stay in float64 in both, so
+        that data far from zero keep their digits, and results are float64
+        arrays either way. float32 scores about twice as fast on a CPU, and
+        its log-densities differ from the float64 ones by about ``1e-6``
+        times their magnitude (the user guide's "Precision" section). Read
+        at each call, so ``set_params`` switches a fitted model without
+        refitting. The variational diagnostics (``elbo_``, ``ess_``,
+        ``log_normalizer_``) are computed in float64 whatever this is.
     random_state : int, RandomState instance or None, default=None
         Fixes the split, the base, the initialisation of the flow, the
         mini-batches and the draws; an int gives identical models from
@@ -421,7 +488,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         ``base="auto"``, the one whose model scored the better ELBO).
     flow_ : TensorizingFlow
         The fitted model, a :class:`normflows.NormalizingFlow` with ``q0 = tt_``
-        whose ``log_prob`` and ``sample`` act on the original features.
+        whose ``log_prob`` and ``sample`` act on the original features, in
+        float64 (``inference_dtype="float32"`` evaluates a float32 copy).
     loss_curve_ : list of float
         Mean training loss per iteration of the last training stage (the
         flow's; the base's when there is no flow to train).
@@ -506,6 +574,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "train_base": ["boolean"],
         "device": [_DeviceOption(), torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
+        "inference_dtype": [StrOptions(set(_DTYPES)), None],
         "random_state": ["random_state"],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
@@ -534,6 +603,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         train_base=False,
         device="cpu",
         dtype="float32",
+        inference_dtype=None,
         random_state=None,
         verbose=0,
         warm_start=False,
@@ -558,6 +628,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.train_base = train_base
         self.device = device
         self.dtype = dtype
+        self.inference_dtype = inference_dtype
         self.random_state = random_state
         self.verbose = verbose
         self.warm_start = warm_start
@@ -1017,6 +1088,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             model.flows[-1] = output_layer.to(device)
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
+        # model is the float64 one (_finalize), whatever inference_dtype
         x, log_q = self._sample_and_log_prob(model, N_DIAGNOSTIC_SAMPLES, draw)
         diagnostics = importance_diagnostics(
             evaluate(torch.from_numpy(x).to(device)), torch.from_numpy(log_q)
@@ -1356,6 +1428,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
     @staticmethod
     def _finalize(model: TensorizingFlow, device: torch.device) -> dict:
+        """The fitted attributes of a trained model: ``model`` cast to float64 in
+        place (the caller's variational diagnostics use it, so they are
+        float64 whatever ``inference_dtype``), frozen, and its float32 copy
+        for ``inference_dtype="float32"``. A file is loaded through here too,
+        so a loaded model's float32 copy is the fitted one's, bit for bit."""
         model = model.to(dtype=torch.float64)
         model.requires_grad_(False)
         model.eval()
@@ -1365,11 +1442,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             "tt_": tt,
             "base_": "gaussian" if tt is None else "tt",
             "device_": device,
+            "_float32_flow": _in_precision(model, torch.float32),
         }
 
     # ------------------------------------------------------------- inference
     def _chunk_size(self) -> int:
         return CHUNK_SIZE.get(self.device_.type, CHUNK_SIZE["cpu"])
+
+    def _inference_flow(self) -> TensorizingFlow:
+        """The fitted model in the precision ``inference_dtype`` asks for now."""
+        validate_parameter_constraints(
+            {name: self._parameter_constraints[name] for name in ("dtype", "inference_dtype")},
+            {"dtype": self.dtype, "inference_dtype": self.inference_dtype},
+            caller_name=type(self).__name__,
+        )
+        precision = self.dtype if self.inference_dtype is None else self.inference_dtype
+        return self._float32_flow if precision == "float32" else self.flow_
 
     def score_samples(self, X) -> np.ndarray:
         """Log-density of the model at each sample.
@@ -1381,18 +1469,23 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         log_density : ndarray of shape (n_samples,), float64
-            Exact, normalised log-density of the original features. Points
-            are scored in chunks: memory does not grow with ``n_samples``
-            beyond the output.
+            Exact, normalised log-density of the original features, computed
+            in the precision ``inference_dtype`` sets. Points are scored in
+            chunks: memory does not grow with ``n_samples`` beyond the output.
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
+        model = self._inference_flow()
         log_density = np.empty(X.shape[0], dtype=np.float64)
         step = self._chunk_size()
         with torch.no_grad(), torch_threads_within_limits():
             for start in range(0, X.shape[0], step):
                 rows = torch.tensor(X[start : start + step], device=self.device_)
-                values = self.flow_.log_prob(rows)
+                # padded with copies of a row of the data: the same values
+                # whatever the batch (ROW_MULTIPLE), and no extreme points
+                size = rows.shape[0]
+                rows = torch.cat([rows, rows[-1:].expand(_padded_size(size) - size, -1)])
+                values = model.log_prob(rows)[:size]
                 log_density[start : start + step] = values.cpu().numpy()
         return log_density
 
@@ -1417,19 +1510,25 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         n_features = model.n_features
         samples = np.empty((n_samples, n_features), dtype=np.float64)
         log_density = np.empty(n_samples, dtype=np.float64)
-        step = CHUNK_SIZE.get(generator.device.type, CHUNK_SIZE["cpu"])
+        device_type = generator.device.type
+        step = CHUNK_SIZE.get(device_type, CHUNK_SIZE["cpu"]) * SAMPLE_CHUNK_FACTOR.get(
+            device_type, 1
+        )
         with torch.no_grad(), torch_threads_within_limits():
             # drawn for every row first: the rows do not depend on the chunks
             defensive = model.defensive_draws(n_samples, generator)
             for start in range(0, n_samples, step):
                 size = min(step, n_samples - start)
-                x, log_q = model.sample(
-                    size,
-                    generator=generator,
-                    defensive=None if defensive is None else defensive[start : start + size],
-                )
-                samples[start : start + size] = x.cpu().numpy()
-                log_density[start : start + size] = log_q.cpu().numpy()
+                # The last chunk is padded (ROW_MULTIPLE) with draws made
+                # after all the others, so it changes no returned row.
+                padded = _padded_size(size)
+                mask = None
+                if defensive is not None:
+                    mask = defensive[start : start + size]
+                    mask = torch.cat([mask, mask.new_zeros(padded - size)])
+                x, log_q = model.sample(padded, generator=generator, defensive=mask)
+                samples[start : start + size] = x[:size].cpu().numpy()
+                log_density[start : start + size] = log_q[:size].cpu().numpy()
         return samples, log_density
 
     def sample_and_score(self, n_samples: int = 1, random_state=None):
@@ -1445,9 +1544,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
-            Exact samples in the original feature space.
+            Exact samples in the original feature space, computed in the
+            precision ``inference_dtype`` sets: a ``random_state`` gives the
+            same draws in float32 and float64, up to float32 rounding.
         log_density : ndarray of shape (n_samples,)
-            ``score_samples(X)``, without a second pass through the flow.
+            ``score_samples(X)`` without a second pass through the flow (the
+            two agree to the rounding of that precision: the flow's forward
+            and inverse maps round differently).
         """
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
@@ -1455,9 +1558,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 f"Invalid value for 'n_samples': {n_samples!r}. The sampling requires at "
                 "least one sample."
             )
+        model = self._inference_flow()
         seed_source = self.random_state if random_state is None else random_state
         generator = torch_generator(check_random_state(seed_source), self.device_)
-        return self._sample_and_log_prob(self.flow_, int(n_samples), generator)
+        return self._sample_and_log_prob(model, int(n_samples), generator)
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Exact samples from the model.
@@ -1483,12 +1587,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if "flow_" in state:
             # CPU tensors only: a model fitted on a GPU loads anywhere.
             state["flow_"] = copy.deepcopy(state["flow_"]).cpu()
+            # both rebuilt from flow_ on load
             state.pop("tt_", None)
+            state.pop("_float32_flow", None)
             state["device_"] = str(state["device_"])
         return state
 
     def __setstate__(self, state):
         super().__setstate__(state)
+        if "inference_dtype" not in self.__dict__:
+            # Pickled before the parameter existed, when every model was
+            # evaluated in float64: it keeps its scores and samples.
+            self.inference_dtype = "float64"
         if "flow_" in self.__dict__:
             device = torch.device(self.__dict__["device_"])
             if device.type == "cuda" and not torch.cuda.is_available():
@@ -1500,8 +1610,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
                 device = torch.device("cpu")
             self.flow_ = self.flow_.to(device)
-            self.tt_ = self.flow_.q0
+            q0 = self.flow_.q0
+            self.tt_ = q0 if isinstance(q0, TTDistribution) else None
             self.device_ = device
+            self._float32_flow = _in_precision(self.flow_, torch.float32)
 
     def save(self, path) -> None:
         """Write the fitted model to a file that runs no code when loaded.

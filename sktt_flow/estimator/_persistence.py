@@ -9,7 +9,9 @@ The file is a zip archive with two members:
   ``state.pt``;
 - ``state.pt``: ``torch.save`` of the model's ``state_dict()``, a flat dict
   of CPU tensors (float64, and int64 index buffers), read back with
-  ``torch.load(weights_only=True)``.
+  ``torch.load(weights_only=True)``. It is the float64 model whatever
+  ``inference_dtype``: the float32 copy is rebuilt from it on load as ``fit``
+  builds it, so a loaded model scores bit for bit as the saved one.
 
 The architecture is rebuilt from the metadata, never unpickled, then the
 tensors are loaded into it. Before anything is built, every metadata entry is
@@ -921,6 +923,9 @@ def load_estimator(
             stacklevel=3,
         )
     params = dict(metadata["params"])
+    # Files written before inference_dtype existed hold models that were
+    # evaluated in float64: they keep their scores and samples.
+    params.setdefault("inference_dtype", "float64")
     stored_flow = params.pop("flow", "realnvp")
     params.pop("log_target", None)
     if isinstance(stored_flow, dict):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 
@@ -18,11 +19,38 @@ __all__ = ["TensorizingFlow"]
 _FIXED_LAYERS = (FixedAffine, FixedLinearAffine)
 
 
+def _floating_dtype(layer: torch.nn.Module) -> torch.dtype | None:
+    """The dtype of a layer's first floating-point parameter or buffer; None
+    for a layer without one (a permutation).
+
+    The layer's own tensors are looked at first: most layers have one (a
+    coupling's mask), and walking the submodules costs 20 microseconds a layer.
+    """
+    tensors = itertools.chain(
+        layer.parameters(recurse=False),
+        layer.buffers(recurse=False),
+        layer.parameters(),
+        layer.buffers(),
+    )
+    for tensor in tensors:
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
 def _push(layers, points: torch.Tensor, *, inverse: bool):
     """``points`` through ``layers`` (latent to data, or back with ``inverse``)
-    and the summed ``log |det|`` of the direction taken."""
+    and the summed ``log |det|`` of the direction taken.
+
+    Each layer gets the points in its own dtype: a fitted model may keep its
+    fixed maps to the features in float64 around a float32 flow (see
+    :class:`TensorizingFlow`). The sum takes the wider dtype of the two.
+    """
     log_det = torch.zeros(points.shape[0], dtype=points.dtype, device=points.device)
     for layer in reversed(layers) if inverse else layers:
+        dtype = _floating_dtype(layer)
+        if dtype is not None:
+            points = points.to(dtype)
         points, layer_log_det = layer.inverse(points) if inverse else layer(points)
         log_det = log_det + layer_log_det
     return points, log_det
@@ -36,7 +64,10 @@ class TensorizingFlow(nf.NormalizingFlow):
     to data in order (normflows' convention). Everything that normflows
     allocates in float32 whatever the model's dtype (``forward_kld``,
     ``sample``) is reimplemented here in the dtype of the inputs, and sampling
-    takes a ``torch.Generator`` so that draws are reproducible.
+    takes a ``torch.Generator`` so that draws are reproducible. The layers
+    may hold different dtypes (a fitted estimator keeps the fixed maps to the
+    features in float64 around a float32 flow and base): each layer gets the
+    points in its own, and log-determinants add up in the wider one.
 
     With ``defensive_weight`` ``delta > 0`` the model is the defensive
     mixture (Hesterberg 1995, as for the base's own tails)

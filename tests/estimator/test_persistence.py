@@ -6,6 +6,7 @@ with a ValueError, and a crafted pickle must never run."""
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import io
 import json
@@ -174,6 +175,52 @@ def test_file_members_and_metadata(saved, fitted):
     assert state.keys() == fitted.flow_.state_dict().keys()
     assert all(t.device.type == "cpu" and t.dtype == torch.float64 for t in state.values())
     assert all(torch.equal(state[k], v) for k, v in fitted.flow_.state_dict().items())
+
+
+@pytest.mark.parametrize("inference_dtype", ["float32", "float64"])
+def test_round_trip_keeps_the_inference_precision(inference_dtype, fitted, data, tmp_path):
+    """The parameter is stored and honoured: a file and a pickle score and sample
+    bit for bit as the saved model in its precision, which differs from the
+    other one, and the file holds the float64 model either way. Fails if load
+    ignored the stored value, or set files written with it to float64."""
+    model = copy.deepcopy(fitted).set_params(inference_dtype=inference_dtype)
+    model.save(tmp_path / "model.sktt")
+    loaded = TensorizingFlowDensity.load(tmp_path / "model.sktt")
+    assert loaded.inference_dtype == inference_dtype
+    assert_same_model(loaded, model, data[1])
+    assert_same_model(pickle.loads(pickle.dumps(model)), model, data[1])
+    other = "float64" if inference_dtype == "float32" else "float32"
+    assert not np.array_equal(
+        loaded.score_samples(data[1]),
+        copy.deepcopy(model).set_params(inference_dtype=other).score_samples(data[1]),
+    )
+    state = torch.load(io.BytesIO(read_members(tmp_path / "model.sktt")[1]), weights_only=True)
+    assert all(t.dtype == torch.float64 for t in state.values() if t.is_floating_point())
+
+
+def test_files_and_pickles_from_before_inference_dtype_keep_float64(saved, fitted, data, tmp_path):
+    """Models saved or pickled before the parameter existed were evaluated in
+    float64, and still are, bit for bit. Fails if they took the new default
+    (float32, the training dtype)."""
+    expected = copy.deepcopy(fitted).set_params(inference_dtype="float64")
+    metadata, state = read_members(saved)
+    del metadata["params"]["inference_dtype"]
+    write_members(tmp_path / "old.sktt", metadata, state)
+    pickled = fitted.__getstate__()
+    del pickled["inference_dtype"]
+    unpickled = TensorizingFlowDensity.__new__(TensorizingFlowDensity)
+    unpickled.__setstate__(pickled)
+    for old in (TensorizingFlowDensity.load(tmp_path / "old.sktt"), unpickled):
+        assert old.inference_dtype == "float64"
+        np.testing.assert_array_equal(old.score_samples(data[1]), expected.score_samples(data[1]))
+
+
+def test_unpickled_gaussian_base_model_has_no_tt(data):
+    """``tt_`` is None for a Gaussian base after unpickling too (it was set to
+    the Gaussian base)."""
+    model = TensorizingFlowDensity(**SMALL, base="gaussian").fit(data[0])
+    again = pickle.loads(pickle.dumps(model))
+    assert model.tt_ is None and again.tt_ is None and again.base_ == "gaussian"
 
 
 def test_variational_round_trip(variational, tmp_path):
@@ -517,7 +564,7 @@ def test_devices_other_than_cpu_and_cuda_are_refused(device, tiny_saved):
 
 
 def test_unavailable_plain_cuda_falls_back_to_cpu(tiny_saved, monkeypatch):
-    """"cuda" (no index) without CUDA still loads on the CPU with a warning."""
+    """ "cuda" (no index) without CUDA still loads on the CPU with a warning."""
     metadata, state = read_members(tiny_saved)
     write_members(tiny_saved, {**metadata, "device": "cuda"}, state)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)

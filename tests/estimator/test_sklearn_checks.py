@@ -1,4 +1,10 @@
-"""scikit-learn's estimator checks, with parameters small enough to be fast."""
+"""scikit-learn's estimator checks, with parameters small enough to be fast.
+
+They run in the default precision, float32 (``inference_dtype=None`` is the
+training ``dtype``): the subset and sample-order invariance checks hold bit for
+bit because rows are scored in padded multiples of ``ROW_MULTIPLE``
+(``tests/estimator/test_precision.py`` checks both precisions on a larger model).
+"""
 
 from sklearn.utils.estimator_checks import parametrize_with_checks
 

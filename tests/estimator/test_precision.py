@@ -1,0 +1,221 @@
+"""TensorizingFlowDensity(inference_dtype=...): scoring and sampling in float32
+or float64, with the fixed maps into the features in float64 either way.
+
+Tolerances: float32 has a relative rounding unit of 6e-8, and a log-density is
+a sum of terms of the size of ``|log q| + d`` (each layer's log-determinant,
+the base's log-normaliser), each a few roundings off. Scores of the two
+precisions are therefore compared to ``1e-5 * (1 + |log q|)``: measured
+differences reach 2e-6 of that here, and a standardisation rounded to float32
+(a feature at 1e5) misses by 0.04.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from sklearn.utils._param_validation import InvalidParameterError
+
+import sktt_flow.estimator._density as density_module
+from sktt_flow import TensorizingFlowDensity
+
+SMALL = {
+    "base": "tt",
+    "preconditioner": "diagonal",
+    "tt_rank": 4,
+    "n_basis": 12,
+    "n_flow_layers": 2,
+    "hidden_units": 16,
+    "max_iter": 10,
+    "random_state": 0,
+}
+
+#: Relative tolerance between float32 and float64 log-densities (see above).
+SCORE_TOLERANCE = 1e-5
+
+
+def far_from_zero(n: int, seed: int) -> np.ndarray:
+    """A bimodal, curved 3-D sample whose first feature sits at 1e5 with a
+    spread of 2: float32 holds it only to 0.008."""
+    rng = np.random.default_rng(seed)
+    x0 = rng.choice([-2.0, 2.0], size=n) + 0.4 * rng.standard_normal(n)
+    x1 = 0.5 * x0**2 + 0.3 * rng.standard_normal(n)
+    return np.column_stack([1e5 + x0, 0.01 * x1, rng.standard_normal(n)])
+
+
+@pytest.fixture(scope="module")
+def data():
+    return far_from_zero(600, seed=0), far_from_zero(600, seed=1)
+
+
+@pytest.fixture(scope="module")
+def fitted(data):
+    """Trained in float32 and, by default, evaluated in float32."""
+    return TensorizingFlowDensity(**SMALL).fit(data[0])
+
+
+@pytest.fixture(scope="module")
+def gaussian_fitted(data):
+    return TensorizingFlowDensity(**{**SMALL, "base": "gaussian"}).fit(data[0])
+
+
+def in_precision(model, dtype):
+    """A copy of ``model`` evaluated in ``dtype`` (module fixtures stay as they are)."""
+    return copy.deepcopy(model).set_params(inference_dtype=dtype)
+
+
+def assert_scores_close(scores, reference):
+    """Within SCORE_TOLERANCE of the log-density scale, and not identical
+    (identical would mean that both ran in the same precision)."""
+    error = np.abs(scores - reference) / (1.0 + np.abs(reference))
+    assert error.max() <= SCORE_TOLERANCE, error.max()
+    assert not np.array_equal(scores, reference)
+
+
+def test_flow_stays_float64(fitted):
+    """The documented ``flow_`` (and ``tt_``), which persistence and warm
+    starts read, stays the float64 model when scoring runs in float32. Fails if
+    the float32 model were made by casting ``flow_`` itself."""
+    assert fitted.inference_dtype is None and fitted.dtype == "float32"
+    state = fitted.flow_.state_dict()
+    assert all(t.dtype == torch.float64 for t in state.values() if t.is_floating_point())
+    assert fitted.tt_ is fitted.flow_.q0
+
+
+@pytest.mark.parametrize("model_name", ["fitted", "gaussian_fitted"])
+def test_float32_scores_agree_with_float64(model_name, data, request):
+    """On held-out rows and on rows far out in the tails. Fails if the
+    standardisation were applied in float32 (the first feature at 1e5 loses
+    its digits: 0.04 relative error), or if ``inference_dtype`` were ignored."""
+    model = request.getfixturevalue(model_name)
+    points = np.concatenate([data[1], data[1][:50] * [1.0, 30.0, 10.0]])
+    assert_scores_close(
+        in_precision(model, "float32").score_samples(points),
+        in_precision(model, "float64").score_samples(points),
+    )
+
+
+@pytest.mark.parametrize("model_name", ["fitted", "gaussian_fitted"])
+def test_samples_of_both_precisions_are_the_same_draws(model_name, data, request):
+    """Same random_state, same draws up to float32 rounding, in units of each
+    feature's spread (1e-5: measured 2e-7). Fails if a precision drew another
+    stream: the TT base's uniforms or a Gaussian base's normals drawn in float32
+    (torch draws other normals in float32 than in float64)."""
+    model = request.getfixturevalue(model_name)
+    x32, log_q32 = in_precision(model, "float32").sample_and_score(2000, random_state=5)
+    x64, log_q64 = in_precision(model, "float64").sample_and_score(2000, random_state=5)
+    spread = data[0].std(axis=0)
+    assert (np.abs(x32 - x64) / spread).max() <= 1e-5
+    assert_scores_close(log_q32, log_q64)
+    assert x32.dtype == log_q32.dtype == np.float64
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_scores_do_not_depend_on_the_batch(dtype, fitted, data, monkeypatch):
+    """Bit for bit: single rows, 7-row batches and a permutation score as the
+    whole array; samples do not depend on the chunk size. The scores fail in
+    float32 without the padding to ROW_MULTIPLE rows (an ulp, 3e-6 nats, moves
+    with the batch size: torch's scalar tails and the BLAS's size-dependent
+    kernels); the samples fail if the padding drew before returned rows."""
+    model = in_precision(fitted, dtype)
+    X = data[1][:210]
+    whole = model.score_samples(X)
+    one_by_one = np.concatenate([model.score_samples(X[i : i + 1]) for i in range(30)])
+    np.testing.assert_array_equal(one_by_one, whole[:30])
+    in_sevens = np.concatenate([model.score_samples(X[i : i + 7]) for i in range(0, 210, 7)])
+    np.testing.assert_array_equal(in_sevens, whole)
+    order = np.random.default_rng(0).permutation(len(X))
+    np.testing.assert_array_equal(model.score_samples(X[order]), whole[order])
+    # Sampling: the padded draws of the last chunk come after every returned
+    # one. Not bit for bit in float64, where the TT sampler's float64 rounding
+    # depends on the batch (4e-15) and no cast to float32 absorbs it.
+    samples, log_q = model.sample_and_score(300, random_state=0)
+    monkeypatch.setitem(density_module.CHUNK_SIZE, "cpu", 64)
+    chunked_samples, chunked_log_q = model.sample_and_score(300, random_state=0)
+    np.testing.assert_allclose(chunked_samples, samples, rtol=1e-12)
+    np.testing.assert_allclose(chunked_log_q, log_q, rtol=1e-12)
+
+
+def test_chunk_sizes_are_multiples_of_the_row_multiple():
+    """Padding only the last chunk keeps every batch a multiple of ROW_MULTIPLE
+    only if the chunks are."""
+    for size in density_module.CHUNK_SIZE.values():
+        assert size % density_module.ROW_MULTIPLE == 0
+
+
+def test_precision_is_read_at_each_call(fitted, data):
+    """set_params switches a fitted model without refitting, both ways, and an
+    invalid value set after fit is refused instead of silently ignored."""
+    model = in_precision(fitted, "float64")
+    X = data[1][:50]
+    float64_scores = model.score_samples(X)
+    float32_scores = model.set_params(inference_dtype="float32").score_samples(X)
+    np.testing.assert_array_equal(float32_scores, fitted.score_samples(X))
+    np.testing.assert_array_equal(
+        model.set_params(inference_dtype=None, dtype="float64").score_samples(X), float64_scores
+    )
+    model.set_params(inference_dtype="float16")
+    with pytest.raises(InvalidParameterError, match="inference_dtype"):
+        model.score_samples(X)
+    with pytest.raises(InvalidParameterError, match="inference_dtype"):
+        model.sample(3)
+
+
+# ------------------------------------------------------------ variational
+#: A correlated Gaussian whose mode is at 1000.123456789, not a float32 number
+#: (float32 steps by 6e-5 there; a mode at 1e4 is refused in float32 training).
+MODE = torch.tensor([1e3 + 0.123456789, -2.0], dtype=torch.float64)
+COVARIANCE = torch.tensor([[0.01, 0.475], [0.475, 25.0]], dtype=torch.float64)
+
+
+def far_log_target(x: torch.Tensor) -> torch.Tensor:
+    # the offset in float64 whatever x's dtype, as a user's target would do
+    centred = (x.double() - MODE).to(x.dtype)
+    precision = torch.linalg.inv(COVARIANCE).to(x.dtype)
+    return -0.5 * ((centred @ precision) * centred).sum(dim=1)
+
+
+@pytest.fixture(scope="module")
+def variational_pair():
+    common = {
+        "log_target": far_log_target,
+        "n_features": 2,
+        "base": "tt",
+        "preconditioner": "full",
+        "tt_rank": 1,
+        "n_basis": 12,
+        "n_flow_layers": 2,
+        "hidden_units": 8,
+        "max_iter": 1,
+        "random_state": 0,
+    }
+    return {
+        dtype: TensorizingFlowDensity(**common, inference_dtype=dtype).fit()
+        for dtype in ("float32", "float64")
+    }
+
+
+def test_variational_diagnostics_are_float64_whatever_the_precision(variational_pair):
+    """The ELBO, ESS and log Z of fit come from the float64 model: the same bits
+    with either inference_dtype. Fails if they were computed with the float32
+    copy."""
+    float32, float64 = variational_pair["float32"], variational_pair["float64"]
+    for name in ("elbo_", "ess_", "log_normalizer_", "log_normalizer_std_error_"):
+        assert getattr(float32, name) == getattr(float64, name), name
+
+
+def test_variational_map_into_the_target_stays_float64(variational_pair):
+    """Points near a mode at 1000.12 (the map into the target's coordinates
+    carries it) score alike in both precisions, and the float32 model's draws
+    land on the float64 model's. Fails if that map ran in float32: its 6e-5
+    steps are 6e-4 standard deviations of the narrow direction, about 1e-4
+    relative error in the log-density and 3e-4 in the samples."""
+    float32, float64 = variational_pair["float32"], variational_pair["float64"]
+    samples64, log_q64 = float64.sample_and_score(1000, random_state=1)
+    samples32, log_q32 = float32.sample_and_score(1000, random_state=1)
+    assert_scores_close(float32.score_samples(samples64), float64.score_samples(samples64))
+    assert_scores_close(log_q32, log_q64)
+    # in units of the standard deviations, 0.1 and 5
+    assert (np.abs(samples32 - samples64) / [0.1, 5.0]).max() <= 1e-4
