@@ -438,9 +438,11 @@ class TTDistribution(BaseDistribution):
         cls,
         X,
         *,
-        tt_rank: int = 8,
-        n_basis: int = 16,
+        tt_rank: int | str = 8,
+        n_basis: int | str = 16,
+        smoothness: float | str = 0.0,
         domain=None,
+        box_quantile: float = 0.0,
         tail_weight: float = 1e-3,
         max_iter: int = 300,
         batch_size: int = 512,
@@ -453,18 +455,23 @@ class TTDistribution(BaseDistribution):
         dtype: torch.dtype = torch.float64,
         verbose: int = 0,
     ) -> TTDistribution:
-        """Fit a train to samples by maximum likelihood.
+        """Fit a train to samples by penalised maximum likelihood.
 
         A k-means start (the sum over ``tt_rank`` clusters of products of
         root-Gaussian marginals), then Adam on the mean negative
-        log-likelihood with early stopping. See
+        log-likelihood plus an optional roughness penalty (``smoothness``),
+        with early stopping; ``tt_rank``, ``n_basis`` and ``smoothness`` can
+        be chosen on held-out rows (``"auto"``), and the box can leave the
+        most extreme rows to the Gaussian component (``box_quantile``). See
         :func:`sktt_flow.tt.fit_samples.fit_samples` for the parameters.
 
         Returns
         -------
         TTDistribution
             With ``training_history``
-            (:class:`~sktt_flow.utils.optimize.TrainingHistory`).
+            (:class:`~sktt_flow.utils.optimize.TrainingHistory`) and
+            ``selection`` (the settings used and the held-out scores behind
+            any automatic choice).
         """
         from sktt_flow.tt.fit_samples import fit_samples  # the driver imports this module
 
@@ -472,7 +479,9 @@ class TTDistribution(BaseDistribution):
             X,
             tt_rank=tt_rank,
             n_basis=n_basis,
+            smoothness=smoothness,
             domain=domain,
+            box_quantile=box_quantile,
             tail_weight=tail_weight,
             max_iter=max_iter,
             batch_size=batch_size,

@@ -9,31 +9,242 @@ tensorizing flow", Res. Math. Sci. 10:30, 2023, section 3):
    ``tt_rank``-means of products of root-Gaussian marginals, a train of rank
    ``tt_rank`` with diagonal cores (with one cluster, the rank-one start from
    the marginals of the data); see :mod:`sktt_flow.tt.estimation`.
-2. Maximum likelihood: Adam on the mean negative log-likelihood of all cores
-   (the exact normaliser makes the problem well posed without any constraint
-   on the cores), with early stopping on held-out samples and restoration of
-   the best cores (:func:`~sktt_flow.utils.optimize.minimize`).
+2. Penalised maximum likelihood: Adam on the mean negative log-likelihood of
+   all cores (the exact normaliser makes the problem well posed without any
+   constraint on the cores), plus ``smoothness / n`` times the roughness of
+   Good and Gaskins (:func:`~sktt_flow.tt.estimation.coordinate_roughness`),
+   with early stopping on held-out samples and restoration of the best cores
+   (:func:`~sktt_flow.utils.optimize.minimize`).
+
+Settings asked as ``"auto"`` are chosen on the held-out rows: ``n_basis`` and
+``tt_rank`` by the held-out likelihood of every candidate's start (milliseconds
+each, no fit), ``smoothness`` by fits from the chosen start (:func:`_search`).
 """
 
 from __future__ import annotations
 
+import math
+import numbers
+from dataclasses import dataclass, field
+
 import torch
 
+from sktt_flow.diagnostics import clearly_better
 from sktt_flow.tt.distribution import TTDistribution
-from sktt_flow.tt.estimation import domain_from_samples, separable_mixture_cores
+from sktt_flow.tt.estimation import (
+    coordinate_roughness,
+    domain_from_samples,
+    separable_mixture_cores,
+)
 from sktt_flow.utils.optimize import minimize
 from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.validation import check_domain, check_positive_int, check_samples
 
-__all__ = ["fit_samples"]
+__all__ = [
+    "N_BASIS_CANDIDATES",
+    "SELECTION_STANDARD_ERRORS",
+    "SMOOTHNESS_CANDIDATES",
+    "TT_RANK_CANDIDATES",
+    "fit_samples",
+]
+
+#: Sizes tried by ``n_basis="auto"``, smallest first.
+N_BASIS_CANDIDATES = (8, 12, 16, 24, 32)
+
+#: Ranks tried by ``tt_rank="auto"``.
+TT_RANK_CANDIDATES = (2, 4, 8, 12, 16)
+
+#: Values tried by ``smoothness="auto"`` after no penalty, smallest first.
+SMOOTHNESS_CANDIDATES = (10.0, 30.0, 100.0, 300.0)
+
+#: Training rows per unit of rank below which ``tt_rank="auto"`` does not go
+#: higher: the start gives every unit of rank a cluster whose means and
+#: variances it estimates.
+MIN_ROWS_PER_RANK = 10
+
+#: Standard errors of the paired held-out differences within which the
+#: cheapest candidate start is preferred to the best one.
+SELECTION_STANDARD_ERRORS = 1.0
+
+
+@dataclass
+class _Fit:
+    """A fitted train and its log-density on each held-out row."""
+
+    distribution: TTDistribution
+    scores: torch.Tensor
+    n_basis: int
+    tt_rank: int
+    smoothness: float
+
+    @property
+    def key(self) -> tuple[int, int, float]:
+        return (self.n_basis, self.tt_rank, self.smoothness)
+
+    @property
+    def mean(self) -> float:
+        return float(self.scores.mean())
+
+
+@dataclass
+class _MaximumLikelihood:
+    """Everything that candidate fits share: rows, box, options, random stream."""
+
+    train: torch.Tensor
+    validation: torch.Tensor
+    start_rows: torch.Tensor
+    low: torch.Tensor
+    high: torch.Tensor
+    roughness_scale: torch.Tensor
+    tail_weight: float
+    options: dict
+    generator: torch.Generator
+    verbose: int
+    tried: dict = field(default_factory=dict)
+    start_scores: dict = field(default_factory=dict)
+
+    def start(self, n_basis: int, tt_rank: int, seed: int | None = None) -> list[torch.Tensor]:
+        """The optimisation-free start; from ``seed`` if given, else the shared stream."""
+        generator = self.generator
+        if seed is not None:
+            generator = torch.Generator(device=self.train.device).manual_seed(seed)
+        return separable_mixture_cores(
+            self.start_rows, self.low, self.high, n_basis, tt_rank, generator
+        )
+
+    def score_start(self, cores: list[torch.Tensor], tt_rank: int) -> torch.Tensor:
+        """Held-out log-densities of the train ``cores`` as they are, without fitting."""
+        distribution = TTDistribution(
+            cores, torch.stack([self.low, self.high], dim=1), tail_weight=self.tail_weight
+        )
+        with torch.no_grad():
+            scores = distribution.log_prob(self.validation).double()
+        self.start_scores[distribution.n_basis, tt_rank] = float(scores.mean())
+        return scores
+
+    def fit(self, cores: list[torch.Tensor], tt_rank: int, smoothness: float) -> _Fit:
+        """Penalised maximum likelihood from ``cores``; the held-out scores of the best state."""
+        train = self.train
+        distribution = TTDistribution(
+            cores, torch.stack([self.low, self.high], dim=1), tail_weight=self.tail_weight
+        ).to(device=train.device, dtype=train.dtype)
+        # Per row of the mean log-likelihood, as a prior on the whole sample:
+        # the penalty fades as the data grow.
+        weight = smoothness / train.shape[0]
+
+        def loss(batch: torch.Tensor) -> torch.Tensor:
+            value = -distribution.log_prob(batch).mean()
+            if weight > 0:
+                roughness = coordinate_roughness(list(distribution.cores))
+                value = value + weight * (self.roughness_scale * roughness).sum()
+            return value
+
+        def held_out_log_likelihood() -> float:
+            with torch.no_grad():
+                return float(distribution.log_prob(self.validation).mean())
+
+        distribution.training_history = minimize(
+            distribution,
+            loss,
+            train,
+            score=held_out_log_likelihood,
+            generator=self.generator,
+            verbose=self.verbose,
+            description="TT maximum likelihood",
+            **self.options,
+        )
+        distribution.canonicalize_()
+        with torch.no_grad():
+            scores = distribution.log_prob(self.validation).double()
+        result = _Fit(distribution, scores, distribution.n_basis, tt_rank, smoothness)
+        self.tried[result.key] = float(scores.mean())
+        if self.verbose:
+            print(
+                f"TT n_basis={result.n_basis}, tt_rank={tt_rank}, smoothness={smoothness:g}: "
+                f"held-out {float(scores.mean()):.4f}"
+            )
+        return result
+
+
+def _search(
+    fitter: _MaximumLikelihood,
+    n_features: int,
+    tt_rank: int | str,
+    n_basis: int | str,
+    smoothness: float | str,
+) -> _Fit:
+    """Choose ``n_basis`` and ``tt_rank`` on the starts, then ``smoothness`` on fits.
+
+    1. Every candidate pair gets its optimisation-free start (milliseconds
+       each), scored on the held-out rows; the cheapest pair (per-step cost
+       ``n_basis * tt_rank^2``) whose start is not worse than the best start
+       by :data:`SELECTION_STANDARD_ERRORS` standard errors is kept.
+    2. Maximum likelihood from that start.
+    3. With ``smoothness="auto"``, fits from the same start with the
+       penalties of :data:`SMOOTHNESS_CANDIDATES`, smallest first, while the
+       held-out score rises; the best scoring fit is kept.
+    """
+    max_rank = max(1, fitter.train.shape[0] // MIN_ROWS_PER_RANK)
+    ranks = (
+        sorted({min(rank, max_rank) for rank in TT_RANK_CANDIDATES})
+        if tt_rank == "auto"
+        else [tt_rank]
+    )
+    sizes = list(N_BASIS_CANDIDATES) if n_basis == "auto" else [n_basis]
+    first_penalty = 0.0 if smoothness == "auto" else float(smoothness)
+    pairs = [(size, rank) for size in sizes for rank in ranks]
+    if len(pairs) == 1:
+        ((size, rank),) = pairs
+        start = fitter.start(size, rank)
+    else:
+        # Each start from its own seed, so that the chosen one can be rebuilt
+        # instead of keeping every candidate's cores.
+        seeds = {
+            pair: int(
+                torch.randint(
+                    2**62, (1,), generator=fitter.generator, device=fitter.generator.device
+                )
+            )
+            for pair in pairs
+        }
+        scores = {
+            pair: fitter.score_start(fitter.start(*pair, seed=seeds[pair]), pair[1])
+            for pair in pairs
+        }
+        best_pair = max(scores, key=lambda pair: float(scores[pair].mean()))
+        size, rank = min(
+            (
+                pair
+                for pair in pairs
+                if not clearly_better(scores[best_pair], scores[pair], SELECTION_STANDARD_ERRORS)
+            ),
+            key=lambda pair: (pair[0] * pair[1] ** 2, pair),
+        )
+        start = fitter.start(size, rank, seed=seeds[size, rank])
+    best = fitter.fit(start, rank, first_penalty)
+    if smoothness == "auto":
+        # The penalty that scores best on the held-out rows, as in any
+        # cross-validation of a regulariser: no penalty is not cheaper, so no
+        # margin. Larger ones are tried while the held-out score rises.
+        previous = best
+        for penalty in SMOOTHNESS_CANDIDATES:
+            candidate = fitter.fit(start, rank, penalty)
+            if candidate.mean < previous.mean:
+                break
+            previous = candidate
+            if candidate.mean > best.mean:
+                best = candidate
+    return best
 
 
 def fit_samples(
     X,
     *,
-    tt_rank: int = 8,
-    n_basis: int = 16,
+    tt_rank: int | str = 8,
+    n_basis: int | str = 16,
+    smoothness: float | str = 0.0,
     domain=None,
+    box_quantile: float = 0.0,
     tail_weight: float = 1e-3,
     max_iter: int = 300,
     batch_size: int = 512,
@@ -46,46 +257,76 @@ def fit_samples(
     dtype: torch.dtype = torch.float64,
     verbose: int = 0,
 ) -> TTDistribution:
-    """Fit a train to samples by maximum likelihood.
+    """Fit a train to samples by penalised maximum likelihood.
 
     First an optimisation-free start: the sum over ``tt_rank`` clusters of
     products of root-Gaussian marginals (with one cluster, the rank-one
     start from the marginals); then Adam on the mean negative
-    log-likelihood of all cores, with early stopping on a held-out
-    fraction and restoration of the best cores
-    (:mod:`sktt_flow.tt.estimation`).
+    log-likelihood of all cores plus a roughness penalty, with early
+    stopping on a held-out fraction and restoration of the best cores
+    (:mod:`sktt_flow.tt.estimation`). Settings given as ``"auto"`` are
+    chosen on the held-out rows.
 
     Parameters
     ----------
     X : array-like or tensor of shape (n_samples, n_features)
         Samples; at least 2, all finite. Fit in standardised coordinates
         for best results: the estimator does that for you.
-    tt_rank : int, default=8
-        Maximum bond rank (capped at what each unfolding allows).
-    n_basis : int, default=16
-        Legendre functions per coordinate.
+    tt_rank : int or "auto", default=8
+        Maximum bond rank (capped at what each unfolding allows). ``"auto"``
+        chooses among :data:`TT_RANK_CANDIDATES`, capped at one unit of rank
+        per :data:`MIN_ROWS_PER_RANK` training rows.
+    n_basis : int or "auto", default=16
+        Legendre functions per coordinate. ``"auto"`` chooses among
+        :data:`N_BASIS_CANDIDATES`.
+    smoothness : float >= 0 or "auto", default=0.0
+        Weight ``lambda`` of the roughness penalty: the loss is the mean
+        negative log-likelihood plus ``(lambda / n) sum_k (sigma_k / h_k)^2
+        R_k``, with ``R_k`` the roughness of ``sqrt(p)`` along coordinate
+        ``k`` on the reference interval
+        (:func:`~sktt_flow.tt.estimation.coordinate_roughness`: the energy of
+        degree ``j`` weighs ``j (j + 1)``), ``h_k`` the half-width of the box,
+        ``sigma_k`` the standard deviation of the training rows in the box
+        and ``n`` their number. Each term is about ``sigma_k^2`` times a
+        quarter of the Fisher information of ``p`` along ``k`` (a quarter for
+        a Gaussian coordinate), whatever the units and the box; dividing by
+        ``n`` makes ``lambda`` weigh like a prior on the whole sample, whose
+        effect fades as the data grow. ``"auto"`` tries no penalty, then
+        :data:`SMOOTHNESS_CANDIDATES`.
     domain : array-like of shape (n_features, 2), optional
-        The box. By default the bounding box of ``X`` widened by 10% of
-        its width on each side.
+        The box. By default it is computed from ``X``
+        (:func:`~sktt_flow.tt.estimation.domain_from_samples`): the
+        bounding box, or the quantile box of ``box_quantile``, widened by
+        10% of its width on each side.
+    box_quantile : float in [0, 0.5), default=0.0
+        With no ``domain``, the box of each coordinate runs from the
+        ``box_quantile`` to the ``1 - box_quantile`` quantile of ``X``
+        (before the 10% margin): ``0`` is the bounding box; ``0.001`` leaves
+        a far outlier to the Gaussian component instead of stretching its
+        coordinate's interval.
     tail_weight : float, default=1e-3
         Weight of the Gaussian full-support component (see
-        :class:`~sktt_flow.TTDistribution`).
+        :class:`~sktt_flow.TTDistribution`); it is what held-out and
+        training rows outside the box score.
     max_iter : int, default=300
-        Maximum number of epochs of maximum likelihood (0: the start only).
+        Maximum number of epochs of maximum likelihood per fit (0: the
+        start only).
     batch_size : int, default=512
     learning_rate : float, default=1e-3
         Adam's initial step size; halved whenever the held-out score
         stalls for half of ``n_iter_no_change`` epochs.
     validation_fraction : float, default=0.1
-        Held-out fraction for early stopping, in [0, 1); 0 uses the
-        training log-likelihood instead.
+        Held-out fraction for early stopping and the automatic choices, in
+        [0, 1); 0 uses the training log-likelihood instead (then no choice
+        is ``"auto"``).
     n_iter_no_change : int, default=20
         Epochs without improvement of the held-out log-likelihood before
         stopping.
     validation : array-like or tensor of shape (n_validation, n_features), optional
-        Held-out samples for early stopping. When given, all of ``X`` is
-        trained on and ``validation_fraction`` is ignored (the estimator
-        uses this to share one split between the base and the flow).
+        Held-out samples for early stopping and the automatic choices. When
+        given, all of ``X`` is trained on and ``validation_fraction`` is
+        ignored (the estimator uses this to share one split between the
+        base and the flow).
     random_state : int, RandomState, Generator or None
         Fixes the split, the clustering and the mini-batches.
     device : torch device or str, optional
@@ -93,12 +334,17 @@ def fit_samples(
         of ``X`` when it is a tensor).
     dtype : torch.dtype, default=torch.float64
     verbose : int, default=0
-        1 shows a progress bar.
+        1 shows a progress bar and the held-out score of every candidate.
 
     Returns
     -------
     TTDistribution
-        With ``training_history`` (:class:`~sktt_flow.utils.optimize.TrainingHistory`).
+        With ``training_history``
+        (:class:`~sktt_flow.utils.optimize.TrainingHistory` of the last fit
+        of the returned train) and ``selection``: a dict with the
+        ``"tt_rank"``, ``"n_basis"`` and ``"smoothness"`` used and
+        ``"scores"``, the mean held-out log-likelihood of every
+        ``(n_basis, tt_rank, smoothness)`` fitted.
 
     See Also
     --------
@@ -107,19 +353,32 @@ def fit_samples(
     for name, value, minimum in (
         ("tt_rank", tt_rank, 1),
         ("n_basis", n_basis, 1),
+    ):
+        if value != "auto":
+            check_positive_int(value, name, minimum)
+    for name, value, minimum in (
         ("batch_size", batch_size, 1),
         ("max_iter", max_iter, 0),
         ("n_iter_no_change", n_iter_no_change, 1),
     ):
         check_positive_int(value, name, minimum)
+    if smoothness != "auto" and not (
+        isinstance(smoothness, numbers.Real)
+        and not isinstance(smoothness, bool)
+        and math.isfinite(smoothness)
+        and smoothness >= 0
+    ):
+        raise ValueError(f'smoothness must be a float >= 0 or "auto", got {smoothness!r}.')
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction!r}.")
+    if not (isinstance(box_quantile, numbers.Real) and 0.0 <= box_quantile < 0.5):
+        raise ValueError(f"box_quantile must be in [0, 0.5), got {box_quantile!r}.")
     if device is None:
         device = X.device if isinstance(X, torch.Tensor) else "cpu"
     X = check_samples(X, dtype=dtype, device=device)
     generator = torch_generator(random_state, X.device)
     if domain is None:
-        low, high = domain_from_samples(X)
+        low, high = domain_from_samples(X, quantile=float(box_quantile))
     else:
         low, high = (
             torch.as_tensor(bound, dtype=dtype, device=X.device)
@@ -139,33 +398,58 @@ def fit_samples(
                 f"validation_fraction={validation_fraction} leaves no validation or no "
                 f"training sample out of {X.shape[0]}."
             )
+        automatic = [
+            name
+            for name, value in zip(
+                ("tt_rank", "n_basis", "smoothness"), (tt_rank, n_basis, smoothness), strict=True
+            )
+            if value == "auto"
+        ]
+        if automatic and not n_validation:
+            raise ValueError(
+                f'{" and ".join(automatic)}="auto" chooses on held-out rows: give '
+                "validation or a positive validation_fraction."
+            )
         order = torch.randperm(X.shape[0], generator=generator, device=X.device)
         train = X[order[n_validation:]]
         validation = X[order[:n_validation]] if n_validation else train
-    cores = separable_mixture_cores(train, low, high, n_basis, tt_rank, generator)
-    distribution = TTDistribution(
-        cores, torch.stack([low, high], dim=1), tail_weight=tail_weight
-    ).to(device=X.device, dtype=dtype)
-
-    def negative_log_likelihood(batch: torch.Tensor) -> torch.Tensor:
-        return -distribution.log_prob(batch).mean()
-
-    def held_out_log_likelihood() -> float:
-        with torch.no_grad():
-            return float(distribution.log_prob(validation).mean())
-
-    distribution.training_history = minimize(
-        distribution,
-        negative_log_likelihood,
-        train,
-        score=held_out_log_likelihood,
-        max_iter=max_iter,
-        batch_size=batch_size,
-        learning_rate=learning_rate,
-        n_iter_no_change=n_iter_no_change,
+    # Rows outside the box are the Gaussian component's: they would pull the
+    # clusters of the start towards where the train is zero.
+    inside = ((train >= low) & (train <= high)).all(dim=1)
+    start_rows = train[inside] if int(inside.sum()) >= 2 else train
+    # The roughness in the units of the box's reference interval, times
+    # (sigma / half-width)^2: about sigma^2 times a quarter of the Fisher
+    # information in the data's units, a quarter for a Gaussian coordinate,
+    # whatever the units and the box (a box stretched by a heavy tail must not
+    # make the penalty stronger).
+    half_width = (high - low) / 2.0
+    spread = start_rows.std(dim=0) if start_rows.shape[0] > 1 else half_width
+    spread = torch.where(spread > 0, spread, half_width)
+    roughness_scale = (spread / half_width).square()
+    fitter = _MaximumLikelihood(
+        train=train,
+        validation=validation,
+        start_rows=start_rows,
+        low=low,
+        high=high,
+        roughness_scale=roughness_scale,
+        tail_weight=tail_weight,
+        options={
+            "max_iter": max_iter,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "n_iter_no_change": n_iter_no_change,
+        },
         generator=generator,
         verbose=verbose,
-        description="TT maximum likelihood",
     )
-    distribution.canonicalize_()
+    best = _search(fitter, X.shape[1], tt_rank, n_basis, smoothness)
+    distribution = best.distribution
+    distribution.selection = {
+        "tt_rank": best.tt_rank,
+        "n_basis": best.n_basis,
+        "smoothness": best.smoothness,
+        "scores": dict(fitter.tried),
+        "start_scores": dict(fitter.start_scores),
+    }
     return distribution

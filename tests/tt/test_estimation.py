@@ -11,9 +11,15 @@ import torch
 from scipy import stats
 
 from sktt_flow import TTDistribution
-from sktt_flow.tt.algebra import tt_ranks
-from sktt_flow.tt.estimation import domain_from_samples, kmeans, separable_mixture_cores
-from tests.conftest import requires_cuda
+from sktt_flow.tt.algebra import mode_energy_shares, tt_ranks, tt_to_full
+from sktt_flow.tt.estimation import (
+    coordinate_roughness,
+    degree_energy_shares,
+    domain_from_samples,
+    kmeans,
+    separable_mixture_cores,
+)
+from tests.conftest import random_cores, requires_cuda
 
 
 class GaussianMixture:
@@ -177,3 +183,75 @@ def test_from_samples_on_cuda():
     assert abs(gpu_score - cpu_score) < 0.05
     samples = gpu.sample(5000, generator=torch.Generator("cuda").manual_seed(0))
     assert samples.is_cuda and torch.isfinite(samples).all()
+
+
+def test_degree_energy_shares_match_the_qr_sweep_and_are_differentiable():
+    """Environments give the gauge-invariant shares of mode_energy_shares.
+
+    Fails if a Gram environment is contracted on the wrong bond index or left
+    out (the shares then depend on the gauge: the cores here have very
+    different scales and are not orthogonal).
+    """
+    cores = random_cores((1, 3, 4, 2, 1), 6, seed=3)
+    cores[1] = cores[1] * 1e5
+    cores[2] = cores[2] + 2.0 * cores[2][:, :1, :]  # correlated slices: not orthogonal
+    parameters = [core.clone().requires_grad_(True) for core in cores]
+    shares = degree_energy_shares(parameters)
+    torch.testing.assert_close(shares, mode_energy_shares(cores), rtol=1e-10, atol=1e-12)
+    shares[:, -1].sum().backward()
+    assert all(torch.isfinite(p.grad).all() and p.grad.abs().max() > 0 for p in parameters)
+
+
+def test_roughness_is_the_legendre_weighted_energy_of_the_derivatives():
+    """R_k = int (1 - t_k^2) (d s / d t_k)^2 / int s^2 on [-1, 1]^2, checked by quadrature.
+
+    Fails for any other weight of the degrees (j^2, or j(j+1) squared) or if
+    the coordinates are mixed up.
+    """
+    n = 7
+    cores = random_cores((1, 3, 1), n, seed=4)
+    matrix = tt_to_full(cores).numpy()  # C[i, j]
+    nodes, weights = np.polynomial.legendre.leggauss(40)
+    scale = np.sqrt((2 * np.arange(n) + 1) / 2.0)  # orthonormal on [-1, 1]
+    values = np.stack([np.polynomial.legendre.legval(nodes, np.eye(n)[i]) for i in range(n)])
+    slopes = np.stack(
+        [
+            np.polynomial.legendre.legval(nodes, np.polynomial.legendre.legder(np.eye(n)[i]))
+            for i in range(n)
+        ]
+    )
+    phi, dphi = scale[:, None] * values, scale[:, None] * slopes  # (n, nodes)
+    s = phi.T @ matrix @ phi
+    ds_1, ds_2 = dphi.T @ matrix @ phi, phi.T @ matrix @ dphi
+    w = weights[:, None] * weights[None, :]
+    weight_1 = (1 - nodes**2)[:, None]
+    weight_2 = (1 - nodes**2)[None, :]
+    expected = (w * (weight_1 * ds_1**2 + weight_2 * ds_2**2)).sum() / (w * s**2).sum()
+    roughness = coordinate_roughness(cores)
+    assert roughness.shape == (2,)
+    assert roughness.sum().item() == pytest.approx(expected, rel=1e-10)
+    expected_first = (w * weight_1 * ds_1**2).sum() / (w * s**2).sum()
+    assert roughness[0].item() == pytest.approx(expected_first, rel=1e-10)
+    # The scale of the cores does not enter.
+    torch.testing.assert_close(coordinate_roughness([10.0 * core for core in cores]), roughness)
+
+
+def test_quantile_box_leaves_a_far_outlier_out():
+    """With quantile > 0 one far outlier no longer sets its coordinate's box.
+
+    Fails if the quantile is ignored (the box reaches the outlier) or
+    applied to every coordinate's width jointly.
+    """
+    X = torch.randn(2000, 2, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    X[0, 0] = 1000.0
+    bounding_low, bounding_high = domain_from_samples(X)
+    low, high = domain_from_samples(X, quantile=0.001)
+    assert bounding_high[0] > 1000.0
+    assert 3.0 < high[0] < 6.0 and -6.0 < low[0] < -3.0
+    # Per coordinate, the box leaves out at most the 0.1% of rows beyond
+    # each quantile (the margin brings most of them back).
+    outside = ((X < low) | (X > high)).double().mean(dim=0)
+    assert outside[0] * len(X) >= 1 and (outside <= 0.002).all()
+    assert ((X[1:] >= bounding_low) & (X[1:] <= bounding_high)).all()
+    with pytest.raises(ValueError, match="quantile"):
+        domain_from_samples(X, quantile=0.5)

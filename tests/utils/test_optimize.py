@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from sktt_flow.utils.optimize import minimize
+from sktt_flow.utils.optimize import MIN_STEPS_PER_ITERATION, minimize
 
 
 class Quadratic(torch.nn.Module):
@@ -190,3 +190,56 @@ def test_without_data_counts_steps():
         generator=torch.Generator().manual_seed(0),
     )
     assert seen == [8] * 6
+
+
+def steps_on_a_plateau(n_rows, batch_size, n_iter_no_change):
+    """Train against a constant gradient while the score never improves.
+
+    Adam's step under a constant gradient is the learning rate itself, so the
+    differences of the weight seen by successive loss calls are the learning
+    rate of each step.
+    """
+    module = Quadratic()
+    data = torch.zeros(n_rows, 1)
+    weights = []
+
+    def loss(batch):
+        weights.append(module.weight.item())
+        return -module.weight
+
+    history = minimize(
+        module,
+        loss,
+        data,
+        score=lambda: 0.0,
+        max_iter=1000,
+        batch_size=batch_size,
+        learning_rate=0.1,
+        n_iter_no_change=n_iter_no_change,
+        generator=torch.Generator().manual_seed(0),
+    )
+    return torch.tensor(weights).diff(), history
+
+
+def test_patience_on_few_rows_counts_units_of_the_minimum_of_steps():
+    """64 rows in batches of 16 make passes of 4 steps, so a unit of patience
+    is ceil(10 / 4) = 3 passes: with a patience of 4 units, training stops
+    after 12 passes (48 steps), not 4, and the learning rate is halved after
+    2 units (24 steps), not 2 passes. Counting passes, as before, fails
+    both."""
+    assert MIN_STEPS_PER_ITERATION == 10
+    learning_rates, history = steps_on_a_plateau(64, 16, n_iter_no_change=4)
+    assert history.n_iter == 12 and history.best_epoch == 0
+    assert len(learning_rates) == 48 - 1
+    torch.testing.assert_close(learning_rates[:23], torch.full((23,), 0.1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(learning_rates[24:], torch.full((23,), 0.05), rtol=1e-4, atol=0)
+
+
+def test_patience_on_many_rows_counts_passes():
+    """With passes of MIN_STEPS_PER_ITERATION steps or more, a unit is one
+    pass: 12 steps per pass, a patience of 4 passes, halving after 2."""
+    learning_rates, history = steps_on_a_plateau(16 * 12, 16, n_iter_no_change=4)
+    assert history.n_iter == 4
+    assert len(learning_rates) == 48 - 1
+    torch.testing.assert_close(learning_rates[:23], torch.full((23,), 0.1), rtol=1e-4, atol=0)
+    torch.testing.assert_close(learning_rates[24:], torch.full((23,), 0.05), rtol=1e-4, atol=0)
