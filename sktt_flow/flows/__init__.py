@@ -10,6 +10,7 @@ from sktt_flow.flows.coordinates import coordinate_layers, pull_back
 from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
 from sktt_flow.flows.model import TensorizingFlow
+from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
 
 __all__ = [
     "FLOW_NAMES",
@@ -18,9 +19,11 @@ __all__ = [
     "FixedAffine",
     "FixedLinearAffine",
     "GaussianBase",
+    "SymmetrizedBase",
     "TensorizingFlow",
     "build_flow_layers",
     "coordinate_layers",
     "pull_back",
+    "sign_flip_group",
     "spline_tail_bound",
 ]
