@@ -131,6 +131,9 @@ class Case:
     n_basis: int
     tt_rank: int
     note: str = ""
+    #: key of :data:`SYMMETRIES`: the group that leaves the target invariant,
+    #: given as ``symmetry`` with ``--symmetry target``
+    symmetry: str | None = None
 
 
 def make_cases() -> list[Case]:
@@ -168,6 +171,7 @@ def make_cases() -> list[Case]:
             16,
             "d = 64; log Z unknown: compare ELBOs (higher is better) and mode masses; "
             "rank 16 because at rank 8 TT-cross alone finds 1 of the 2 modes",
+            symmetry="lattice-sign-flip",
         ),
         Case(
             "mog30d-5",
@@ -244,6 +248,32 @@ def make_cases() -> list[Case]:
 
 
 QUICK_KEYS = ("gl1d-16", "mog2d-40", "funnel-10")
+
+
+def _lattice_sign_flip(target: Target) -> np.ndarray:
+    """``u -> -u^T`` on a square lattice (rows concatenated), shape (1, d, d):
+    the sign flip alone is not a symmetry of GinzburgLandau2D, whose boundary
+    values are +1 left and right and -1 top and bottom; the transpose swaps
+    the sides back."""
+    side = math.isqrt(target.n_features)
+    index = np.arange(target.n_features).reshape(side, side)
+    matrix = np.zeros((target.n_features, target.n_features))
+    matrix[index.T.ravel(), index.ravel()] = -1.0
+    return matrix[None]
+
+
+#: Groups of the targets that have one (``Case.symmetry``), for ``--symmetry target``.
+SYMMETRIES: dict[str, Callable[[Target], Any]] = {"lattice-sign-flip": _lattice_sign_flip}
+
+
+def symmetry_of(case: Case, target: Target, choice: str):
+    """The ``symmetry`` of the TT methods: none, the plain sign flip, or the
+    case's own group (``--symmetry``)."""
+    if choice == "sign-flip":
+        return "sign_flip"
+    if choice == "target" and case.symmetry is not None:
+        return SYMMETRIES[case.symmetry](target)
+    return None
 
 
 # ----------------------------------------------------------------- results
@@ -373,6 +403,9 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
         n_basis = "auto"
         if method == "tt-flow":
             parameters["base"] = "auto"
+    symmetry = symmetry_of(case, target, args.symmetry) if method != "gaussian-flow" else None
+    if symmetry is not None:
+        parameters["symmetry"] = symmetry
     return TensorizingFlowDensity(
         **parameters,
         tt_rank=case.tt_rank,
@@ -417,6 +450,25 @@ def run_method(
             result.n_iter = model.n_iter_
             if model.tt_ is not None:
                 result.n_basis = model.tt_.n_basis
+            order = getattr(model.flow_.q0, "order", None)
+            if order is not None:
+                note = f"symmetrised base (group of order {order})"
+                if args.domain == "target":
+                    # the base's coordinates are the target's: its own mode masses
+                    with torch.no_grad():
+                        base_draws = model.flow_.q0.sample(
+                            args.n_draws, generator=torch.Generator().manual_seed(SEED + 2)
+                        )
+                    masses = np.bincount(
+                        target.mode_of(base_draws.double()).numpy(), minlength=target.n_modes
+                    ) / float(args.n_draws)
+                    note += f": base mode masses {np.round(masses, 4).tolist()}"
+                if hasattr(model, "base_ess_"):  # the self-check, with domain="auto"
+                    note += (
+                        f"; base self-check ELBO {model.base_elbo_:.4f}, ESS "
+                        f"{model.base_ess_:.4f}, preconditioner {model.preconditioner_}"
+                    )
+                result.notes.append(note)
             if method == "tt-flow" and model.base_ != "tt":
                 result.notes.append(
                     f"base='auto' kept the {model.base_} base: its model scored the better ELBO"
@@ -652,6 +704,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "random_state": SEED,
         "n_draws_for_modes": args.n_draws,
         "found_fraction": FOUND_FRACTION,
+        "symmetry": args.symmetry,
         "methods": {
             name: METHOD_PARAMETERS.get(name, LAPLACE_SETTINGS) for name in args.methods
         },
@@ -936,6 +989,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "given (domain='auto': mode search, Laplace coordinates, self-check); results of "
         "'auto' go to vi_cpu_auto.*",
     )
+    parser.add_argument(
+        "--symmetry",
+        choices=("none", "sign-flip", "target"),
+        default="none",
+        help="symmetrise the TT base of the TT methods: not (default), under x -> -x, or "
+        "under the target's own group where the case has one (gl2d-8x8: u -> -u^T); "
+        "results go to vi_cpu_sym-<choice>.*",
+    )
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
     parser.add_argument("--max-iter", type=int, default=None, help="default 300, quick 10")
     parser.add_argument("--batch-size", type=int, default=256)
@@ -989,6 +1050,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "results": [asdict(result) for result in results],
     }
     stem = "vi_cpu" + ("_auto" if args.domain == "auto" else "") + ("_quick" if args.quick else "")
+    if args.symmetry != "none":
+        stem += f"_sym-{args.symmetry}"
     write_results(
         payload,
         args.output,

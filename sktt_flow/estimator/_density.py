@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 import time
 import warnings
@@ -30,10 +31,12 @@ from sktt_flow.flows import (
     FixedAffine,
     FixedLinearAffine,
     GaussianBase,
+    SymmetrizedBase,
     TensorizingFlow,
     build_flow_layers,
     coordinate_layers,
     pull_back,
+    sign_flip_group,
     spline_tail_bound,
 )
 from sktt_flow.geometry import (
@@ -82,8 +85,22 @@ SAMPLE_CHUNK_FACTOR = {"cpu": 4, "cuda": 1}
 ROW_MULTIPLE = 64
 
 #: Legendre functions per coordinate of a base fitted to data with
-#: ``n_basis="auto"`` (a fixed size until it is chosen from held-out data).
+#: ``n_basis="auto"`` and no held-out rows to choose it on.
 DATA_N_BASIS = 16
+
+#: ``tt_rank`` that ``"auto"`` means in variational mode (the cap of
+#: TT-cross's ranks) and in data mode without held-out rows.
+VARIATIONAL_TT_RANK = 8
+
+#: Per-coordinate quantile of the training rows at which the box of a base
+#: fitted to data starts (before its margin): the rows beyond it are the
+#: Gaussian tail component's, so a far outlier does not stretch the interval
+#: that the Legendre functions must resolve.
+DATA_BOX_QUANTILE = 0.001
+
+#: Patience of the TT base's maximum likelihood in data mode, as a fraction
+#: of ``n_iter_no_change``.
+DATA_BASE_PATIENCE = 0.25
 
 #: Weight of the defensive component of a model fitted to data: the base
 #: through the fixed layers alone, next to the flow (see
@@ -136,6 +153,18 @@ MIN_GOOD_BASE_ESS = 0.5
 
 #: Fitted attributes of the self-check of a variational base.
 _BASE_CHECK_ATTRIBUTES = ("base_elbo_", "base_ess_", "base_kl_", "preconditioner_")
+
+#: Points at which ``log_target`` is checked to be invariant under each map
+#: given as ``symmetry`` (at most; fewer per map for many maps, see
+#: ``TensorizingFlowDensity._symmetry``).
+N_SYMMETRY_CHECK_POINTS = 256
+
+#: Tolerance of that check, in float64: ``|h(g x) - h(x)| <= SYMMETRY_TOLERANCE
+#: (1 + |h(x)|)``. A float64 target moves by 1e-13 of its value when its
+#: terms are summed in another order (a permutation of a lattice); a real
+#: asymmetry (an external field of 1e-4 on a 64-site lattice) moves it by
+#: far more.
+SYMMETRY_TOLERANCE = 1e-6
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -251,6 +280,95 @@ def _mean_width_ratio(new_box, box) -> float:
     return float(np.exp(np.mean(np.log(np.ptp(new_box, axis=1) / np.ptp(box, axis=1)))))
 
 
+def _symmetry_group(symmetry, n_features: int):
+    """The elements given by ``symmetry`` and the group they generate.
+
+    Returns ``(given, names, group)``: ``given`` the (k, d, d) float64 maps
+    the user named (checked against ``log_target``), ``names`` how errors
+    call them, and ``group`` the finite group, float64 on the CPU, identity
+    first and without repeats (as :class:`~sktt_flow.flows.SymmetrizedBase`
+    keeps it). None for ``symmetry=None``.
+    """
+    if symmetry is None:
+        return None
+    if isinstance(symmetry, str):  # "sign_flip", the only string the constraints allow
+        group = sign_flip_group(n_features)
+        return group[1:], ["the sign flip x -> -x"], group
+    try:
+        shape = np.shape(symmetry)
+    except ValueError:  # ragged: SymmetrizedBase names the element
+        shape = None
+    if shape is not None and len(shape) == 2:
+        raise ValueError(
+            f"symmetry must be an array of shape (m, {n_features}, {n_features}) or a list of "
+            f"({n_features}, {n_features}) matrices, got one array of shape {shape}: wrap a "
+            "single matrix in a list."
+        )
+    if shape is not None and len(shape) not in (0, 3):
+        raise ValueError(
+            f"symmetry must be an array of shape (m, {n_features}, {n_features}) or a list of "
+            f"({n_features}, {n_features}) matrices, got shape {shape}."
+        )
+    ones = torch.ones(n_features, dtype=torch.float64)
+    try:
+        closed = SymmetrizedBase(GaussianBase(torch.zeros_like(ones), ones), symmetry)
+    except (TypeError, ValueError) as error:
+        message = str(error).replace("group element", "symmetry element")
+        raise ValueError(
+            f"symmetry must be a finite group of ({n_features}, {n_features}) matrices with "
+            f"|det| = 1 acting on the coordinates of log_target: {message}"
+        ) from error
+    given = torch.stack(
+        [
+            torch.as_tensor(
+                np.asarray(
+                    element.detach().cpu() if isinstance(element, torch.Tensor) else element,
+                    dtype=np.float64,
+                )
+            )
+            for element in symmetry
+        ]
+    )
+    names = [f"symmetry[{index}]" for index in range(given.shape[0])]
+    return given, names, closed.matrices.detach().clone()
+
+
+def _symmetry_in_base_coordinates(group: torch.Tensor, matrix: torch.Tensor) -> torch.Tensor:
+    """The group acting on the base's coordinates ``y`` (``x = shift + matrix y``,
+    the shift fixed by the group): ``matrix^{-1} g matrix``, float64.
+
+    Maps whose entries come out within rounding of integers (the identity,
+    ``-I``, signed permutations) are rounded to them, so that the sign flip
+    stays exact whatever ``matrix``. The order is that of ``group``.
+    """
+    conjugated = torch.linalg.solve(matrix, group @ matrix)
+    rounded = conjugated.round()
+    scale = max(1.0, float(conjugated.abs().max()))
+    exact = (conjugated - rounded).abs().flatten(1).amax(dim=1) <= 1e-12 * scale
+    conjugated[exact] = rounded[exact]
+    return conjugated
+
+
+def _symmetric_box(box, group: torch.Tensor) -> np.ndarray:
+    """The bounding box of the union of the images ``g B`` of ``box`` over the
+    group (in the base's coordinates): the box itself when it is already
+    invariant (a box symmetric about 0 under the sign flip)."""
+    box = torch.as_tensor(np.asarray(box, dtype=np.float64))
+    center, half_width = box.mean(dim=1), (box[:, 1] - box[:, 0]) / 2
+    centers, reach = group @ center, group.abs() @ half_width
+    low = torch.minimum((centers - reach).amin(dim=0), box[:, 0])
+    high = torch.maximum((centers + reach).amax(dim=0), box[:, 1])
+    return torch.stack([low, high], dim=1).numpy()
+
+
+def _tt_of(q0) -> TTDistribution | None:
+    """The tensor train of a model's base: the base itself, the train inside a
+    symmetrised base (``symmetry``), or None for a Gaussian."""
+    if isinstance(q0, SymmetrizedBase):
+        q0 = q0.base
+    return q0 if isinstance(q0, TTDistribution) else None
+
+
 def _in_precision(model: TensorizingFlow, dtype: torch.dtype) -> TensorizingFlow:
     """A copy of a fitted float64 model that evaluates in ``dtype``.
 
@@ -271,7 +389,8 @@ def _in_precision(model: TensorizingFlow, dtype: torch.dtype) -> TensorizingFlow
     )
     for layer in layers[:n_cast]:
         layer.to(dtype=dtype)
-    if isinstance(copied.q0, TTDistribution):
+    if isinstance(copied.q0, (TTDistribution, SymmetrizedBase)):
+        # a symmetrised base wraps a TT (symmetry=...): its group goes too
         copied.q0.to(dtype=dtype)
     return copied
 
@@ -339,10 +458,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         held-out rows by two standard errors, and the flow is trained on the
         kept base. The ``tt_rank``, ``n_basis`` and ``train_base`` parameters
         only concern the TT base.
-    tt_rank : int, default=8
+    tt_rank : int or "auto", default="auto"
         Maximum bond rank of the tensor train. Higher ranks carry more
         structure (more modes, stronger dependence) at a cost linear in the
-        dimension and cubic in the rank.
+        dimension and cubic in the rank. ``"auto"``: in data mode chosen on
+        the held-out rows among
+        :data:`~sktt_flow.tt.fit_samples.TT_RANK_CANDIDATES` (with
+        ``n_basis="auto"``, jointly with it: the cheapest pair whose
+        optimisation-free start scores within a standard error of the best;
+        :func:`~sktt_flow.tt.fit_samples.fit_samples`), 8 without a held-out
+        split; in variational mode it is 8, the cap of TT-cross's ranks. An
+        int is used as it is, so ``GridSearchCV`` over ``tt_rank`` does what
+        it says.
     n_basis : int or "auto", default="auto"
         Legendre polynomials per coordinate (degree ``n_basis - 1``); sets
         the resolution of the base along each coordinate: features of width
@@ -352,8 +479,17 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         coordinate is not resolved and the self-check on exact draws improves
         (:meth:`TTDistribution.from_log_density
         <sktt_flow.TTDistribution.from_log_density>`); in data mode it is
-        16 (choosing it from held-out data is planned). An int is used as it
-        is.
+        chosen on the held-out rows among
+        :data:`~sktt_flow.tt.fit_samples.N_BASIS_CANDIDATES` (see
+        ``tt_rank``), 16 without a held-out split. An int is used as it is.
+    smoothness : float >= 0 or "auto", default="auto"
+        Data mode only: weight of the roughness penalty of the TT base's
+        maximum likelihood (Good and Gaskins' penalty on the square root of
+        the density, which grows as the square of the Legendre degree and so
+        damps the high degrees that follow the noise of a small sample; see
+        :func:`~sktt_flow.tt.fit_samples.fit_samples`). ``"auto"`` tries no
+        penalty and then larger ones, keeping the best on the held-out rows
+        (0 without a held-out split). Ignored in variational mode.
     domain : array-like of shape (n_features, 2), "auto" or None, default=None
         The box ``[low, high]`` per feature on which the TT base lives. In data
         mode it is given in the original feature units, and by default
@@ -418,6 +554,40 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         that build the base by TT-cross, e.g. ``{"cross_method": "two-site",
         "max_evals": 10**7, "tol": 1e-5}`` for long chains where the one-site
         default stagnates.
+    symmetry : {"sign_flip"}, array-like of shape (m, n_features, n_features) or None, default=None
+        Variational mode: a finite group of linear maps ``x -> g x`` of the
+        coordinates of ``log_target`` under which it is invariant,
+        ``log_target(g x) == log_target(x)``: ``"sign_flip"`` for ``x -> -x``
+        (lattice fields with an even energy, such as Ginzburg-Landau and
+        phi^4 without external field, or a symmetric double well), or the
+        matrices themselves (a list of ``(d, d)`` matrices or an array of
+        shape ``(m, d, d)``, with ``|det g| = 1``; the identity is added and
+        the set must be closed under composition). The TT base built by
+        TT-cross is then replaced by its average over the group,
+        ``q0(y) = mean_g q_TT(g y)`` (:class:`~sktt_flow.flows.SymmetrizedBase`):
+        its log-density and its draws stay exact, and modes that the group
+        maps onto each other get exactly equal mass in the base, even where
+        the cross found only one of them. The base's coordinates ``x = shift
+        + matrix y`` (``preconditioner``) are made compatible with the group:
+        the modes found are completed by their images, the shift is their
+        group average (a point the group fixes) and the box is the bounding
+        box of its images (symmetric about 0 for the sign flip; an explicit
+        ``domain`` is widened the same way); the group acts on ``y`` as
+        ``matrix^{-1} g matrix``. The self-check and ``base_ess_`` are those
+        of the symmetrised base. Before TT-cross (at the modes found, or at
+        uniform points of an explicit box) and on 256 exact draws of the
+        first base built, ``log_target`` is checked to be invariant under
+        each given map (within ``1e-6 (1 + |log_target|)`` in float64); a
+        ValueError names the map otherwise. The flow trained on top is not
+        equivariant, so the model is not invariant: the balance of the modes
+        is exact for the base (``flow_.q0``), and training the flow can
+        unbalance it again, usually little since the flow starts at the
+        identity and the reverse KL favours balance on a symmetric target.
+        Suits targets with a known exact symmetry whose symmetric modes are
+        far apart (a cross on a lattice field finds one sign at a time); it
+        costs ``m`` evaluations of the TT per log-density. Not with
+        ``base="gaussian"``, nor in data mode; with ``base="auto"`` the
+        Gaussian candidate is not symmetrised.
     n_features : int, default=None
         Dimension for variational inference when ``domain`` is automatic or
         a single ``(low, high)`` pair shared by all coordinates.
@@ -482,7 +652,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Names of the features, when ``X`` has string column names.
     tt_ : TTDistribution or None
         The fitted TT base (in standardised coordinates in data mode); None
-        when the base is a Gaussian.
+        when the base is a Gaussian. With ``symmetry`` it is the train inside
+        the symmetrised base ``flow_.q0`` (whose ``base`` it is).
     base_ : str
         The base of the fitted model, ``"tt"`` or ``"gaussian"`` (with
         ``base="auto"``, the one whose model scored the better ELBO).
@@ -555,8 +726,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
     _parameter_constraints: ClassVar[dict] = {
         "base": [StrOptions({"auto", "tt", "gaussian"})],
-        "tt_rank": [Interval(Integral, 1, None, closed="left")],
+        "tt_rank": [Interval(Integral, 1, None, closed="left"), StrOptions({"auto"})],
         "n_basis": [Interval(Integral, 2, None, closed="left"), StrOptions({"auto"})],
+        "smoothness": [Interval(Real, 0, None, closed="left"), StrOptions({"auto"})],
         "domain": ["array-like", StrOptions({"auto"}), None],
         "preconditioner": [StrOptions({"auto", "none", "diagonal", "full"})],
         "mode_starts": ["array-like", None],
@@ -565,6 +737,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "hidden_units": [Interval(Integral, 1, None, closed="left")],
         "log_target": [callable, None],
         "cross_options": [dict, None],
+        "symmetry": [StrOptions({"sign_flip"}), "array-like", None],
         "n_features": [Interval(Integral, 1, None, closed="left"), None],
         "max_iter": [Interval(Integral, 0, None, closed="left")],
         "batch_size": [Interval(Integral, 1, None, closed="left")],
@@ -584,8 +757,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self,
         *,
         base="auto",
-        tt_rank=8,
+        tt_rank="auto",
         n_basis="auto",
+        smoothness="auto",
         domain=None,
         preconditioner="auto",
         mode_starts=None,
@@ -594,6 +768,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         hidden_units=64,
         log_target=None,
         cross_options=None,
+        symmetry=None,
         n_features=None,
         max_iter=300,
         batch_size=256,
@@ -611,6 +786,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.base = base
         self.tt_rank = tt_rank
         self.n_basis = n_basis
+        self.smoothness = smoothness
         self.domain = domain
         self.preconditioner = preconditioner
         self.mode_starts = mode_starts
@@ -619,6 +795,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.hidden_units = hidden_units
         self.log_target = log_target
         self.cross_options = cross_options
+        self.symmetry = symmetry
         self.n_features = n_features
         self.max_iter = max_iter
         self.batch_size = batch_size
@@ -671,6 +848,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 torch.inference_mode(False),
                 torch.enable_grad(),
             ):
+                if self.log_target is None and self.symmetry is not None:
+                    raise ValueError(
+                        "symmetry is for variational inference (a log_target invariant "
+                        "under the group), not for fitting to data: set symmetry=None, or "
+                        "set log_target."
+                    )
                 if self.log_target is None:
                     fitted = self._fit_data(X)
                 else:
@@ -735,6 +918,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             "learning_rate": self.learning_rate,
             "n_iter_no_change": self.n_iter_no_change,
         }
+
+    def _data_base_options(self) -> dict:
+        """The stage options of a TT base fitted to data: its patience is
+        ``DATA_BASE_PATIENCE`` of the flow's, since it is fitted once per
+        automatic choice and its held-out score settles sooner."""
+        options = self._stage_options()
+        options["n_iter_no_change"] = max(
+            1, math.ceil(DATA_BASE_PATIENCE * self.n_iter_no_change)
+        )
+        return options
 
     def _trained_parameters(self, model: TensorizingFlow) -> list[torch.nn.Parameter]:
         model.requires_grad_(True)  # a warm start's model was frozen by _finalize
@@ -860,6 +1053,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             fitted["feature_names_in_"] = self.feature_names_in_
         return fitted
 
+    def _data_tt_settings(self, held_out: bool) -> dict:
+        """``tt_rank``, ``n_basis`` and ``smoothness`` of a TT base fitted to
+        data: the ``"auto"`` ones are chosen by the fit on the held-out rows,
+        or take fixed values when there are none."""
+        settings = {
+            "tt_rank": self.tt_rank,
+            "n_basis": self.n_basis,
+            "smoothness": self.smoothness,
+        }
+        if not held_out:
+            fixed = {"tt_rank": VARIATIONAL_TT_RANK, "n_basis": DATA_N_BASIS, "smoothness": 0.0}
+            settings = {
+                name: fixed[name] if value == "auto" else value for name, value in settings.items()
+            }
+        return settings
+
     def _base_from_data(self, train, validation, mean, scale, generator, device, dtype):
         """The base in standardised coordinates, chosen on held-out rows.
 
@@ -908,25 +1117,59 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 full = standard_normal.log_prob(torch.as_tensor(whitened[1][1])) - whitened[2]
                 if not clearly_better(full, standard, CONFIRMATION_STANDARD_ERRORS):
                     kinds = ["diagonal"]
-        best = None
-        for kind in kinds:
+
+        def in_coordinates(kind):
             whitening, in_kind, log_det = None, (train, scored), 0.0
             if kind == "full":
                 whitening, in_kind, log_det = whitened
             fit_rows, score_rows = (
                 torch.as_tensor(rows, dtype=dtype, device=device) for rows in in_kind
             )
+            return whitening, fit_rows, score_rows, log_det
+
+        tt_kinds = kinds
+        if len(kinds) > 1 and "tt" in bases and validation is not None:
+            # The TT is fitted in one of the coordinates only, the one whose
+            # optimisation-free starts (the same search over rank and
+            # resolution, no training) score better on the held-out rows:
+            # a fit, with its automatic choices, costs seconds to minutes,
+            # a start milliseconds. The standardised coordinates are kept
+            # unless the whitened ones are clearly better.
+            starts = {}
+            for kind in kinds:
+                _, fit_rows, score_rows, log_det = in_coordinates(kind)
+                start = TTDistribution.from_samples(
+                    fit_rows,
+                    **{**self._data_tt_settings(held_out=True), "smoothness": 0.0},
+                    box_quantile=DATA_BOX_QUANTILE,
+                    max_iter=0,
+                    validation=score_rows,
+                    validation_fraction=0.0,
+                    random_state=generator,
+                    device=device,
+                    dtype=dtype,
+                )
+                with torch.no_grad():
+                    starts[kind] = start.log_prob(score_rows).double() - log_det
+            tt_kinds = [kinds[0]]
+            if clearly_better(starts[kinds[1]], starts[kinds[0]], CONFIRMATION_STANDARD_ERRORS):
+                tt_kinds = [kinds[1]]
+        best = None
+        for kind in kinds:
+            whitening, fit_rows, score_rows, log_det = in_coordinates(kind)
             for name in bases:
+                if name == "tt" and kind not in tt_kinds:
+                    continue
                 if name == "gaussian":
                     ones = torch.ones(n_features, dtype=dtype, device=device)
                     base, history = GaussianBase(torch.zeros_like(ones), ones), None
                 else:
                     base = TTDistribution.from_samples(
                         fit_rows,
-                        tt_rank=self.tt_rank,
-                        n_basis=DATA_N_BASIS if self.n_basis == "auto" else self.n_basis,
+                        **self._data_tt_settings(held_out=validation is not None),
                         domain=domain,
-                        **self._stage_options(),
+                        box_quantile=DATA_BOX_QUANTILE if domain is None else 0.0,
+                        **self._data_base_options(),
                         validation=score_rows if validation is not None else None,
                         validation_fraction=0.0,
                         random_state=generator,
@@ -1001,9 +1244,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             report=counter,
             name="log_target",
         )
+        symmetry = self._symmetry(n_features, counter, device)
+        if symmetry is not None and self.base == "gaussian":
+            raise ValueError(
+                'symmetry symmetrises the TT base, and base="gaussian" has none: use '
+                'base="tt" or "auto", or symmetry=None.'
+            )
         fitted: dict = {}
         n_cross_evaluations = 0
+        exact_group = None  # a symmetrised base's group in float64, put back after training
         if warm:
+            if isinstance(self.flow_.q0, SymmetrizedBase):
+                exact_group = self.flow_.q0.matrices.detach().clone()
             model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
             # the base and its coordinates are kept: so is what was measured of them
             kept = [name for name in _BASE_CHECK_ATTRIBUTES if hasattr(self, name)]
@@ -1014,7 +1266,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             non_gaussian = False
             if automatic:
                 coordinates, non_gaussian = self._automatic_coordinates(
-                    evaluate, counter, n_features, generator, device
+                    evaluate, counter, n_features, generator, device, symmetry
                 )
             else:
                 coordinates = [
@@ -1025,10 +1277,27 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         np.stack([low, high], axis=1),
                     )
                 ]
+                if symmetry is not None:
+                    # before TT-cross: uniform points of the box
+                    uniform = torch.rand(
+                        N_SYMMETRY_CHECK_POINTS,
+                        n_features,
+                        generator=torch_generator(diagnostic_seed + 5, device),
+                        dtype=torch.float64,
+                        device=device,
+                    )
+                    span = torch.as_tensor(high - low, device=device)
+                    symmetry.check(torch.as_tensor(low, device=device) + uniform * span)
             candidates = []  # (name, (base, kind, box, shift, matrix), self-check or None)
             if self.base in ("tt", "auto"):
                 placed, checks, n_cross_evaluations = self._variational_base(
-                    coordinates, evaluate, generator, diagnostic_seed, device, train_dtype
+                    coordinates,
+                    evaluate,
+                    generator,
+                    diagnostic_seed,
+                    device,
+                    train_dtype,
+                    symmetry=symmetry,
                 )
                 candidates.append(("tt", placed, checks))
             if self.base == "gaussian" or (self.base == "auto" and automatic):
@@ -1057,7 +1326,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         print(f"base {name!r}: model ELBO {score:.4f} on fresh draws")
                 if best is None or score > best[0]:
                     best = (score, name, placed, checks, model, output_layer, history)
-            _, name, (_, kind, _, _, _), checks, model, output_layer, history = best
+            _, name, (_, kind, _, _, kept_matrix), checks, model, output_layer, history = best
+            if isinstance(model.q0, SymmetrizedBase):
+                exact_group = _symmetry_in_base_coordinates(symmetry.group, kept_matrix)
             if (
                 name == "tt"
                 and non_gaussian
@@ -1086,6 +1357,17 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # dtype: put back its float64 values (a posterior's mode far from
             # zero keeps its digits).
             model.flows[-1] = output_layer.to(device)
+        if exact_group is not None:
+            # The group was rounded to the training dtype with the base: put
+            # back its float64 values (the same elements in the same order,
+            # as SymmetrizedBase keeps a closed group), so that |det g| = 1
+            # and the inverses hold to float64 in the fitted model.
+            rounded = model.q0.matrices
+            if rounded.shape != exact_group.shape or not torch.allclose(
+                rounded.double().cpu(), exact_group.cpu(), rtol=1e-5, atol=1e-5
+            ):
+                raise RuntimeError("The symmetrised base's group changed during training.")
+            model.q0.matrices = exact_group.to(device=device)
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
         # model is the float64 one (_finalize), whatever inference_dtype
@@ -1143,6 +1425,58 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             verbose=self.verbose,
         )
 
+    def _symmetry(self, n_features: int, counter, device):
+        """The group of ``symmetry`` and the check of ``log_target`` against it.
+
+        None without ``symmetry``; else a namespace with ``group`` (the
+        closed group in the target's coordinates, float64 on the CPU,
+        identity first) and ``check(x)``, which evaluates ``log_target`` in
+        float64 at up to :data:`N_SYMMETRY_CHECK_POINTS` rows of ``x`` and at
+        their images under each given map, and raises a ValueError naming
+        the first map under which it is not invariant.
+        """
+        found = _symmetry_group(self.symmetry, n_features)
+        if found is None:
+            return None
+        given, names, group = found
+        evaluate = LogDensityEvaluator(
+            self.log_target,
+            n_features,
+            batch_size=1 << 62,
+            dtype=torch.float64,
+            device=device,
+            report=counter,
+            name="log_target",
+        )
+        # about 1000 evaluations for the sign flip, and no more than 16 per
+        # map for groups of many maps
+        n_points = max(16, min(N_SYMMETRY_CHECK_POINTS, 4 * N_SYMMETRY_CHECK_POINTS // len(given)))
+
+        def check(x: torch.Tensor) -> None:
+            x = x[:n_points].to(device=device, dtype=torch.float64)
+            maps = given.to(device)
+            with torch.no_grad():
+                values = evaluate(x)
+                images = evaluate(torch.matmul(x, maps.transpose(1, 2)).reshape(-1, n_features))
+            images = images.reshape(len(given), x.shape[0])
+            finite = torch.isfinite(values) & torch.isfinite(images)
+            close = (images - values).abs() <= SYMMETRY_TOLERANCE * (1.0 + values.abs())
+            invariant = (images == values) | (finite & close)
+            for index, name in enumerate(names):
+                failed = torch.nonzero(~invariant[index]).flatten()
+                if failed.numel():
+                    row = int(failed[0])
+                    raise ValueError(
+                        f"symmetry: log_target is not invariant under {name}: at "
+                        f"{failed.numel()} of {x.shape[0]} points checked, log_target(g x) "
+                        f"differs from log_target(x) by more than {SYMMETRY_TOLERANCE:g} (1 + "
+                        f"|log_target(x)|), e.g. {float(values[row]):.10g} at x and "
+                        f"{float(images[index, row]):.10g} at g x. Give maps that leave "
+                        "log_target unchanged (in its own coordinates), or symmetry=None."
+                    )
+
+        return SimpleNamespace(group=group, check=check)
+
     def _automatic_n_features(self) -> int:
         """The dimension of a variational fit without a box: ``n_features``, or
         the width of ``mode_starts``."""
@@ -1166,7 +1500,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         return int(self.n_features)
 
-    def _automatic_coordinates(self, evaluate, counter, n_features, generator, device) -> list:
+    def _automatic_coordinates(
+        self, evaluate, counter, n_features, generator, device, symmetry=None
+    ) -> list:
         """Candidate coordinates and boxes for the TT base, from the modes of log_target.
 
         Multi-start ascent from standard-normal points (and ``mode_starts``)
@@ -1272,8 +1608,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         else:
             modes, covariances = search.modes, search.covariances
         modes, covariances = modes.cpu(), covariances.cpu()
+        if symmetry is not None:
+            # Before TT-cross: log_target at the modes and at their images.
+            symmetry.check(search.modes)
+            # The images of a mode are modes (of the images' covariances): the
+            # coordinates and the box then do not depend on which of the
+            # symmetric modes the ascents happened to reach.
+            group = symmetry.group
+            modes = torch.einsum("gij,kj->gki", group, modes).reshape(-1, n_features)
+            covariances = (group[:, None] @ covariances[None] @ group[:, None].mT).reshape(
+                -1, n_features, n_features
+            )
         for kind in kinds:
             shift, matrix = affine_from_laplace(modes, covariances, kind)
+            if symmetry is not None:
+                # a point the group fixes, so that it acts linearly on y
+                shift = (symmetry.group @ shift).mean(dim=0)
             box = box_from_modes(modes, covariances, coordinates=(shift, matrix))
             candidates.append(self._automatic_candidate(kind, shift.cpu(), matrix.cpu(), box))
         return candidates, bool(search.non_gaussian.all())
@@ -1317,7 +1667,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         return base, kind, box, shift, matrix
 
-    def _variational_base(self, coordinates, evaluate, generator, seed, device, dtype):
+    def _variational_base(
+        self, coordinates, evaluate, generator, seed, device, dtype, *, symmetry=None
+    ):
         """The TT base of the variational model, in the best of the candidate coordinates.
 
         One TT-cross per candidate on its box, each scored by
@@ -1326,6 +1678,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         on them, which orders candidates as their reverse KL does (``log Z``
         is common to all). Returns ``((base, kind, box, shift, matrix),
         diagnostics of the kept one or None, cross evaluations)``.
+
+        With ``symmetry`` (see :meth:`_symmetry`; the shifts are fixed by its
+        group) each box is first widened to the bounding box of its images
+        under the group acting on ``y``, each TT is wrapped in a
+        :class:`~sktt_flow.flows.SymmetrizedBase` of that group before its
+        self-check, and ``log_target`` is checked for invariance on exact
+        draws of the first base built.
         """
         options = dict(self.cross_options or {})
         reserved = options.keys() & _CROSS_RESERVED
@@ -1336,10 +1695,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         automatic = _is_auto(self.domain)
         n_evaluations = 0
+        unchecked = symmetry is not None
 
         def build(kind, shift, matrix, box):
             """A candidate base, its self-check (automatic boxes) and its warnings."""
-            nonlocal n_evaluations
+            nonlocal n_evaluations, unchecked
+            if symmetry is not None:
+                group = _symmetry_in_base_coordinates(symmetry.group, matrix)
+                box = _symmetric_box(box, group)
             log_target = pull_back(self.log_target, shift, matrix, dtype, device)
             # The warnings of a candidate that is not kept would only confuse:
             # only the kept one's are shown.
@@ -1348,7 +1711,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 base = TTDistribution.from_log_density(
                     log_target,
                     box,
-                    tt_rank=self.tt_rank,
+                    tt_rank=VARIATIONAL_TT_RANK if self.tt_rank == "auto" else self.tt_rank,
                     n_basis=self.n_basis,
                     random_state=generator,
                     device=device,
@@ -1358,6 +1721,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     **options,
                 )
             n_evaluations += base.cross_report.n_evaluations
+            if symmetry is not None:
+                base = SymmetrizedBase(base, group)
+                if unchecked:
+                    # where the base puts its mass, both signs (all images) alike
+                    with torch.no_grad():
+                        y = base.sample(
+                            N_SYMMETRY_CHECK_POINTS, generator=torch_generator(seed + 6, device)
+                        )
+                    symmetry.check(shift.to(device) + y.double() @ matrix.T.to(device))
+                    unchecked = False
             checks = draws = None
             if automatic:
                 checks, draws = _self_check(base, shift, matrix, evaluate, seed, device)
@@ -1436,7 +1809,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         model = model.to(dtype=torch.float64)
         model.requires_grad_(False)
         model.eval()
-        tt = model.q0 if isinstance(model.q0, TTDistribution) else None
+        tt = _tt_of(model.q0)
         return {
             "flow_": model,
             "tt_": tt,
@@ -1610,8 +1983,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
                 device = torch.device("cpu")
             self.flow_ = self.flow_.to(device)
-            q0 = self.flow_.q0
-            self.tt_ = q0 if isinstance(q0, TTDistribution) else None
+            self.tt_ = _tt_of(self.flow_.q0)
             self.device_ = device
             self._float32_flow = _in_precision(self.flow_, torch.float32)
 

@@ -5,8 +5,9 @@ The file is a zip archive with two members:
 - ``metadata.json``: plain JSON with the format name and version, the
   versions of sktt_flow and torch that wrote it, the estimator's parameters,
   the architecture (mode, number of features, TT core shapes, box, tail
-  weight, spline tail bound), the fitted attributes and the SHA-256 of
-  ``state.pt``;
+  weight, spline tail bound, the order of the group of a symmetrised base,
+  ``symmetry_order``, absent or 0 for none), the fitted attributes and the
+  SHA-256 of ``state.pt``;
 - ``state.pt``: ``torch.save`` of the model's ``state_dict()``, a flat dict
   of CPU tensors (float64, and int64 index buffers), read back with
   ``torch.load(weights_only=True)``. It is the float64 model whatever
@@ -57,6 +58,7 @@ from sktt_flow.flows import (
     FixedAffine,
     FixedLinearAffine,
     GaussianBase,
+    SymmetrizedBase,
     TensorizingFlow,
     build_flow_layers,
     spline_tail_bound,
@@ -237,6 +239,11 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     params, random_state_note = _json_params(estimator)
     feature_names = getattr(estimator, "feature_names_in_", None)
     base = model.q0
+    # symmetry: the train inside the symmetrised base, whose group (and its
+    # inverses) is in the state as q0.matrices and q0.inverse_index
+    symmetry_order = base.order if isinstance(base, SymmetrizedBase) else 0
+    if symmetry_order:
+        base = base.base
     is_tt = isinstance(base, TTDistribution)
     metadata = {
         "format": FORMAT_NAME,
@@ -253,6 +260,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "tt_core_shapes": [list(core.shape) for core in base.cores] if is_tt else [],
         "domain": base.domain.detach().cpu().double().tolist() if is_tt else [],
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
+        # |G| of a base symmetrised over a group (symmetry=...), 0 for none
+        "symmetry_order": symmetry_order,
         "tail_bound": _tail_bound(model),
         "output_layer": _output_layer_kind(
             model, "data" if estimator.log_target is None else "variational"
@@ -499,6 +508,18 @@ def _stored_defensive_weight(metadata: dict, where: str) -> float:
     return float(weight)
 
 
+def _stored_symmetry_order(metadata: dict, where: str) -> int:
+    """``|G|`` of the stored model's symmetrised base, 0 for none (and in files
+    that predate ``symmetry``)."""
+    order = metadata.get("symmetry_order", 0)
+    if not _is_count(order) or order == 1:
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid "
+            f"'symmetry_order' ({_preview(order)}; 0, or the size of a group of at least 2)."
+        )
+    return order
+
+
 def _output_layer(metadata: dict, has_flow_layers: bool) -> str:
     """The stored kind of the last layer, or what files without it had."""
     default = "diagonal" if metadata["mode"] == "data" or has_flow_layers else "none"
@@ -673,6 +694,7 @@ def _check_architecture(
         raise unbuildable(f"unknown mode {_preview(mode)}")
     if not _is_finite(metadata["tail_bound"]) or metadata["tail_bound"] <= 0:
         raise unbuildable(f"tail_bound={_preview(metadata['tail_bound'])} is not positive")
+    order = _stored_symmetry_order(metadata, where)
     for k, shape in enumerate(shapes):
         if not (
             isinstance(shape, list)
@@ -685,6 +707,8 @@ def _check_architecture(
     if _has_gaussian_base(metadata, estimator):
         if shapes:
             raise unbuildable("core shapes for a Gaussian base")
+        if order:
+            raise unbuildable(f"symmetry_order={order} for a Gaussian base")
         expected = {
             "q0.loc": ((n_features,), "a Gaussian base of n_features"),
             "q0.scale": ((n_features,), "a Gaussian base of n_features"),
@@ -704,11 +728,15 @@ def _check_architecture(
         tail_weight = metadata["tail_weight"]
         if not (_is_finite(tail_weight) and 0 < tail_weight < 1):
             raise unbuildable(f"tail_weight={_preview(tail_weight)} is not in (0, 1)")
+        # the train, inside a symmetrised base when there is a group
+        train = "q0.base." if order else "q0."
         expected = {
-            f"q0.cores.{k}": (tuple(shape), f"tt_core_shapes[{k}]")
+            f"{train}cores.{k}": (tuple(shape), f"tt_core_shapes[{k}]")
             for k, shape in enumerate(shapes)
         }
-        expected["q0.low"] = expected["q0.high"] = ((n_features,), "n_features")
+        expected[f"{train}low"] = expected[f"{train}high"] = ((n_features,), "n_features")
+        if order:
+            expected["q0.matrices"] = ((order, n_features, n_features), "symmetry_order")
 
     # The base against the stored tensors, entry by entry.
     for key, (shape, entry) in expected.items():
@@ -719,10 +747,19 @@ def _check_architecture(
                 f"{entry} gives {key!r} the shape {list(shape)} in torch.float64; {_STATE} holds "
                 f"{list(state[key].shape)} in {state[key].dtype}"
             )
+    if order:
+        inverses = state.get("q0.inverse_index")
+        if inverses is None:
+            raise mismatch(f"{_STATE} lacks 'q0.inverse_index', which symmetry_order implies")
+        if tuple(inverses.shape) != (order,) or inverses.dtype != torch.int64:
+            raise mismatch(
+                f"symmetry_order gives 'q0.inverse_index' the shape [{order}] in torch.int64; "
+                f"{_STATE} holds {list(inverses.shape)} in {inverses.dtype}"
+            )
     if not _has_gaussian_base(metadata, estimator):
         if not (
-            np.array_equal(state["q0.low"].numpy(), low)
-            and np.array_equal(state["q0.high"].numpy(), high)
+            np.array_equal(state[f"{train}low"].numpy(), low)
+            and np.array_equal(state[f"{train}high"].numpy(), high)
         ):
             raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
         if isinstance(estimator.n_basis, Integral) and any(
@@ -733,7 +770,7 @@ def _check_architecture(
                 f"{sorted({shape[1] for shape in shapes})} basis functions"
             )
         largest_rank = max(max(shape[0], shape[2]) for shape in shapes)
-        if largest_rank > estimator.tt_rank:
+        if isinstance(estimator.tt_rank, Integral) and largest_rank > estimator.tt_rank:
             raise mismatch(
                 f"params tt_rank={estimator.tt_rank}, but the cores have rank {largest_rank}"
             )
@@ -796,6 +833,12 @@ def _build_model(
                 torch.zeros(shape, dtype=torch.float64) for shape in metadata["tt_core_shapes"]
             ]
             base = TTDistribution(cores, metadata["domain"], tail_weight=metadata["tail_weight"])
+            if _stored_symmetry_order(metadata, where):
+                # Built from the stored group itself, which must be one (closed,
+                # |det| = 1, identity first: SymmetrizedBase checks it and finds
+                # the inverses, compared with the stored ones below).
+                base = SymmetrizedBase(base, state["q0.matrices"])
+                rebuilt_group = (base.matrices.clone(), base.inverse_index.clone())
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(
                 flow,
@@ -842,6 +885,14 @@ def _build_model(
             f"parameters ({details})."
         )
     model.load_state_dict(state, strict=True)
+    if isinstance(model.q0, SymmetrizedBase) and not (
+        torch.equal(model.q0.matrices, rebuilt_group[0])
+        and torch.equal(model.q0.inverse_index, rebuilt_group[1])
+    ):
+        raise ValueError(
+            f"{where}: the group of the symmetrised base in {_STATE} is not stored as "
+            "SymmetrizedBase keeps it (identity first, no repeats, each element's inverse)."
+        )
     return model
 
 

@@ -19,6 +19,7 @@ from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
 import sktt_flow.estimator._density as density_module
+import sktt_flow.tt.fit_samples as fit_samples_module
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.flows import TensorizingFlow
 from sktt_flow.targets import MixtureOfGaussians
@@ -213,6 +214,39 @@ def test_user_domain_in_original_units(data):
     # statistics differ from the full data's by a few percent)
     np.testing.assert_allclose(model.tt_.low.numpy(), (low - mean) / std, rtol=0.05)
     np.testing.assert_allclose(model.tt_.high.numpy(), (high - mean) / std, rtol=0.05)
+
+
+# ------------------------------------------- automatic settings of the base
+def test_automatic_base_settings_are_chosen_on_the_held_out_rows(data):
+    """tt_rank, n_basis and smoothness "auto" (the defaults) reach the fit of
+    the base, which records what it chose among its candidates and the
+    held-out score of every fit; explicit values are used as given (a
+    GridSearchCV over tt_rank tunes what it says). Fails if the estimator
+    replaced "auto" by fixed values, or passed explicit values on as "auto"."""
+    X = data[0][:600]
+    options = {"flow": "none", "base": "tt", "max_iter": 20, "random_state": 0}
+    automatic = TensorizingFlowDensity(**options).fit(X)
+    chosen = automatic.tt_.selection
+    assert chosen["tt_rank"] in fit_samples_module.TT_RANK_CANDIDATES
+    assert chosen["n_basis"] in fit_samples_module.N_BASIS_CANDIDATES
+    assert chosen["smoothness"] in fit_samples_module.SMOOTHNESS_CANDIDATES
+    assert len(chosen["start_scores"]) > 1 and len(chosen["scores"]) > 1
+    assert max(automatic.tt_.tt_ranks) <= chosen["tt_rank"]
+    assert automatic.tt_.n_basis == chosen["n_basis"]
+    explicit = TensorizingFlowDensity(tt_rank=3, n_basis=10, smoothness=5.0, **options).fit(X)
+    assert (explicit.tt_.selection["tt_rank"], explicit.tt_.n_basis) == (3, 10)
+    assert list(explicit.tt_.selection["scores"]) == [(10, 3, 5.0)]
+
+
+def test_automatic_base_settings_without_held_out_rows_are_fixed(data):
+    """With validation_fraction=0 there is nothing to choose on: "auto" means
+    tt_rank 8, n_basis 16 and no penalty, one fit."""
+    model = TensorizingFlowDensity(
+        flow="none", base="tt", max_iter=5, validation_fraction=0.0, random_state=0
+    ).fit(data[0][:300])
+    assert list(model.tt_.selection["scores"]) == [
+        (density_module.DATA_N_BASIS, density_module.VARIATIONAL_TT_RANK, 0.0)
+    ]
 
 
 # ---------------------------------------------------------- scikit-learn use

@@ -17,7 +17,7 @@ from sktt_flow import TTDistribution
 from sktt_flow.diagnostics import clearly_better
 from sktt_flow.tt import fit_samples as fit_samples_module
 from sktt_flow.tt.algebra import mode_energy_shares
-from sktt_flow.tt.fit_samples import fit_samples
+from sktt_flow.tt.fit_samples import SMOOTHNESS_CANDIDATES, fit_samples
 
 
 def test_the_classmethod_has_the_signature_of_the_function():
@@ -77,21 +77,25 @@ def test_smoothness_raises_the_held_out_likelihood_of_a_smooth_density():
 
 
 def test_automatic_smoothness_is_chosen_on_the_held_out_rows():
-    """The sample of the test above: "auto" tries no penalty, then larger ones
-    while they beat the best so far on the held-out rows, and keeps one.
+    """The sample of the test above: "auto" starts at SMOOTHNESS_START and moves
+    along the candidates while the held-out score rises, and keeps the best
+    fit it tried: more than one penalty is tried, the kept one scores highest,
+    and it beats an unpenalised fit of the same start on the held-out rows.
 
-    Fails if "auto" never fits a penalty or keeps one that loses on the
-    held-out rows.
+    Fails if "auto" never moves from its first penalty, keeps one that loses
+    on the held-out rows, or does no better than no penalty.
     """
     X, validation = correlated_gaussian(200, 11), correlated_gaussian(50, 21)
-    fit = fit_samples(
-        X, validation=validation, n_basis=32, tt_rank=4, smoothness="auto", random_state=1
-    )
+    options = {"validation": validation, "n_basis": 32, "tt_rank": 4, "random_state": 1}
+    fit = fit_samples(X, smoothness="auto", **options)
     scores = fit.selection["scores"]
     chosen = fit.selection["smoothness"]
+    assert len(scores) >= 2
+    assert {penalty for (_, _, penalty) in scores} <= set(SMOOTHNESS_CANDIDATES)
     assert chosen > 0
     assert scores[32, 4, chosen] == max(scores.values())
-    assert scores[32, 4, chosen] > scores[32, 4, 0.0]
+    unpenalised = fit_samples(X, smoothness=0.0, **options)
+    assert scores[32, 4, chosen] > unpenalised.selection["scores"][32, 4, 0.0]
 
 
 def test_quantile_box_leaves_an_outlier_to_the_gaussian_component():
