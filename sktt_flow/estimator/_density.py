@@ -493,8 +493,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     domain : array-like of shape (n_features, 2), "auto" or None, default=None
         The box ``[low, high]`` per feature on which the TT base lives. In data
         mode it is given in the original feature units, and by default
-        (``None`` or ``"auto"``) it is the bounding box of the training data
-        widened by 10% on each side. In variational mode ``None`` or
+        (``None`` or ``"auto"``) it runs from the 0.1% to the 99.9% quantile
+        of the training data per feature, widened by 10% of that distance on
+        each side (rows beyond it are scored by the base's Gaussian tail
+        component). In variational mode ``None`` or
         ``"auto"`` finds the box (with ``n_features``): multi-start gradient
         ascent of ``log_target`` from standard-normal points (and
         ``mode_starts``), the Laplace covariance at every mode found, and the

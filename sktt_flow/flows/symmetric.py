@@ -231,9 +231,9 @@ class SymmetrizedBase(BaseDistribution):
     ----------
     base : BaseDistribution
         The wrapped base.
-    matrices : buffer of shape (|G|, d, d)
+    matrices : buffer of shape (order, d, d)
         The group, identity first, in the base's dtype and on its device.
-    inverse_index : buffer of shape (|G|,)
+    inverse_index : buffer of shape (order,)
         ``matrices[inverse_index[i]]`` is the inverse of ``matrices[i]``
         (found in the group, so that the inverses are exact).
 

@@ -146,7 +146,7 @@ def test_flow_improves_on_the_base_alone(data):
     X, X_test = data
     base_only = TensorizingFlowDensity(**{**SMALL, "flow": "none"}).fit(X)
     with_flow = TensorizingFlowDensity(**SMALL).fit(X)
-    assert with_flow.validation_scores_[0] == pytest.approx(base_only.validation_scores_[-1])
+    assert with_flow.validation_scores_[0] == pytest.approx(max(base_only.validation_scores_))
     assert max(with_flow.validation_scores_) > with_flow.validation_scores_[0] + 0.05
     assert with_flow.score(X_test) > base_only.score(X_test) + 0.05
 
