@@ -198,3 +198,35 @@ def test_explicit_settings_are_used_and_reported():
 def test_errors(kwargs, message):
     with pytest.raises(ValueError, match=message):
         fit_samples(correlated_gaussian(50, 8), max_iter=1, **kwargs)
+
+
+def checkerboard_rows(n: int, seed: int) -> torch.Tensor:
+    """A 4 x 4 checkerboard on the unit square: a density with sharp edges,
+    whose Gaussian-cluster starts look alike at every resolution."""
+    generator = torch.Generator().manual_seed(seed)
+    points = torch.rand(4 * n, 2, generator=generator, dtype=torch.float64)
+    cells = (points * 4).floor().sum(dim=1)
+    return points[cells % 2 == 0][:n]
+
+
+def test_automatic_size_grows_where_the_fitted_train_is_unresolved():
+    """The starts choose a size; the fitted train keeps energy in its top
+    degrees along the sharp edges, so "auto" continues in larger bases while
+    the held-out score rises: the returned train is larger than the first fit
+    and scores higher. Fails if the resolution check is removed (the first
+    fit is returned) or if a larger basis is kept without scoring higher."""
+    X, validation = checkerboard_rows(800, 0), checkerboard_rows(300, 1)
+    fit = fit_samples(
+        X,
+        validation=validation,
+        n_basis="auto",
+        tt_rank=4,
+        smoothness=0.0,
+        max_iter=60,
+        random_state=0,
+    )
+    scores = fit.selection["scores"]
+    first_size = next(iter(scores))[0]
+    assert fit.n_basis > first_size
+    assert scores[fit.n_basis, 4, 0.0] == max(scores.values())
+    assert scores[fit.n_basis, 4, 0.0] > scores[first_size, 4, 0.0] + 0.05
