@@ -1237,15 +1237,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         device = resolve_device(self.device)
         generator, layer_seed, diagnostic_seed = self._generators(device)
         counter = SimpleNamespace(n_calls=0, n_evaluations=0)
-        evaluate = LogDensityEvaluator(
-            self.log_target,
-            n_features,
-            batch_size=1 << 62,
-            dtype=train_dtype,
-            device=device,
-            report=counter,
-            name="log_target",
-        )
+        evaluate = self._log_target_evaluator(n_features, train_dtype, device, counter)
         symmetry = self._symmetry(n_features, counter, device)
         if symmetry is not None and self.base == "gaussian":
             raise ValueError(
@@ -1427,6 +1419,20 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             verbose=self.verbose,
         )
 
+    def _log_target_evaluator(self, n_features: int, dtype, device, counter):
+        """``log_target`` in ``dtype`` on ``device``, in one batch per call,
+        its evaluations added to ``counter`` (shared by every evaluator of a
+        fit, so that ``n_target_evaluations_`` counts them all)."""
+        return LogDensityEvaluator(
+            self.log_target,
+            n_features,
+            batch_size=1 << 62,
+            dtype=dtype,
+            device=device,
+            report=counter,
+            name="log_target",
+        )
+
     def _symmetry(self, n_features: int, counter, device):
         """The group of ``symmetry`` and the check of ``log_target`` against it.
 
@@ -1441,15 +1447,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if found is None:
             return None
         given, names, group = found
-        evaluate = LogDensityEvaluator(
-            self.log_target,
-            n_features,
-            batch_size=1 << 62,
-            dtype=torch.float64,
-            device=device,
-            report=counter,
-            name="log_target",
-        )
+        evaluate = self._log_target_evaluator(n_features, torch.float64, device, counter)
         # about 1000 evaluations for the sign flip, and no more than 16 per
         # map for groups of many maps
         n_points = max(16, min(N_SYMMETRY_CHECK_POINTS, 4 * N_SYMMETRY_CHECK_POINTS // len(given)))
@@ -1520,15 +1518,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         """
         # The search runs in float64 (Newton steps on float32 Hessians lose
         # the mode's digits) through an evaluator that shares the counts.
-        search_evaluate = LogDensityEvaluator(
-            self.log_target,
-            n_features,
-            batch_size=1 << 62,
-            dtype=torch.float64,
-            device=device,
-            report=counter,
-            name="log_target",
-        )
+        search_evaluate = self._log_target_evaluator(n_features, torch.float64, device, counter)
         # Standard-normal starts find the modes near the origin; modes tens or
         # hundreds of units away (a mixture spread over a wide region) are
         # reached only from starts out there, so a third of the starts are

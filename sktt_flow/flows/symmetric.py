@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from normflows.distributions import BaseDistribution
 
+from sktt_flow.utils.validation import check_points
+
 __all__ = ["SymmetrizedBase", "sign_flip_group"]
 
 #: Elements of the largest temporary of :meth:`SymmetrizedBase.log_prob` (the
@@ -97,6 +99,16 @@ def _as_matrices(group, n_features: int) -> torch.Tensor:
             raise ValueError(f"group element {index} has non-finite entries.")
         matrices.append(matrix)
     return torch.stack(matrices)
+
+
+def _n_features_of(base) -> int:
+    """The integer ``n_features`` of a base, or a TypeError naming the base."""
+    try:
+        return int(base.n_features)
+    except (AttributeError, TypeError, ValueError) as error:
+        raise TypeError(
+            f"base must have an integer n_features property, got {type(base).__name__}."
+        ) from error
 
 
 def _check_determinants(matrices: torch.Tensor, atol: float) -> None:
@@ -293,12 +305,7 @@ class SymmetrizedBase(BaseDistribution):
                 "base must be a normflows BaseDistribution (a torch.nn.Module with log_prob "
                 f"and sample), got {type(base).__name__}."
             )
-        try:
-            n_features = int(base.n_features)
-        except (AttributeError, TypeError, ValueError) as error:
-            raise TypeError(
-                f"base must have an integer n_features property, got {type(base).__name__}."
-            ) from error
+        n_features = _n_features_of(base)
         if not (isinstance(atol, (float, int)) and 0.0 < atol < 1.0):
             raise ValueError(f"atol must be a float in (0, 1), got {atol!r}.")
         matrices = _as_matrices(group, n_features)
@@ -325,13 +332,7 @@ class SymmetrizedBase(BaseDistribution):
     @classmethod
     def sign_flip(cls, base: BaseDistribution, **kwargs) -> SymmetrizedBase:
         """``base`` symmetrised under ``z -> -z`` (:func:`sign_flip_group`)."""
-        try:
-            n_features = int(base.n_features)
-        except (AttributeError, TypeError, ValueError) as error:
-            raise TypeError(
-                f"base must have an integer n_features property, got {type(base).__name__}."
-            ) from error
-        return cls(base, sign_flip_group(n_features), **kwargs)
+        return cls(base, sign_flip_group(_n_features_of(base)), **kwargs)
 
     # ------------------------------------------------------------------ shape
     @property
@@ -373,18 +374,7 @@ class SymmetrizedBase(BaseDistribution):
 
     # ---------------------------------------------------------------- density
     def _check_points(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"Expected a torch.Tensor of points, got {type(z).__name__}.")
-        if z.ndim != 2 or z.shape[1] != self.n_features:
-            raise ValueError(
-                f"Expected points of shape (N, {self.n_features}), got {tuple(z.shape)}."
-            )
-        if z.device != self.matrices.device:
-            raise ValueError(
-                f"The points are on {z.device} but the distribution is on "
-                f"{self.matrices.device}; move one of them (no silent copies)."
-            )
-        return z.to(self.matrices.dtype)
+        return check_points(z, self.n_features, self.matrices)
 
     def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
         r"""Exact normalised ``log q(z)``, shape (N,).

@@ -27,7 +27,7 @@ from sktt_flow.tt.basis import (
 )
 from sktt_flow.tt.sampling import conditional_cdf_operators, sample_right_orthogonal
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
-from sktt_flow.utils.validation import check_domain
+from sktt_flow.utils.validation import check_domain, check_points
 
 __all__ = ["TTDistribution"]
 
@@ -288,18 +288,7 @@ class TTDistribution(BaseDistribution):
         )
 
     def _check_points(self, z: torch.Tensor) -> torch.Tensor:
-        if not isinstance(z, torch.Tensor):
-            raise TypeError(f"Expected a torch.Tensor of points, got {type(z).__name__}.")
-        if z.ndim != 2 or z.shape[1] != self.n_features:
-            raise ValueError(
-                f"Expected points of shape (N, {self.n_features}), got {tuple(z.shape)}."
-            )
-        if z.device != self.low.device:
-            raise ValueError(
-                f"The points are on {z.device} but the distribution is on "
-                f"{self.low.device}; move one of them (no silent copies)."
-            )
-        return z.to(self.low.dtype)
+        return check_points(z, self.n_features, self.low)
 
     # --------------------------------------------------------------- sampling
     def sample(

@@ -181,7 +181,6 @@ class _MaximumLikelihood:
 
 def _search(
     fitter: _MaximumLikelihood,
-    n_features: int,
     tt_rank: int | str,
     n_basis: int | str,
     smoothness: float | str,
@@ -514,7 +513,7 @@ def fit_samples(
         generator=generator,
         verbose=verbose,
     )
-    best = _search(fitter, X.shape[1], tt_rank, n_basis, smoothness)
+    best = _search(fitter, tt_rank, n_basis, smoothness)
     distribution = best.distribution
     distribution.selection = {
         "tt_rank": best.tt_rank,

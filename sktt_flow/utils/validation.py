@@ -10,6 +10,7 @@ import torch
 __all__ = [
     "check_domain",
     "check_domain_resolution",
+    "check_points",
     "check_positive_float",
     "check_positive_int",
     "check_samples",
@@ -94,6 +95,25 @@ def check_domain_resolution(
 
 
 _NUMPY_DTYPES = {torch.float16: np.float16, torch.float32: np.float32, torch.float64: np.float64}
+
+
+def check_points(z, n_features: int, like: torch.Tensor) -> torch.Tensor:
+    """Points at which a distribution is evaluated: a tensor of shape
+    ``(N, n_features)`` on the device of ``like``, returned in its dtype.
+
+    A tensor on another device is refused rather than copied: a silent
+    device round trip in a training loop costs more than the evaluation.
+    """
+    if not isinstance(z, torch.Tensor):
+        raise TypeError(f"Expected a torch.Tensor of points, got {type(z).__name__}.")
+    if z.ndim != 2 or z.shape[1] != n_features:
+        raise ValueError(f"Expected points of shape (N, {n_features}), got {tuple(z.shape)}.")
+    if z.device != like.device:
+        raise ValueError(
+            f"The points are on {z.device} but the distribution is on "
+            f"{like.device}; move one of them (no silent copies)."
+        )
+    return z.to(like.dtype)
 
 
 def check_samples(
