@@ -42,6 +42,13 @@ __all__ = [
 ]
 
 
+#: Points up to which :func:`advance_running_product` contracts by one
+#: broadcast product and a sum; beyond, by a loop of multiply-adds, which
+#: reads less memory (at tt_rank 2 on 8,192 points, 1.3 times faster without
+#: gradient; at 2,048 points and tt_rank 8 or 16 the two are within 10%).
+BROADCAST_MAX_POINTS = 2048
+
+
 def basis_core_matrices(
     cores: Sequence[torch.Tensor], basis_scale: torch.Tensor | None = None
 ) -> list[torch.Tensor]:
@@ -74,6 +81,14 @@ def advance_running_product(
     values = (core_matrix @ basis_values).view(r_left, -1, basis_values.shape[-1])
     if running is None:
         return values[0]
+    if basis_values.shape[-1] <= BROADCAST_MAX_POINTS:
+        # On few points the cost is the number of kernels, not the memory:
+        # one broadcast product and one sum instead of r_{k-1} multiply-adds
+        # (and under autograd, each of them a node whose backward is two more
+        # products) made a training step at tt_rank 16, d = 30 and 256 rows
+        # 1.6 times faster. The choice depends on the shapes only, so that
+        # the same points give the same bits with and without gradient.
+        return (values * running[:, None, :]).sum(dim=0)
     # unbind: one call for all the views instead of two indexing calls per term
     values, running = values.unbind(0), running.unbind(0)
     result = values[0] * running[0]

@@ -79,6 +79,14 @@ UNRESOLVED_ENERGY = 1e-3
 #: cheapest candidate start is preferred to the best one.
 SELECTION_STANDARD_ERRORS = 1.0
 
+#: Held-out gain (nats per row) by which a fit along the penalty path or in a
+#: larger basis must beat the best fit so far to replace it and go on, as the
+#: ``tol`` of early stopping. A fit that keeps its start differs from it only
+#: by the rounding of the canonical form, and comparing without a margin let
+#: such differences buy further fits: on 8,000 rows of 30 features, three of
+#: seven fits, each a third of the base's time.
+MIN_IMPROVEMENT = 1e-4
+
 
 @dataclass
 class _Fit:
@@ -194,7 +202,8 @@ def _search(
     2. Maximum likelihood from that start (with ``smoothness="auto"``,
        penalised by :data:`SMOOTHNESS_START`).
     3. With ``smoothness="auto"``, the next larger penalties of
-       :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises, or, if
+       :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises (by more
+       than :data:`MIN_IMPROVEMENT`), or, if
        the first larger one does not raise it, the next smaller ones
        likewise. Each fit continues from the best fit so far (a path of
        penalties, as in any regularisation path: a few dozen steps instead
@@ -252,7 +261,7 @@ def _search(
             for penalty in direction:
                 cores = [core.detach().clone() for core in best.distribution.cores]
                 candidate = fitter.fit(cores, rank, penalty)
-                if candidate.mean <= best.mean:
+                if candidate.mean <= best.mean + MIN_IMPROVEMENT:
                     break
                 best, moved = candidate, True
             if moved:
@@ -288,17 +297,22 @@ def _refine_resolution(fitter: _MaximumLikelihood, best: _Fit, rank: int) -> _Fi
     sharp edges (the checkerboard: -2.0705 against -2.083). The fitted train
     does tell: where a coordinate keeps its energy in the highest degrees
     (the resolution check of the variational fit), the fit continues in the
-    next larger basis of :data:`N_BASIS_CANDIDATES` from the same function
+    smallest basis of :data:`N_BASIS_CANDIDATES` at least twice as large (or
+    the largest) from the same function
     (zero coefficients at the new degrees), with the chosen penalty, and is
     kept if it scores higher on the held-out rows.
     """
-    for size in (size for size in N_BASIS_CANDIDATES if size > best.n_basis):
-        if not _unresolved(list(best.distribution.cores)):
-            break
+    while best.n_basis < max(N_BASIS_CANDIDATES) and _unresolved(list(best.distribution.cores)):
+        # At least doubling: every size tried is a fit, and a train short of
+        # resolution is usually short by more than one step of the list (30
+        # whitened features squashed by tanh went 8 -> 12 -> 16 -> 24 -> 32,
+        # each step a gain).
+        larger = [size for size in N_BASIS_CANDIDATES if size >= 2 * best.n_basis]
+        size = min(larger) if larger else max(N_BASIS_CANDIDATES)
         candidate = fitter.fit(
             _padded(list(best.distribution.cores), size), rank, best.smoothness
         )
-        if candidate.mean <= best.mean:
+        if candidate.mean <= best.mean + MIN_IMPROVEMENT:
             break
         best = candidate
     return best

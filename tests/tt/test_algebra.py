@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from sktt_flow.tt.algebra import (
+    BROADCAST_MAX_POINTS,
     advance_running_product,
     basis_core_matrices,
     check_cores,
@@ -36,6 +37,35 @@ def test_running_product_evaluates_the_train_at_points():
         "ijk,ip,jp,kp->p", tt_to_full(cores), *(basis[k] * scale[k, :, None] for k in range(3))
     )
     np.testing.assert_allclose(running[0].numpy(), expected.numpy(), rtol=1e-12)
+
+
+def test_running_product_is_the_same_on_few_and_many_points():
+    """On up to ``BROADCAST_MAX_POINTS`` points the product runs as one
+    broadcast product and a sum, on more as a loop of multiply-adds: both
+    give the same values, and the gradient of the broadcast form matches
+    finite differences. Fails if the two forms contract different indices
+    (the ranks here differ, so a transposed contraction cannot agree)."""
+    cores = random_cores((1, 3, 5, 2, 1), 4, seed=8)
+    generator = torch.Generator().manual_seed(9)
+    n_points = BROADCAST_MAX_POINTS + 5
+    basis = torch.randn(4, 4, n_points, generator=generator, dtype=torch.float64)
+
+    def evaluate(matrices, columns):
+        running = None
+        for k, matrix in enumerate(matrices):
+            running = advance_running_product(running, matrix, basis[k][:, columns])
+        return running[0]
+
+    matrices = basis_core_matrices(cores)
+    looped = evaluate(matrices, slice(None))
+    broadcast = torch.cat(
+        [evaluate(matrices, slice(0, 1000)), evaluate(matrices, slice(1000, None))]
+    )
+    np.testing.assert_allclose(broadcast.numpy(), looped.numpy(), rtol=1e-12)
+    leaves = tuple(matrix.clone().requires_grad_() for matrix in matrices)
+    assert torch.autograd.gradcheck(
+        lambda *m: evaluate(list(m), slice(0, 11)), leaves, eps=1e-6, atol=1e-8
+    )
 
 
 def test_tt_svd_is_exact_without_truncation():

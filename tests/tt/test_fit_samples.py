@@ -7,6 +7,7 @@ penalty, the quantile box and the held-out choice of the settings.
 """
 
 import inspect
+import itertools
 import math
 
 import numpy as np
@@ -230,3 +231,55 @@ def test_automatic_size_grows_where_the_fitted_train_is_unresolved():
     assert fit.n_basis > first_size
     assert scores[fit.n_basis, 4, 0.0] == max(scores.values())
     assert scores[fit.n_basis, 4, 0.0] > scores[first_size, 4, 0.0] + 0.05
+
+
+def test_automatic_size_at_least_doubles_the_basis_at_each_growth():
+    """Each size tried after the first is at least twice the one before, or
+    the largest candidate: every size is a whole fit. Fails if the growth
+    steps through every candidate again (8 -> 12 -> 16 ...)."""
+    X, validation = checkerboard_rows(800, 0), checkerboard_rows(300, 1)
+    fit = fit_samples(
+        X,
+        validation=validation,
+        n_basis="auto",
+        tt_rank=4,
+        smoothness=0.0,
+        max_iter=60,
+        random_state=0,
+    )
+    sizes = [size for size, _, _ in fit.selection["scores"]]
+    assert len(sizes) >= 2
+    largest = max(fit_samples_module.N_BASIS_CANDIDATES)
+    for before, after in itertools.pairwise(sizes):
+        assert after >= 2 * before or after == largest, sizes
+
+
+def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypatch):
+    """A fit that keeps its start scores the same up to rounding; such a
+    "gain" must not buy the next penalty of the path. The fits here are
+    replaced by ones that gain 0.4 of :data:`MIN_IMPROVEMENT` each: the path
+    tries one larger and one smaller penalty and keeps the first fit. Fails
+    if the comparison loses its margin (every penalty would be tried)."""
+    minimum = fit_samples_module.MIN_IMPROVEMENT
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    calls = []
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        calls.append(smoothness)
+        # A constant score per row: each later fit gains 0.4 of the minimum.
+        gain = 0.4 * minimum * (len(calls) - 1)
+        result.scores = torch.full_like(result.scores, -1.0 + gain)
+        self.tried[result.key] = float(result.scores.mean())
+        return result
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    X = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fitted = fit_samples(
+        X, tt_rank=2, n_basis=6, smoothness="auto", max_iter=2, random_state=0
+    )
+    start = fit_samples_module.SMOOTHNESS_START
+    larger = min(p for p in SMOOTHNESS_CANDIDATES if p > start)
+    smaller = max(p for p in SMOOTHNESS_CANDIDATES if p < start)
+    assert calls == [start, larger, smaller]
+    assert fitted.selection["smoothness"] == start
