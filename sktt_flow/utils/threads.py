@@ -32,13 +32,20 @@ def thread_limit() -> int:
 
 
 @contextlib.contextmanager
-def torch_threads_within_limits() -> Iterator[int]:
+def torch_threads_within_limits(n_threads: int | None = None) -> Iterator[int]:
     """Run the block with torch's intra-op threads capped by :func:`thread_limit`.
+
+    Parameters
+    ----------
+    n_threads : int, optional
+        A further cap (an estimator's ``n_jobs``); at least 1.
 
     The previous setting is restored on exit. Yields the number of threads.
     """
     previous = torch.get_num_threads()
     limit = thread_limit()
+    if n_threads is not None:
+        limit = max(1, min(limit, int(n_threads)))
     if limit < previous:
         torch.set_num_threads(limit)
     try:
