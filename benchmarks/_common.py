@@ -206,14 +206,23 @@ def merge_results(
 ) -> dict[str, Any]:
     """``payload`` merged into the result file at ``path`` (same settings only).
 
-    The rows (``results``, and ``cases`` where the suite has them) of the keys
-    that ``payload`` ran replace the old ones, sorted in suite ``order`` and
-    then by method; the runs are appended, and the new rows renumbered to
-    point at them.
+    The result rows of the (key, method) pairs that ``payload`` ran replace
+    the old ones, so that a rerun of some methods keeps the other methods'
+    rows; ``cases`` (where the suite has them) are replaced by key. Rows are
+    sorted in suite ``order`` and then by method; the runs are appended, and
+    the new rows renumbered to point at them.
     """
     old = json.loads(path.read_text(encoding="utf-8"))
-    if old["metadata"]["settings"] != payload["metadata"]["settings"]:
+    old_settings, new_settings = old["metadata"]["settings"], payload["metadata"]["settings"]
+    # The methods run may differ: rows are replaced per method, and the file
+    # lists every method it holds.
+    if {k: v for k, v in old_settings.items() if k != "methods"} != {
+        k: v for k, v in new_settings.items() if k != "methods"
+    }:
         raise SystemExit(f"--merge: {path} was made with other settings; not merging.")
+    if "methods" in new_settings:
+        held = set(old_settings.get("methods", [])) | set(new_settings["methods"])
+        new_settings["methods"] = [method for method in methods if method in held]
     new_keys = {row["key"] for row in payload["results"]}
     new_keys |= {case["key"] for case in payload.get("cases", [])}
     runs = old["metadata"]["runs"]
@@ -223,7 +232,10 @@ def merge_results(
     if "cases" in payload:
         cases = [c for c in old["cases"] if c["key"] not in new_keys] + payload["cases"]
         merged["cases"] = sorted(cases, key=lambda c: order.index(c["key"]))
-    results = [r for r in old["results"] if r["key"] not in new_keys] + payload["results"]
+    new_pairs = {(row["key"], row["method"]) for row in payload["results"]}
+    results = [
+        r for r in old["results"] if (r["key"], r["method"]) not in new_pairs
+    ] + payload["results"]
     merged["results"] = sorted(
         results, key=lambda r: (order.index(r["key"]), methods.index(r["method"]))
     )

@@ -94,8 +94,9 @@ linearly).
 Writes ``density_cpu.json`` and ``density_cpu.md`` into ``--output`` (default
 ``benchmarks/results/``), ``density_cpu_large.*`` with ``--large``; with
 ``--quick`` the names end in ``_quick``. With ``--merge`` the rows of the
-datasets run replace those of the same datasets in an existing result file of
-the same settings.
+datasets and methods run replace those of the same datasets and methods in an
+existing result file of the same settings (``--methods tf-default`` reruns one
+method and keeps the others).
 """
 
 from __future__ import annotations

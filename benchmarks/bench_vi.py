@@ -51,9 +51,9 @@ Usage (from the repository root)::
 
 Writes ``vi_cpu.json`` (metadata and every number) and ``vi_cpu.md`` into
 ``--output`` (default ``benchmarks/results/``); with ``--quick`` the names end
-in ``_quick``. With ``--merge`` the rows of the targets run replace the rows of
-the same targets in an existing result file of the same settings, and the
-metadata keeps one entry per run.
+in ``_quick``. With ``--merge`` the rows of the targets and methods run replace
+the rows of the same targets and methods in an existing result file of the
+same settings, and the metadata keeps one entry per run.
 """
 
 from __future__ import annotations
