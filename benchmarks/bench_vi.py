@@ -85,6 +85,7 @@ from _common import (
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.diagnostics import importance_diagnostics
 from sktt_flow.targets import (
+    Banana,
     DoubleRosenbrock,
     EightSchools,
     GinzburgLandau1D,
@@ -200,6 +201,15 @@ def make_cases() -> list[Case]:
             "high rank (n_basis 64, rank 16 gives ESS 0.86 alone)",
         ),
         Case("manywell-32", "ManyWell(32)", lambda: ManyWell(32), 24, 4, "product of 16 wells"),
+        Case(
+            "banana",
+            "Banana(2, curvature 0.1)",
+            lambda: Banana(2, curvature=0.1),
+            64,
+            8,
+            "Haario's strongly twisted banana: mass along a parabola, x_1 of std 10 "
+            "and x_2 of std 1 about it; log Z = 0",
+        ),
         Case(
             "funnel-10",
             "NealsFunnel(10)",
