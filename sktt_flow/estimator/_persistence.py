@@ -245,6 +245,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     if symmetry_order:
         base = base.base
     is_tt = isinstance(base, TTDistribution)
+    # The fitted model's mode, not the parameter's: a variational model
+    # loaded without its log_target is saved again as what it is.
+    mode = "variational" if hasattr(estimator, "elbo_") else "data"
     metadata = {
         "format": FORMAT_NAME,
         "format_version": FORMAT_VERSION,
@@ -252,7 +255,7 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "torch_version": torch.__version__,
         "params": params,
         "random_state_note": random_state_note,
-        "mode": "data" if estimator.log_target is None else "variational",
+        "mode": mode,
         "n_features": int(estimator.n_features_in_),
         "feature_names": None if feature_names is None else [str(n) for n in feature_names],
         # A Gaussian base (params["base"] == "gaussian") has no train: its
@@ -263,11 +266,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         # |G| of a base symmetrised over a group (symmetry=...), 0 for none
         "symmetry_order": symmetry_order,
         "tail_bound": _tail_bound(model),
-        "output_layer": _output_layer_kind(
-            model, "data" if estimator.log_target is None else "variational"
-        ),
+        "output_layer": _output_layer_kind(model, mode),
         # data mode: a FixedLinearAffine (whitening) before the standardisation
-        "whitening": _has_whitening(model, estimator.log_target is None),
+        "whitening": _has_whitening(model, mode == "data"),
         "defensive_weight": model.defensive_weight,
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),

@@ -247,6 +247,22 @@ def test_variational_load_without_log_target_warns_and_scores(variational, tmp_p
     np.testing.assert_array_equal(loaded.score_samples(points), variational.score_samples(points))
 
 
+def test_variational_model_loaded_without_log_target_saves_again(variational, tmp_path):
+    """The file's mode comes from the fitted model, not from the log_target
+    parameter: a variational model loaded without it is saved again as a
+    variational model, and loads with its log_target to the same scores.
+    Fails if save reads log_target=None as a model fitted to data (its
+    layers then do not match and save refuses)."""
+    variational.save(tmp_path / "first.sktt")
+    with pytest.warns(UserWarning, match="log_target is not stored"):
+        loaded = TensorizingFlowDensity.load(tmp_path / "first.sktt")
+    loaded.save(tmp_path / "second.sktt")
+    assert read_members(tmp_path / "second.sktt")[0]["mode"] == "variational"
+    again = TensorizingFlowDensity.load(tmp_path / "second.sktt", log_target=gaussian_log_target)
+    points = variational.sample(20, random_state=3)
+    np.testing.assert_array_equal(again.score_samples(points), variational.score_samples(points))
+
+
 def test_custom_flow_callable_must_be_passed_to_load(data, tmp_path):
     model = TensorizingFlowDensity(**SMALL, flow=custom_flow).fit(data[0])
     model.save(tmp_path / "model.sktt")
