@@ -666,7 +666,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     tt_ : TTDistribution or None
         The fitted TT base (in standardised coordinates in data mode); None
         when the base is a Gaussian. With ``symmetry`` it is the train inside
-        the symmetrised base ``flow_.q0`` (whose ``base`` it is).
+        the symmetrised base ``flow_.q0`` (whose ``base`` it is). In data mode
+        ``tt_.selection`` holds what was chosen (``tt_rank``, ``n_basis``,
+        ``smoothness``) and the held-out scores behind the choice; ``save``
+        keeps it.
     base_ : str
         The base of the fitted model, ``"tt"`` or ``"gaussian"`` (with
         ``base="auto"``, the one whose model scored the better ELBO).

@@ -265,6 +265,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
         # |G| of a base symmetrised over a group (symmetry=...), 0 for none
         "symmetry_order": symmetry_order,
+        # the automatic choices of a train fitted to data (tt_.selection)
+        "tt_selection": _selection_to_json(getattr(base, "selection", None)) if is_tt else None,
         "tail_bound": _tail_bound(model),
         "output_layer": _output_layer_kind(model, mode),
         # data mode: a FixedLinearAffine (whitening) before the standardisation
@@ -475,6 +477,71 @@ def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     if isinstance(last, FixedAffine):
         return "diagonal"
     return "none"
+
+
+def _selection_to_json(selection: dict | None) -> dict | None:
+    """``TTDistribution.selection`` with its tuple-keyed scores as rows."""
+    if selection is None:
+        return None
+    return {
+        "tt_rank": int(selection["tt_rank"]),
+        "n_basis": int(selection["n_basis"]),
+        "smoothness": float(selection["smoothness"]),
+        # strict JSON: a non-finite score (a failed candidate) is left out
+        "scores": [
+            [*key, float(score)]
+            for key, score in selection["scores"].items()
+            if math.isfinite(score)
+        ],
+        "start_scores": [
+            [*key, float(score)]
+            for key, score in selection["start_scores"].items()
+            if math.isfinite(score)
+        ],
+    }
+
+
+def _stored_selection(metadata: dict, where: str) -> dict | None:
+    """The stored ``tt_.selection`` (None: no train fitted to data, or a file
+    that predates it), with its score tables keyed by tuples again."""
+    stored = metadata.get("tt_selection")
+    if stored is None:
+        return None
+    corrupted = ValueError(
+        f"{where} is truncated or corrupted: {_METADATA} has an invalid 'tt_selection'."
+    )
+
+    def rows(name: str, width: int) -> list:
+        value = stored.get(name)
+        if not (
+            isinstance(value, list)
+            and all(
+                isinstance(row, list)
+                and len(row) == width
+                and all(_is_finite(item) for item in row)
+                for row in value
+            )
+        ):
+            raise corrupted
+        return value
+
+    if not isinstance(stored, dict) or not all(
+        _is_finite(stored.get(name)) for name in ("tt_rank", "n_basis", "smoothness")
+    ):
+        raise corrupted
+    return {
+        "tt_rank": int(stored["tt_rank"]),
+        "n_basis": int(stored["n_basis"]),
+        "smoothness": float(stored["smoothness"]),
+        "scores": {
+            (int(n_basis), int(rank), float(smoothness)): float(score)
+            for n_basis, rank, smoothness, score in rows("scores", 4)
+        },
+        "start_scores": {
+            (int(n_basis), int(rank)): float(score)
+            for n_basis, rank, score in rows("start_scores", 3)
+        },
+    }
 
 
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
@@ -1014,6 +1081,9 @@ def load_estimator(
     model = _build_model(metadata, estimator.flow, estimator, state, where)
     device = _load_device(metadata["device"], where)
     fitted = cls._finalize(model.to(device), device)
+    selection = _stored_selection(metadata, where)
+    if selection is not None and fitted["tt_"] is not None:
+        fitted["tt_"].selection = selection
     fitted["n_features_in_"] = metadata["n_features"]
     if metadata["feature_names"] is not None:
         fitted["feature_names_in_"] = np.asarray(metadata["feature_names"], dtype=object)

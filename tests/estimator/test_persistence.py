@@ -109,6 +109,8 @@ def assert_same_model(loaded, original, X):
     assert loaded.tt_ is loaded.flow_.q0 and loaded.device_ == original.device_
     for name in ("n_features_in_", "loss_curve_", "validation_scores_", "n_iter_", "fit_time_"):
         assert getattr(loaded, name) == getattr(original, name), name
+    # the automatic choices of a train fitted to data, with their score tables
+    assert getattr(loaded.tt_, "selection", None) == getattr(original.tt_, "selection", None)
     assert not any(p.requires_grad for p in loaded.flow_.parameters())
     assert not loaded.flow_.training
 
@@ -417,6 +419,9 @@ def _wrong_core_shape(metadata):
         (lambda m: m.update(device="quantum"), "invalid device 'quantum'"),
         (lambda m: m.update(format="something.else"), "not a sktt_flow model file"),
         (lambda m: m.update(format_version=99), "format version 99"),
+        (lambda m: m.update(tt_selection="chosen"), "invalid 'tt_selection'"),
+        (lambda m: m["tt_selection"]["scores"].append([8, 2]), "invalid 'tt_selection'"),
+        (lambda m: m["tt_selection"].update(tt_rank=None), "invalid 'tt_selection'"),
     ],
 )
 def test_edited_metadata_is_a_clear_error(edit, match, saved):
@@ -426,6 +431,18 @@ def test_edited_metadata_is_a_clear_error(edit, match, saved):
     with pytest.raises(ValueError, match=match) as error:
         TensorizingFlowDensity.load(saved)
     assert str(saved) in str(error.value)
+
+
+def test_files_without_the_selection_load_without_it(fitted, data, saved):
+    """Files written before ``tt_selection`` existed load as before; the
+    train then has no ``selection``."""
+    assert fitted.tt_.selection["tt_rank"] == SMALL["tt_rank"]
+    metadata, state = read_members(saved)
+    metadata.pop("tt_selection")
+    write_members(saved, metadata, state)
+    loaded = TensorizingFlowDensity.load(saved)
+    assert not hasattr(loaded.tt_, "selection")
+    np.testing.assert_array_equal(loaded.score_samples(data[1]), fitted.score_samples(data[1]))
 
 
 def test_invalid_json_is_a_clear_error(saved):
