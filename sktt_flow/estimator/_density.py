@@ -765,7 +765,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "dtype": [StrOptions(set(_DTYPES))],
         "inference_dtype": [StrOptions(set(_DTYPES)), None],
         "random_state": ["random_state"],
-        "n_jobs": [Integral, None],
+        "n_jobs": [
+            Interval(Integral, None, -1, closed="right"),
+            Interval(Integral, 1, None, closed="left"),
+            None,
+        ],
         "verbose": ["verbose"],
         "warm_start": ["boolean"],
     }
@@ -837,9 +841,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return tags
 
     def _n_threads(self) -> int:
-        """Torch threads for ``n_jobs`` (a 0 is refused like scikit-learn's)."""
-        if self.n_jobs == 0:
-            raise ValueError("n_jobs == 0 has no meaning; use None, -1 or a positive int.")
+        """Torch threads for ``n_jobs`` (joblib's reading: None is 1, -1 all)."""
         return effective_n_jobs(self.n_jobs)
 
     # -------------------------------------------------------------------- fit
