@@ -239,8 +239,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     params, random_state_note = _json_params(estimator)
     feature_names = getattr(estimator, "feature_names_in_", None)
     base = model.q0
-    # symmetry: the train inside the symmetrised base, whose group (and its
-    # inverses) is in the state as q0.matrices and q0.inverse_index
+    # symmetry: the train inside the symmetrised base, whose group (its
+    # inverses, its centre) is in the state as q0.matrices, q0.inverse_index
+    # and q0.center
     symmetry_order = base.order if isinstance(base, SymmetrizedBase) else 0
     if symmetry_order:
         base = base.base
@@ -805,6 +806,11 @@ def _check_architecture(
         expected[f"{train}low"] = expected[f"{train}high"] = ((n_features,), "n_features")
         if order:
             expected["q0.matrices"] = ((order, n_features, n_features), "symmetry_order")
+            if "q0.center" not in state:
+                # Files written before the group's centre existed: the group
+                # acted about the origin.
+                state["q0.center"] = torch.zeros(n_features, dtype=torch.float64)
+            expected["q0.center"] = ((n_features,), "n_features")
 
     # The base against the stored tensors, entry by entry.
     for key, (shape, entry) in expected.items():
@@ -905,7 +911,9 @@ def _build_model(
                 # Built from the stored group itself, which must be one (closed,
                 # |det| = 1, identity first: SymmetrizedBase checks it and finds
                 # the inverses, compared with the stored ones below).
-                base = SymmetrizedBase(base, state["q0.matrices"])
+                base = SymmetrizedBase(
+                    base, state["q0.matrices"], center=state.get("q0.center")
+                )
                 rebuilt_group = (base.matrices.clone(), base.inverse_index.clone())
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(

@@ -1,4 +1,5 @@
-"""A base distribution made exactly invariant under a finite group of linear maps."""
+"""A base distribution made exactly invariant under a finite group of linear maps
+(about the origin or about any given centre)."""
 
 from __future__ import annotations
 
@@ -101,6 +102,25 @@ def _as_matrices(group, n_features: int) -> torch.Tensor:
     return torch.stack(matrices)
 
 
+def _as_center(center, n_features: int) -> torch.Tensor:
+    """``center`` as a float64 CPU tensor of shape (d,), checked."""
+    try:
+        array = np.asarray(
+            center.detach().cpu() if isinstance(center, torch.Tensor) else center
+        )
+        if array.dtype.kind not in "iuf":
+            raise TypeError(f"dtype {array.dtype}")
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"center must be a real numeric vector, got {center!r}.") from error
+    if array.shape != (n_features,):
+        raise ValueError(
+            f"center must have shape ({n_features},), the base's n_features, got {array.shape}."
+        )
+    if not np.isfinite(array).all():
+        raise ValueError("center has non-finite entries.")
+    return torch.as_tensor(array.astype(np.float64))
+
+
 def _n_features_of(base) -> int:
     """The integer ``n_features`` of a base, or a TypeError naming the base."""
     try:
@@ -201,20 +221,25 @@ class SymmetrizedBase(BaseDistribution):
     r"""A base distribution averaged over a finite group of linear maps.
 
     For a finite group :math:`G` of linear maps of :math:`\mathbb{R}^d` with
-    :math:`|\det g| = 1` and any base :math:`q_0`,
+    :math:`|\det g| = 1`, acting about a centre :math:`c` (``center``, the
+    origin by default) as :math:`z \mapsto c + g (z - c)`, and any base
+    :math:`q_0`,
 
     .. math::
 
-        q(z) = \frac{1}{|G|} \sum_{g \in G} q_0(g z)
+        q(z) = \frac{1}{|G|} \sum_{g \in G} q_0\big(c + g (z - c)\big)
 
-    is a normalised density (each term is the density of :math:`g^{-1} Z_0`,
-    :math:`Z_0 \sim q_0`), invariant under :math:`G`: :math:`q(h z) = q(z)`
-    for every :math:`h \in G`. When the target is invariant under
-    :math:`G`, the modes that a tensor-train cross or fit finds one at a time
-    are all given exactly equal mass. The density is evaluated exactly (a
-    log-sum-exp over the group of one batched ``log_prob`` call of the base on
-    all ``|G|`` transformed copies of the points) and sampled exactly: draw
-    :math:`z_0 \sim q_0`, pick :math:`g` uniformly, return :math:`g^{-1} z_0`.
+    is a normalised density (each term is the density of
+    :math:`c + g^{-1} (Z_0 - c)`, :math:`Z_0 \sim q_0`), invariant under
+    :math:`G`: :math:`q(c + h (z - c)) = q(z)` for every :math:`h \in G`.
+    When the target is invariant under :math:`G`, the modes that a
+    tensor-train cross or fit finds one at a time are all given exactly equal
+    mass; and a base that holds only one of the symmetric modes (a train on a
+    box around it) becomes, symmetrised, a base of all of them. The density
+    is evaluated exactly (a log-sum-exp over the group of one batched
+    ``log_prob`` call of the base on all ``|G|`` transformed copies of the
+    points) and sampled exactly: draw :math:`z_0 \sim q_0`, pick :math:`g`
+    uniformly, return :math:`c + g^{-1} (z_0 - c)`.
 
     It is a :class:`normflows.distributions.BaseDistribution`, a drop-in base
     for :class:`~sktt_flow.flows.TensorizingFlow`.
@@ -233,6 +258,12 @@ class SymmetrizedBase(BaseDistribution):
         repeats are dropped; the set must then be closed under composition
         and every ``|det g|`` must be 1 (within ``atol``), which with
         finiteness makes it a group.
+    center : array-like of shape (d,), optional
+        The point that every element fixes, :math:`c`; the origin when not
+        given. A symmetry ``x -> g x`` of a target seen in coordinates
+        ``x = m + A y`` acts on ``y`` as ``y -> c + A^{-1} g A (y - c)`` with
+        ``c = -A^{-1} m``, the origin of ``x``: pass the conjugated matrices
+        and that centre.
     atol : float, default=1e-8
         Tolerance of these checks, on the largest entry of a difference of
         matrices (scaled by the largest entry of the elements) and on
@@ -248,6 +279,8 @@ class SymmetrizedBase(BaseDistribution):
     inverse_index : buffer of shape (order,)
         ``matrices[inverse_index[i]]`` is the inverse of ``matrices[i]``
         (found in the group, so that the inverses are exact).
+    center : buffer of shape (d,)
+        The centre :math:`c`.
 
     Notes
     -----
@@ -263,10 +296,11 @@ class SymmetrizedBase(BaseDistribution):
     - It helps only when the target is (close to) invariant under ``G``;
       otherwise it puts mass where the target has none. The group must be
       one of the target's in the coordinates of the base: after a fixed
-      affine map ``x = m + A y``, a symmetry ``x -> g x`` of the target with
-      ``g m = m`` is ``y -> A^{-1} g A y``, so pass the conjugated matrices
-      (a group with ``|det| = 1`` again, not orthogonal in general); with
-      ``g m != m`` it is not linear in ``y`` and cannot be used.
+      affine map ``x = m + A y``, a symmetry ``x -> g x`` of the target is
+      ``y -> c + A^{-1} g A (y - c)`` with ``c = -A^{-1} m`` (``center``),
+      so pass the conjugated matrices (a group with ``|det| = 1`` again, not
+      orthogonal in general) and that centre; when ``g m = m`` for every
+      ``g`` the centre can stay at the origin.
     - A flow on top of this base is not equivariant in general, so the model
       is not invariant: the exact balance of the modes holds for the base
       only, and training the flow can unbalance them again. An invariant
@@ -296,7 +330,7 @@ class SymmetrizedBase(BaseDistribution):
     True
     """
 
-    def __init__(self, base: BaseDistribution, group, *, atol: float = 1e-8):
+    def __init__(self, base: BaseDistribution, group, *, center=None, atol: float = 1e-8):
         super().__init__()
         if not isinstance(base, torch.nn.Module) or not all(
             callable(getattr(base, name, None)) for name in ("log_prob", "sample")
@@ -325,9 +359,14 @@ class SymmetrizedBase(BaseDistribution):
         reference = _floating_tensor(base)
         dtype = reference.dtype if reference is not None else torch.get_default_dtype()
         device = reference.device if reference is not None else torch.device("cpu")
+        if center is None:
+            center = torch.zeros(n_features, dtype=torch.float64)
+        else:
+            center = _as_center(center, n_features)
         self.base = base
         self.register_buffer("matrices", matrices.to(dtype=dtype, device=device))
         self.register_buffer("inverse_index", inverse_index.to(device=device))
+        self.register_buffer("center", center.to(dtype=dtype, device=device))
 
     @classmethod
     def sign_flip(cls, base: BaseDistribution, **kwargs) -> SymmetrizedBase:
@@ -365,7 +404,7 @@ class SymmetrizedBase(BaseDistribution):
         base_low, base_high = self.base.low, self.base.high
         center, half_width = (base_low + base_high) / 2.0, (base_high - base_low) / 2.0
         inverses = self.matrices[self.inverse_index]
-        centers = inverses @ center
+        centers = self.center + inverses @ (center - self.center)
         reach = inverses.abs() @ half_width
         return (centers - reach).amin(dim=0), (centers + reach).amax(dim=0)
 
@@ -379,8 +418,8 @@ class SymmetrizedBase(BaseDistribution):
     def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
         r"""Exact normalised ``log q(z)``, shape (N,).
 
-        ``logsumexp_g log q_0(g z) - log |G|``, with one ``log_prob`` call of
-        the base on the ``|G| N`` points ``g z`` (in blocks of rows of at most
+        ``logsumexp_g log q_0(c + g (z - c)) - log |G|``, with one ``log_prob``
+        call of the base on the ``|G| N`` images of the points (in blocks of rows of at most
         :data:`CHUNK_ELEMENTS` numbers). Differentiable in ``z`` and in the
         base's parameters. ``context`` is accepted for normflows
         compatibility and ignored.
@@ -392,7 +431,8 @@ class SymmetrizedBase(BaseDistribution):
         log_order = math.log(self.order)
         results = []
         for block in z.split(rows):
-            images = torch.matmul(block, self.matrices.transpose(1, 2))  # (|G|, n, d)
+            images = torch.matmul(block - self.center, self.matrices.transpose(1, 2))
+            images = images + self.center  # (|G|, n, d)
             log_base = self.base.log_prob(images.reshape(-1, self.n_features))
             log_base = log_base.reshape(self.order, block.shape[0])
             results.append(torch.logsumexp(log_base, dim=0) - log_order)
@@ -404,8 +444,9 @@ class SymmetrizedBase(BaseDistribution):
 
         ``num_samples`` draws of the base first, then one uniform group index
         per draw, both from ``generator``; each draw is mapped by the inverse
-        of its element (found by index in the group, so exact), with one
-        matrix product per element of the group over the draws it maps.
+        of its element about the centre (found by index in the group, so
+        exact), with one matrix product per element of the group over the
+        draws it maps.
 
         Parameters
         ----------
@@ -434,7 +475,7 @@ class SymmetrizedBase(BaseDistribution):
             if element == 0:  # the identity
                 z[rows] = z0[rows]
             elif rows.numel():
-                z[rows] = z0[rows] @ self.matrices[element].T
+                z[rows] = (z0[rows] - self.center) @ self.matrices[element].T + self.center
         return z
 
     def forward(self, num_samples: int = 1, context=None, generator=None):

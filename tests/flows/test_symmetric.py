@@ -389,6 +389,83 @@ def test_forward_returns_the_log_density_of_its_draws():
     assert q.sample(0).shape == (0, 2)
 
 
+# ------------------------------------------------------------- a centre
+#: A centre away from the origin and from the middle of BOX.
+CENTER = torch.tensor([1.25, -0.75], dtype=torch.float64)
+
+
+def test_a_centre_makes_the_mixture_with_the_image_about_it():
+    """A symmetrised N(m, s^2) under the sign flip about c is
+    (N(m, s^2) + N(2c - m, s^2)) / 2, by scipy, to 1e-12; with the group
+    acting about the origin instead (the bug of a centre ignored) the second
+    component is N(-m, s^2), off by far more."""
+    loc = torch.tensor([1.5, -0.25], dtype=torch.float64)
+    scale = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    q = SymmetrizedBase.sign_flip(GaussianBase(loc, scale), center=CENTER)
+    z = 6 * torch.rand(200, 2, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    z = z - 3
+    expected = np.log(
+        0.5 * stats.norm.pdf(z.numpy(), loc.numpy(), scale.numpy()).prod(axis=1)
+        + 0.5 * stats.norm.pdf(z.numpy(), (2 * CENTER - loc).numpy(), scale.numpy()).prod(axis=1)
+    )
+    with torch.no_grad():
+        np.testing.assert_allclose(q.log_prob(z).numpy(), expected, rtol=1e-12, atol=1e-12)
+
+
+def test_draws_about_a_centre_are_the_images_of_the_base_draws():
+    """Each draw is c + g^{-1} (z0 - c) for the base draw z0 and the element
+    drawn after it, exactly; half of the draws lie on each side of c (the
+    lopsided base puts about 90% on one side of its own box, whose middle is
+    not c), within the binomial's 4.4 standard deviations; and forward's log q
+    is log_prob of its draws."""
+    base = lopsided_base()
+    q = SymmetrizedBase(base, dihedral_group(), center=CENTER)
+    z, log_q = q.forward(N_DRAWS, generator=torch.Generator().manual_seed(7))
+    generator = torch.Generator().manual_seed(7)
+    z0 = base.sample(N_DRAWS, generator=generator)
+    index = torch.randint(8, (N_DRAWS,), generator=generator)
+    inverses = q.matrices[q.inverse_index[index]]
+    expected = CENTER + torch.einsum("nij,nj->ni", inverses, z0 - CENTER)
+    torch.testing.assert_close(z, expected, rtol=0, atol=1e-14)
+    with torch.no_grad():
+        torch.testing.assert_close(log_q, q.log_prob(z), rtol=0, atol=0)
+    assert side_chi_square(z - CENTER) < 4.4**2
+    assert side_chi_square(z) > 100  # about the origin the sides are far from even
+
+
+def test_log_prob_about_a_centre_equals_the_loop():
+    """Equal to 1e-12 to the brute-force mean of q0(c + g (z - c)) over the
+    dihedral group; the bounding box is that of the images of B about c."""
+    base = lopsided_base()
+    q = SymmetrizedBase(base, dihedral_group(), center=CENTER)
+    z = 10 * torch.rand(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    z = z - 5
+    shifted = log_prob_by_loop(
+        type("Moved", (), {"log_prob": lambda self, y: base.log_prob(y + CENTER)})(),
+        dihedral_group(),
+        z - CENTER,
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(q.log_prob(z), shifted, rtol=1e-12, atol=1e-12)
+    corners = torch.cartesian_prod(*[torch.tensor(row, dtype=torch.float64) for row in BOX])
+    images = CENTER + torch.einsum("gij,nj->gni", q.matrices, corners - CENTER).reshape(-1, 2)
+    torch.testing.assert_close(q.low, images.amin(dim=0))
+    torch.testing.assert_close(q.high, images.amax(dim=0))
+
+
+@pytest.mark.parametrize(
+    "center, error, message",
+    [
+        ([0.0, 0.0, 0.0], ValueError, "shape"),
+        ([0.0, float("nan")], ValueError, "non-finite"),
+        (["a", "b"], TypeError, "real numeric"),
+    ],
+)
+def test_bad_centres_are_refused(center, error, message):
+    with pytest.raises(error, match=message):
+        SymmetrizedBase.sign_flip(lopsided_base(), center=center)
+
+
 # ------------------------------------------------------- group and buffers
 def test_identity_added_repeats_dropped_inverses_found():
     base = lopsided_base()
@@ -413,6 +490,7 @@ def test_buffers_follow_the_dtype_and_the_state_dict():
     assert set(q.state_dict()) == {
         "matrices",
         "inverse_index",
+        "center",
         "base.cores.0",
         "base.cores.1",
         "base.low",
