@@ -190,6 +190,7 @@ def make_cases() -> list[Case]:
             8,
             "x_d has unit width on [-200, 200]: TT-cross alone gives ESS 0.002 at "
             "n_basis 64, 0.03 at 256",
+            symmetry="last-sign-flip",
         ),
         Case(
             "mog2d-40",
@@ -272,8 +273,19 @@ def _lattice_sign_flip(target: Target) -> np.ndarray:
     return matrix[None]
 
 
+def _last_sign_flip(target: Target) -> np.ndarray:
+    """``x_d -> -x_d``, shape (1, d, d): the mirror that maps each mode of
+    DoubleRosenbrock onto the other (``E_-`` is ``E_+`` with ``x_d`` mirrored)."""
+    matrix = np.eye(target.n_features)
+    matrix[-1, -1] = -1.0
+    return matrix[None]
+
+
 #: Groups of the targets that have one (``Case.symmetry``), for ``--symmetry target``.
-SYMMETRIES: dict[str, Callable[[Target], Any]] = {"lattice-sign-flip": _lattice_sign_flip}
+SYMMETRIES: dict[str, Callable[[Target], Any]] = {
+    "lattice-sign-flip": _lattice_sign_flip,
+    "last-sign-flip": _last_sign_flip,
+}
 
 
 def symmetry_of(case: Case, target: Target, choice: str):
