@@ -209,8 +209,9 @@ def merge_results(
     The result rows of the (key, method) pairs that ``payload`` ran replace
     the old ones, so that a rerun of some methods keeps the other methods'
     rows; ``cases`` (where the suite has them) are replaced by key. Rows are
-    sorted in suite ``order`` and then by method; the runs are appended, and
-    the new rows renumbered to point at them.
+    sorted in suite ``order`` and then by method; the runs are appended, the
+    new rows renumbered to point at them, and runs that no row comes from any
+    more (every row of theirs replaced) are dropped.
     """
     old = json.loads(path.read_text(encoding="utf-8"))
     old_settings, new_settings = old["metadata"]["settings"], payload["metadata"]["settings"]
@@ -240,7 +241,19 @@ def merge_results(
         results, key=lambda r: (order.index(r["key"]), methods.index(r["method"]))
     )
     payload["metadata"]["runs"] = runs + payload["metadata"]["runs"]
-    return merged
+    return drop_unused_runs(merged)
+
+
+def drop_unused_runs(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` without the runs that none of its rows comes from, the rows
+    renumbered to match (in place; returned for convenience)."""
+    used = sorted({row["run"] for row in payload["results"]})
+    position = {run: index for index, run in enumerate(used)}
+    for row in payload["results"]:
+        row["run"] = position[row["run"]]
+    runs = payload["metadata"]["runs"]
+    payload["metadata"]["runs"] = [runs[run] for run in used]
+    return payload
 
 
 def write_results(
