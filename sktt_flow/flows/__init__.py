@@ -11,6 +11,12 @@ from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
 from sktt_flow.flows.model import TensorizingFlow
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
+from sktt_flow.flows.tempered import (
+    TemperedLayerReport,
+    TemperedReport,
+    TemperedTTBase,
+    fit_tempered_base,
+)
 
 __all__ = [
     "FLOW_NAMES",
@@ -20,9 +26,13 @@ __all__ = [
     "FixedLinearAffine",
     "GaussianBase",
     "SymmetrizedBase",
+    "TemperedLayerReport",
+    "TemperedReport",
+    "TemperedTTBase",
     "TensorizingFlow",
     "build_flow_layers",
     "coordinate_layers",
+    "fit_tempered_base",
     "pull_back",
     "sign_flip_group",
     "spline_tail_bound",

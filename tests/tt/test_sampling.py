@@ -8,6 +8,8 @@ Sizes: with N = 40,000 samples the KS statistic of a correct sampler exceeds
 expected counts above 100 each.
 """
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -21,6 +23,8 @@ from sktt_flow.tt.sampling import (
     _cdf_and_density,
     _newton_has_converged,
     conditional_cdf_operators,
+    inverse_rosenblatt_right_orthogonal,
+    rosenblatt_right_orthogonal,
     sample_right_orthogonal,
 )
 from tests.conftest import random_cores, random_distribution
@@ -307,3 +311,80 @@ def test_operators_are_built_once_per_size_dtype_and_device():
     assert conditional_cdf_operators(6, torch.float64, torch.device("cpu")) is not first
     single = conditional_cdf_operators(5, torch.float32, torch.device("cpu"))
     assert single.grid.dtype == torch.float32
+
+
+# ------------------------------------------------ Rosenblatt pair with a uniform part
+@pytest.fixture(scope="module")
+def right_orthogonal_cores(distribution):
+    return right_orthogonalize([core.detach().double() for core in distribution.cores])
+
+
+@pytest.mark.parametrize("weight", [0.0, 1e-2, 0.3])
+def test_rosenblatt_maps_are_inverse_and_give_the_mixture_density(
+    distribution, right_orthogonal_cores, weight
+):
+    """Catches a wrong mixture weight of a conditional (the uniform part of a
+    marginal is 2^-k on the reference cube, the train's part is read off the
+    prefix norms) or a Jacobian factor of the box: either breaks the identity or
+    the density against the independent formula (1 - tau) p_TT + tau / vol."""
+    low, high = distribution.low.double(), distribution.high.double()
+    uniforms = torch.rand(5000, 3, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    points, log_density = inverse_rosenblatt_right_orthogonal(
+        right_orthogonal_cores, low, high, uniforms, defensive_weight=weight
+    )
+    back, log_density_back = rosenblatt_right_orthogonal(
+        right_orthogonal_cores, low, high, points, defensive_weight=weight
+    )
+    assert (back - uniforms).abs().max() < 1e-10
+    assert (log_density - log_density_back).abs().max() < 1e-10
+    log_tt = distribution.log_prob_tt(points)
+    uniform = math.log(weight) - float(torch.log(high - low).sum()) if weight else -math.inf
+    expected = torch.logaddexp(log_tt + math.log1p(-weight), torch.full_like(log_tt, uniform))
+    assert (log_density - expected).abs().max() < 1e-10
+    if weight == 0.0:
+        # the same map as the sampler without the uniform part (another order of
+        # operations: equal to rounding, not bit for bit)
+        plain = sample_right_orthogonal(right_orthogonal_cores, low, high, uniforms)
+        assert (points - plain).abs().max() < 1e-11
+
+
+def test_defensive_samples_pass_kolmogorov_smirnov(distribution, right_orthogonal_cores):
+    """With tau = 0.3 a sampler that ignored the uniform part (or mixed it in
+    with the wrong weight) would be off by about 0.3 x (the largest gap between
+    the train's CDF and the uniform's), far beyond the KS tolerance at N = 40,000
+    (see the module docstring)."""
+    weight = 0.3
+    low, high = distribution.low.double(), distribution.high.double()
+    uniforms = torch.rand(
+        N_SAMPLES, 3, generator=torch.Generator().manual_seed(4), dtype=torch.float64
+    )
+    points = sample_right_orthogonal(
+        right_orthogonal_cores, low, high, uniforms, defensive_weight=weight
+    )
+    for k in range(3):
+        tt_cdf, _ = marginal_cdf(distribution, k)
+        eps = distribution.tail_weight
+        a, b = float(low[k]), float(high[k])
+
+        def cdf(x, tt_cdf=tt_cdf, eps=eps, a=a, b=b, k=k):
+            # marginal_cdf mixes in the distribution's Gaussian tail; take it out
+            center, scale = (a + b) / 2, (b - a) / 2
+            tt = (tt_cdf(x) - eps * stats.norm.cdf(x, center, scale)) / (1 - eps)
+            return (1 - weight) * tt + weight * np.clip((x - a) / (b - a), 0.0, 1.0)
+
+        result = stats.kstest(points[:, k].numpy(), cdf)
+        assert result.pvalue > SIGNIFICANCE, (k, result)
+
+
+@pytest.mark.parametrize("weight", [-0.1, 1.0, math.nan])
+def test_bad_defensive_weight_is_refused(right_orthogonal_cores, weight):
+    low, high = -torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64)
+    uniforms = torch.rand(4, 3, dtype=torch.float64)
+    with pytest.raises(ValueError, match="defensive_weight"):
+        rosenblatt_right_orthogonal(
+            right_orthogonal_cores, low, high, uniforms, defensive_weight=weight
+        )
+    with pytest.raises(TypeError, match="defensive_weight"):
+        inverse_rosenblatt_right_orthogonal(
+            right_orthogonal_cores, low, high, uniforms, defensive_weight="0.1"
+        )
