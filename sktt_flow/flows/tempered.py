@@ -192,7 +192,10 @@ def _standard_normal_cdf_centered(z: torch.Tensor) -> torch.Tensor:
 
 
 class TemperedTTBase(BaseDistribution):
-    r"""Exact base distribution ``(F o S_1 o ... o S_K)_# U([-1, 1]^d)``.
+    r"""Exact base distribution: the uniform on the cube pushed by tempered TT layers.
+
+    The push-forward ``(F o S_1 o ... o S_K)_# U([-1, 1]^d)`` of the uniform
+    by the layers' transports and the outer map.
 
     See :mod:`sktt_flow.flows.tempered` for the construction and the formula
     of the density. Build one with :func:`fit_tempered_base`; the constructor
