@@ -549,9 +549,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         maximum likelihood (Good and Gaskins' penalty on the square root of
         the density, which grows as the square of the Legendre degree and so
         damps the high degrees that follow the noise of a small sample; see
-        :func:`~sktt_flow.tt.fit_samples.fit_samples`). ``"auto"`` tries no
-        penalty and then larger ones, keeping the best on the held-out rows
-        (0 without a held-out split). Ignored in variational mode.
+        :func:`~sktt_flow.tt.fit_samples.fit_samples`). ``"auto"`` starts
+        at :data:`~sktt_flow.tt.fit_samples.SMOOTHNESS_START` and moves along
+        :data:`~sktt_flow.tt.fit_samples.SMOOTHNESS_CANDIDATES` while the
+        held-out score rises, keeping the best (0 without a held-out split).
+        On more than :data:`~sktt_flow.tt.fit_samples.SEARCH_MAX_ROWS`
+        training rows, the ``"auto"`` choices of the base (and the
+        preconditioner's) are made on a random subsample of that many rows
+        and held-out rows, and the chosen train is then fitted to all rows,
+        from the subsample's fit (or the chosen setting's start on all rows,
+        if better on the held-out rows). Ignored in variational mode.
     domain : array-like of shape (n_features, 2), "auto" or None, default=None
         The box ``[low, high]`` per feature on which the TT base lives. In data
         mode it is given in the original feature units, and by default
@@ -671,14 +678,20 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Samples per gradient step (data rows, or draws from the model).
     learning_rate : float, default=1e-3
         Adam's initial step size; halved whenever the validation score stalls
-        for half of ``n_iter_no_change`` iterations.
+        for half of ``n_iter_no_change`` units of patience.
     validation_fraction : float, default=0.1
         Fraction of the data held out for early stopping, in [0, 1); 0
         scores the training data instead. Variational mode scores on fixed
         draws from the model instead.
     n_iter_no_change : int, default=20
-        Iterations without improvement of the validation score before a
-        training stage stops.
+        Units of patience without improvement of the validation score before
+        a training stage stops (the TT base's in data mode: a quarter of
+        them). For the flow in data mode a unit is 10 optimiser steps,
+        counted in whole epochs: with 300 training rows a unit is 5 epochs
+        of 2 steps; with 9,000 rows in batches of 256, 20 units are 6 epochs
+        of 36 steps. For the TT base a unit is an epoch, or enough epochs to
+        make 10 steps (in steps too during a search on a subsample). In
+        variational mode a unit is an iteration.
     train_base : bool, default=False
         Also train the cores of the base jointly with the flow (in
         variational mode with a score-function gradient, as base samples do

@@ -7,7 +7,7 @@ from collections.abc import Iterable
 import torch
 
 from sktt_flow.flows.model import TensorizingFlow
-from sktt_flow.utils.optimize import TrainingHistory, minimize
+from sktt_flow.utils.optimize import TrainingHistory, minimize, patience_in_passes
 
 __all__ = ["fit_forward_kl"]
 
@@ -30,7 +30,10 @@ def fit_forward_kl(
     The score is the mean log-likelihood of ``validation`` (higher is better),
     evaluated before training, so that the state kept at the end is never
     worse on held-out data than the starting one (the TT base alone when the
-    flow starts at the identity).
+    flow starts at the identity). ``n_iter_no_change`` counts units of
+    :data:`~sktt_flow.utils.optimize.MIN_STEPS_PER_ITERATION` steps (in whole
+    passes over ``train``, :func:`~sktt_flow.utils.optimize.patience_in_passes`),
+    so a long pass over many rows does not make a longer patience.
 
     Returns
     -------
@@ -51,7 +54,7 @@ def fit_forward_kl(
         max_iter=max_iter,
         batch_size=batch_size,
         learning_rate=learning_rate,
-        n_iter_no_change=n_iter_no_change,
+        n_iter_no_change=patience_in_passes(n_iter_no_change, train.shape[0], batch_size),
         generator=generator,
         verbose=verbose,
         description="flow maximum likelihood",

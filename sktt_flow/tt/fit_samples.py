@@ -19,6 +19,11 @@ tensorizing flow", Res. Math. Sci. 10:30, 2023, section 3):
 Settings asked as ``"auto"`` are chosen on the held-out rows: ``n_basis`` and
 ``tt_rank`` by the held-out likelihood of every candidate's start (milliseconds
 each, no fit), ``smoothness`` by fits from the chosen start (:func:`_search`).
+On more than :data:`SEARCH_MAX_ROWS` training rows the choices are made on a
+random subsample of that many, and the chosen setting is then fitted once to
+all rows, from the subsample's fit: a step costs the same on any number of
+rows, and a pass over ten thousand rows is forty steps where the search wants
+a few (:func:`_fit_on_subsample`).
 """
 
 from __future__ import annotations
@@ -37,12 +42,14 @@ from sktt_flow.tt.estimation import (
     domain_from_samples,
     separable_mixture_cores,
 )
-from sktt_flow.utils.optimize import minimize
+from sktt_flow.utils.optimize import minimize, patience_in_passes
 from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.validation import check_domain, check_positive_int, check_samples
 
 __all__ = [
     "N_BASIS_CANDIDATES",
+    "SEARCH_FIT_MAX_STEPS",
+    "SEARCH_MAX_ROWS",
     "SELECTION_STANDARD_ERRORS",
     "SMOOTHNESS_CANDIDATES",
     "SMOOTHNESS_START",
@@ -87,6 +94,18 @@ SELECTION_STANDARD_ERRORS = 1.0
 #: seven fits, each a third of the base's time.
 MIN_IMPROVEMENT = 1e-4
 
+#: Training rows above which the ``"auto"`` settings are chosen on a random
+#: subsample of this many (and the held-out rows likewise capped), before one
+#: fit of the chosen setting to all rows from the subsample's fit. Most of a
+#: step's cost does not depend on the rows (30 cores of rank 2: 30 ms for 256
+#: rows or 1024), so the search costs steps, and on a subsample an epoch is
+#: a few of them: on 10,000 rows of 30 features the search took 63 s of a
+#: 94 s fit.
+SEARCH_MAX_ROWS = 2000
+
+#: Most optimiser steps of each fit of a search on a subsample
+#: (:data:`SEARCH_MAX_ROWS`).
+SEARCH_FIT_MAX_STEPS = 100
 
 @dataclass
 class _Fit:
@@ -123,6 +142,38 @@ class _MaximumLikelihood:
     verbose: int
     tried: dict = field(default_factory=dict)
     start_scores: dict = field(default_factory=dict)
+    #: Most optimiser steps of each fit (None: ``options["max_iter"]`` passes),
+    #: and whether its patience counts steps (:func:`patience_in_passes`)
+    #: rather than passes: both for the fits of a search on a subsample.
+    max_steps: int | None = None
+    patience_in_steps: bool = False
+
+    def subsample(self, n_rows: int) -> _MaximumLikelihood:
+        """The same problem on at most ``n_rows`` random training rows and as many
+        held-out rows; the box, the penalty's scales and the options are kept."""
+
+        def rows(samples: torch.Tensor) -> torch.Tensor:
+            if samples.shape[0] <= n_rows:
+                return samples
+            order = torch.randperm(
+                samples.shape[0], generator=self.generator, device=samples.device
+            )
+            return samples[order[:n_rows]]
+
+        train = rows(self.train)
+        inside = ((train >= self.low) & (train <= self.high)).all(dim=1)
+        return _MaximumLikelihood(
+            train=train,
+            validation=rows(self.validation),
+            start_rows=train[inside] if int(inside.sum()) >= 2 else train,
+            low=self.low,
+            high=self.high,
+            roughness_scale=self.roughness_scale,
+            tail_weight=self.tail_weight,
+            options=self.options,
+            generator=self.generator,
+            verbose=self.verbose,
+        )
 
     def start(self, n_basis: int, tt_rank: int, seed: int | None = None) -> list[torch.Tensor]:
         """The optimisation-free start; from ``seed`` if given, else the shared stream."""
@@ -133,14 +184,18 @@ class _MaximumLikelihood:
             self.start_rows, self.low, self.high, n_basis, tt_rank, generator
         )
 
-    def score_start(self, cores: list[torch.Tensor], tt_rank: int) -> torch.Tensor:
+    def held_out_scores(self, cores: list[torch.Tensor]) -> torch.Tensor:
         """Held-out log-densities of the train ``cores`` as they are, without fitting."""
         distribution = TTDistribution(
             cores, torch.stack([self.low, self.high], dim=1), tail_weight=self.tail_weight
         )
         with torch.no_grad():
-            scores = distribution.log_prob(self.validation).double()
-        self.start_scores[distribution.n_basis, tt_rank] = float(scores.mean())
+            return distribution.log_prob(self.validation).double()
+
+    def score_start(self, cores: list[torch.Tensor], tt_rank: int) -> torch.Tensor:
+        """:meth:`held_out_scores` of a start, recorded in ``start_scores``."""
+        scores = self.held_out_scores(cores)
+        self.start_scores[cores[0].shape[1], tt_rank] = float(scores.mean())
         return scores
 
     def fit(self, cores: list[torch.Tensor], tt_rank: int, smoothness: float) -> _Fit:
@@ -164,6 +219,17 @@ class _MaximumLikelihood:
             with torch.no_grad():
                 return float(distribution.log_prob(self.validation).mean())
 
+        options = dict(self.options)
+        if self.patience_in_steps:
+            options["n_iter_no_change"] = patience_in_passes(
+                options["n_iter_no_change"], train.shape[0], options["batch_size"]
+            )
+        if self.max_steps is not None:
+            # A budget in steps, not passes: a pass over 9,000 rows is 36.
+            steps_per_pass = math.ceil(train.shape[0] / options["batch_size"])
+            options["max_iter"] = min(
+                options["max_iter"], math.ceil(self.max_steps / steps_per_pass)
+            )
         distribution.training_history = minimize(
             distribution,
             loss,
@@ -172,7 +238,7 @@ class _MaximumLikelihood:
             generator=self.generator,
             verbose=self.verbose,
             description="TT maximum likelihood",
-            **self.options,
+            **options,
         )
         distribution.canonicalize_()
         with torch.no_grad():
@@ -318,6 +384,48 @@ def _refine_resolution(fitter: _MaximumLikelihood, best: _Fit, rank: int) -> _Fi
     return best
 
 
+def _fit_on_subsample(
+    fitter: _MaximumLikelihood,
+    tt_rank: int | str,
+    n_basis: int | str,
+    smoothness: float | str,
+) -> tuple[_Fit, _MaximumLikelihood]:
+    """:func:`_search` on at most :data:`SEARCH_MAX_ROWS` training rows, each
+    fit at most :data:`SEARCH_FIT_MAX_STEPS` steps with its patience counted
+    in steps, then the chosen setting fitted to all of them as any fit is
+    (patience in passes, at most ``max_iter`` of them).
+
+    The final fit starts from the subsample's best fit, or from the start of
+    the chosen setting on all the rows where that scores higher on the
+    held-out rows, and keeps its own best state there, so it ends no worse
+    than both. The penalty weighs ``smoothness / n`` per row of the mean
+    log-likelihood, a prior on the whole sample, so the chosen
+    ``smoothness`` keeps its meaning on all rows (its weight per row falls
+    as the data grow; on 10,000 rows of 30 features the final fit scored
+    within 0.04 nats with the chosen 100, with 10 and with 0).
+
+    Returns the final fit and the fitter of the search, whose ``tried`` and
+    ``start_scores`` are the scores behind the choice.
+    """
+    searcher = fitter.subsample(SEARCH_MAX_ROWS)
+    searcher.max_steps = SEARCH_FIT_MAX_STEPS
+    searcher.patience_in_steps = True
+    chosen = _search(searcher, tt_rank, n_basis, smoothness)
+    cores = [core.detach().clone() for core in chosen.distribution.cores]
+    # The subsample's fit can be worse on all the held-out rows than the start
+    # of the same setting from all the rows: on eight separated Gaussians the
+    # start is nearly the truth and 2,000 rows only overfit it (-1.507 per
+    # held-out row against -1.481). The final fit goes on from the better.
+    start = fitter.start(chosen.n_basis, chosen.tt_rank)
+    if fitter.held_out_scores(start).mean() > fitter.held_out_scores(cores).mean():
+        cores = start
+    # Uncapped, with its patience in passes: a final fit capped at 200 steps
+    # lost 0.02 to 0.06 nats per test row on 10,000 rows of 30 correlated
+    # features and 0.006 on 50,000 moons rows; as any other fit it gained
+    # 0.03 and 0.0006 over the search on all rows, in about twice the time.
+    return fitter.fit(cores, chosen.tt_rank, chosen.smoothness), searcher
+
+
 def fit_samples(
     X,
     *,
@@ -394,7 +502,10 @@ def fit_samples(
         training rows outside the box score.
     max_iter : int, default=300
         Maximum number of epochs of maximum likelihood per fit (0: the
-        start only).
+        start only). After a search on a subsample (more than
+        :data:`SEARCH_MAX_ROWS` training rows and a setting ``"auto"``),
+        each fit of the search makes at most :data:`SEARCH_FIT_MAX_STEPS`
+        optimiser steps.
     batch_size : int, default=512
     learning_rate : float, default=1e-3
         Adam's initial step size; halved whenever the held-out score
@@ -405,7 +516,9 @@ def fit_samples(
         is ``"auto"``).
     n_iter_no_change : int, default=20
         Epochs without improvement of the held-out log-likelihood before
-        stopping.
+        stopping (for the fits of a search on a subsample, units of 10
+        optimiser steps in whole epochs:
+        :func:`~sktt_flow.utils.optimize.patience_in_passes`).
     validation : array-like or tensor of shape (n_validation, n_features), optional
         Held-out samples for early stopping and the automatic choices. When
         given, all of ``X`` is trained on and ``validation_fraction`` is
@@ -428,7 +541,10 @@ def fit_samples(
         of the returned train) and ``selection``: a dict with the
         ``"tt_rank"``, ``"n_basis"`` and ``"smoothness"`` used and
         ``"scores"``, the mean held-out log-likelihood of every
-        ``(n_basis, tt_rank, smoothness)`` fitted.
+        ``(n_basis, tt_rank, smoothness)`` fitted (after a search on a
+        subsample, the fits of the search on its held-out rows, and for the
+        chosen setting the fit to all rows, the returned train), and
+        ``"start_scores"``, that of every ``(n_basis, tt_rank)`` start.
 
     See Also
     --------
@@ -527,13 +643,19 @@ def fit_samples(
         generator=generator,
         verbose=verbose,
     )
-    best = _search(fitter, tt_rank, n_basis, smoothness)
+    searcher = fitter
+    if "auto" in (tt_rank, n_basis, smoothness) and train.shape[0] > SEARCH_MAX_ROWS:
+        best, searcher = _fit_on_subsample(fitter, tt_rank, n_basis, smoothness)
+    else:
+        best = _search(fitter, tt_rank, n_basis, smoothness)
     distribution = best.distribution
     distribution.selection = {
         "tt_rank": best.tt_rank,
         "n_basis": best.n_basis,
         "smoothness": best.smoothness,
-        "scores": dict(fitter.tried),
-        "start_scores": dict(fitter.start_scores),
+        # After a search on a subsample, the chosen setting's entry is the
+        # score of its fit to all rows, the returned train's.
+        "scores": {**searcher.tried, **fitter.tried},
+        "start_scores": dict(searcher.start_scores),
     }
     return distribution

@@ -249,6 +249,61 @@ def test_automatic_base_settings_without_held_out_rows_are_fixed(data):
     ]
 
 
+def test_on_large_data_the_base_is_chosen_on_a_subsample_and_fitted_to_all_rows(
+    data, monkeypatch
+):
+    """Above ``SEARCH_MAX_ROWS`` training rows (lowered here to 200) the
+    automatic choices of the base are made on that many rows and the chosen
+    train is fitted once more to all of them; ``tt_.selection`` describes the
+    returned train. Fails if the estimator's base skips the final fit to all
+    rows, or if the search fits all rows."""
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 200)
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    rows = []
+
+    def fit(self, cores, tt_rank, smoothness):
+        rows.append(self.train.shape[0])
+        return real_fit(self, cores, tt_rank, smoothness)
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    X = data[0][:600]
+    model = TensorizingFlowDensity(flow="none", base="tt", max_iter=10, random_state=0).fit(X)
+    n_train = len(X) - round(0.1 * len(X))
+    trained = [count for count in rows if count != 200]
+    assert trained and set(trained) == {n_train}
+    assert rows[-1] == n_train and rows.count(200) >= 2
+    chosen = model.tt_.selection
+    assert model.tt_.n_basis == chosen["n_basis"]
+    assert max(model.tt_.tt_ranks) <= chosen["tt_rank"]
+    assert (chosen["n_basis"], chosen["tt_rank"], chosen["smoothness"]) in chosen["scores"]
+
+
+def test_the_flow_patience_counts_steps_not_epochs(data):
+    """With batches of 16, an epoch of 720 training rows is 45 steps; a
+    patience of 4 units of 10 steps is then one epoch, not four. Fails if the
+    flow's training counts its patience in epochs again (it would run 4
+    epochs past its best)."""
+    model = TensorizingFlowDensity(
+        tt_rank=2,
+        n_basis=8,
+        smoothness=0.0,
+        n_flow_layers=2,
+        hidden_units=8,
+        batch_size=16,
+        learning_rate=1e-2,  # a best state within a few epochs: a short test
+        n_iter_no_change=4,
+        max_iter=40,
+        random_state=0,
+    ).fit(data[0][:800])
+    scores = model.validation_scores_
+    best, best_score = 0, scores[0]
+    for iteration, score in enumerate(scores[1:], start=1):
+        if score > best_score + 1e-4:  # minimize's tol
+            best, best_score = iteration, score
+    assert model.n_iter_ < 40  # stopped by the patience
+    assert model.n_iter_ - best == 1
+
+
 # ---------------------------------------------------------- scikit-learn use
 def test_pipeline_with_pca_fits_scores_and_samples():
     X = MixtureOfGaussians.random_modes(6, 3, low=-4.0, high=4.0, std=0.7, seed=0).sample(

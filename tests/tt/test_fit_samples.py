@@ -269,3 +269,77 @@ def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypat
     smaller = max(p for p in SMOOTHNESS_CANDIDATES if p < start)
     assert calls == [start, larger, smaller]
     assert fitted.selection["smoothness"] == start
+
+
+def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(monkeypatch):
+    """Above :data:`SEARCH_MAX_ROWS` training rows every fit of the search sees
+    that many training and held-out rows, then the chosen setting is fitted
+    once more to all rows, from the better on the held-out rows of the
+    search's fit and the start of that setting on all rows, and that fit is
+    returned and recorded. Fails if the search fits all rows, if the final
+    fit is left out or sees a subsample, if it starts from neither of the
+    two (or from the worse), if ``selection`` does not describe the returned
+    train, or if the subsample does not come from ``random_state``."""
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 100)
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    real_start = fit_samples_module._MaximumLikelihood.start
+    fits, starts = [], []
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        fits.append((self.train.shape[0], self.validation.shape[0], result))
+        return result
+
+    def start(self, n_basis, tt_rank, seed=None):
+        cores = real_start(self, n_basis, tt_rank, seed)
+        starts.append((self.train.shape[0], cores))
+        return cores
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "start", start)
+    X, validation = correlated_gaussian(400, 11), correlated_gaussian(150, 21)
+    options = {"tt_rank": "auto", "n_basis": 8, "smoothness": "auto", "max_iter": 10}
+    distribution = fit_samples(X, validation=validation, random_state=0, **options)
+    *search, (final_rows, final_validation_rows, final) = fits
+    assert len(search) >= 2  # the penalty path ran on the subsample
+    assert all(rows == 100 and held_out == 100 for rows, held_out, _ in search)
+    assert (final_rows, final_validation_rows) == (400, 150)
+    assert distribution is final.distribution
+    selection = distribution.selection
+    assert (selection["n_basis"], selection["tt_rank"], selection["smoothness"]) == final.key
+    assert selection["scores"][final.key] == final.mean
+    assert {key for _, _, fitted in search for key in [fitted.key]} == set(selection["scores"])
+    # The final fit's score before training is the better of the search's
+    # best fit and the start from all rows, on all held-out rows.
+    chosen = max((fitted for _, _, fitted in search), key=lambda fitted: fitted.mean)
+    assert chosen.key == final.key
+    ((_, all_rows_start),) = [entry for entry in starts if entry[0] == 400]
+    held_out = torch.as_tensor(validation)
+    all_rows_train = TTDistribution(all_rows_start, distribution.domain, tail_weight=1e-3)
+    with torch.no_grad():
+        candidates = [
+            float(chosen.distribution.log_prob(held_out).mean()),
+            float(all_rows_train.log_prob(held_out).mean()),
+        ]
+    assert final.distribution.training_history.validation_scores[0] == pytest.approx(
+        max(candidates), rel=1e-9
+    )
+    again = fit_samples(X, validation=validation, random_state=0, **options)
+    for a, b in zip(distribution.cores, again.cores, strict=True):
+        assert torch.equal(a, b)
+
+
+def test_no_subsample_up_to_the_threshold(monkeypatch):
+    """With exactly :data:`SEARCH_MAX_ROWS` training rows the search fits them
+    all, so the train is the same bit for bit as with no threshold at all.
+    Fails if the subsample path starts at the threshold or counts the
+    held-out rows with the training ones."""
+    X, validation = correlated_gaussian(150, 11), correlated_gaussian(60, 21)
+    options = {"validation": validation, "tt_rank": "auto", "n_basis": 6, "max_iter": 5}
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 150)
+    at_threshold = fit_samples(X, random_state=0, **options)
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 10**9)
+    unlimited = fit_samples(X, random_state=0, **options)
+    for a, b in zip(at_threshold.cores, unlimited.cores, strict=True):
+        assert torch.equal(a, b)
+    assert at_threshold.selection == unlimited.selection

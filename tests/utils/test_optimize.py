@@ -4,7 +4,7 @@ import pytest
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from sktt_flow.utils.optimize import MIN_STEPS_PER_ITERATION, minimize
+from sktt_flow.utils.optimize import MIN_STEPS_PER_ITERATION, minimize, patience_in_passes
 
 
 class Quadratic(torch.nn.Module):
@@ -243,3 +243,16 @@ def test_patience_on_many_rows_counts_passes():
     assert len(learning_rates) == 48 - 1
     torch.testing.assert_close(learning_rates[:23], torch.full((23,), 0.1), rtol=1e-4, atol=0)
     torch.testing.assert_close(learning_rates[24:], torch.full((23,), 0.05), rtol=1e-4, atol=0)
+
+
+def test_patience_counts_steps_on_long_passes():
+    """``n_iter_no_change`` units of 10 steps in whole passes: unchanged where a
+    pass is at most 10 steps (minimize groups such passes itself, so small
+    data train as before), fewer passes where a pass is longer. Fails if a
+    pass of 36 steps (10,000 rows in batches of 256) counts as a unit, the
+    patience of a flow on 10,000 rows being 720 steps instead of 200."""
+    assert patience_in_passes(20, n_rows=300, batch_size=256) == 20
+    assert patience_in_passes(20, n_rows=2560, batch_size=256) == 20
+    assert patience_in_passes(20, n_rows=9000, batch_size=256) == 6  # ceil(200 / 36)
+    assert patience_in_passes(5, n_rows=9000, batch_size=256) == 2  # ceil(50 / 36)
+    assert patience_in_passes(1, n_rows=100_000, batch_size=32) == 1  # at least one pass
