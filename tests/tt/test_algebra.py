@@ -233,3 +233,30 @@ def test_mode_energy_shares_match_the_full_tensor():
         other = tuple(axis for axis in range(4) if axis != k)
         expected = energy.sum(dim=other) / energy.sum()
         np.testing.assert_allclose(shares.numpy(), expected.numpy(), rtol=1e-10)
+
+
+def test_running_product_in_buffers_is_the_same_to_the_last_bit():
+    """With ``buffers`` (the sampler's, reused at every coordinate) the product
+    is the one without, bit for bit, on points where the loop of multiply-adds
+    runs, through bonds that grow and shrink (buffers sized for the widest and
+    filled with NaN, so that a read of an unwritten entry shows); on fewer
+    points the buffers are not used. Fails if the buffered path reorders the
+    operations or writes the result where the next step reads its input."""
+    cores = random_cores((1, 3, 7, 2, 1), 6, seed=7)
+    matrices = basis_core_matrices(cores)
+    rows = max(matrix.shape[0] for matrix in matrices)
+    for n_points in (BROADCAST_MAX_POINTS + 1, 64):
+        generator = torch.Generator().manual_seed(8)
+        core_values = torch.full((rows, n_points), float("nan"), dtype=torch.float64)
+        out = torch.full((2, 7, n_points), float("nan"), dtype=torch.float64)
+        buffered = expected = torch.ones(1, n_points, dtype=torch.float64)
+        for k, matrix in enumerate(matrices):
+            table = torch.randn(6, n_points, generator=generator, dtype=torch.float64)
+            expected = advance_running_product(expected, matrix, table)
+            buffered = advance_running_product(
+                buffered, matrix, table, buffers=(core_values, out[k % 2])
+            )
+            assert torch.equal(buffered, expected)
+            assert (buffered.data_ptr() == out[k % 2].data_ptr()) == (
+                n_points > BROADCAST_MAX_POINTS
+            )
