@@ -16,6 +16,11 @@ fits of :class:`sktt_flow.TensorizingFlowDensity` (``log_target=target.log_prob`
     against.
 ``tt-alone``
     The TT base alone (``flow="none"``): TT-cross and nothing else.
+``tempered-flow`` (only with ``--methods``: it costs several crosses)
+    The same flow on a base of tempered TT layers (``base="tempered"``:
+    the single train's coordinates, an outer Gaussian from its weighted
+    draws, layers on the bridges ``h^beta g^(1 - beta)``, see
+    :mod:`sktt_flow.flows.tempered`).
 ``laplace``
     No flow and no TT: the Gaussian ``N(mode, (-H)^{-1})`` at the highest
     mode found by L-BFGS in float64 (from the box's centre and four random
@@ -99,12 +104,15 @@ from sktt_flow.targets import (
 from sktt_flow.training import STEPS_PER_ITERATION
 
 SEED = 0
-METHODS = ("tt-flow", "gaussian-flow", "tt-alone", "laplace")
+METHODS = ("tt-flow", "gaussian-flow", "tt-alone", "laplace", "tempered-flow")
+#: What runs without ``--methods``.
+DEFAULT_METHODS = ("tt-flow", "gaussian-flow", "tt-alone", "laplace")
 #: Estimator parameters of each method (on top of the shared ones).
 METHOD_PARAMETERS: dict[str, dict[str, Any]] = {
     "tt-flow": {"base": "tt", "flow": "realnvp"},
     "gaussian-flow": {"base": "gaussian", "flow": "realnvp"},
     "tt-alone": {"base": "tt", "flow": "none"},
+    "tempered-flow": {"base": "tempered", "flow": "realnvp"},
 }
 #: The Laplace method's settings (it is not an estimator).
 LAPLACE_SETTINGS: dict[str, Any] = {
@@ -425,7 +433,10 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
         n_basis = "auto"
         if method == "tt-flow":
             parameters["base"] = "auto"
-    symmetry = symmetry_of(case, target, args.symmetry) if method != "gaussian-flow" else None
+    # the Gaussian and the tempered layers take no group
+    symmetry = (
+        symmetry_of(case, target, args.symmetry) if method in ("tt-flow", "tt-alone") else None
+    )
     if symmetry is not None:
         parameters["symmetry"] = symmetry
     return TensorizingFlowDensity(
@@ -602,9 +613,7 @@ def find_mode(
     return best[0], best[1], best[2], notes
 
 
-def run_laplace(
-    case: Case, target: Target, args: argparse.Namespace, truth: TrueLogZ
-) -> Result:
+def run_laplace(case: Case, target: Target, args: argparse.Namespace, truth: TrueLogZ) -> Result:
     """The Laplace approximation at the highest mode found, scored like the fits."""
     result = Result(case.key, case.name, "laplace", n_features=target.n_features)
     result.log_z_true = truth.value
@@ -727,9 +736,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "n_draws_for_modes": args.n_draws,
         "found_fraction": FOUND_FRACTION,
         "symmetry": args.symmetry,
-        "methods": {
-            name: METHOD_PARAMETERS.get(name, LAPLACE_SETTINGS) for name in args.methods
-        },
+        "methods": {name: METHOD_PARAMETERS.get(name, LAPLACE_SETTINGS) for name in args.methods},
     }
 
 
@@ -994,7 +1001,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "same settings, keeping the others",
     )
     parser.add_argument(
-        "--methods", nargs="+", choices=METHODS, default=list(METHODS), help="methods to run"
+        "--methods",
+        nargs="+",
+        choices=METHODS,
+        default=list(DEFAULT_METHODS),
+        help="methods to run",
     )
     parser.add_argument(
         "--reference",

@@ -6,7 +6,9 @@ The file is a zip archive with two members:
   versions of sktt_flow and torch that wrote it, the estimator's parameters,
   the architecture (mode, number of features, TT core shapes, box, tail
   weight, spline tail bound, the order of the group of a symmetrised base,
-  ``symmetry_order``, absent or 0 for none), the fitted attributes and the
+  ``symmetry_order``, absent or 0 for none; for a base of tempered layers,
+  ``tempered``: the layers' core shapes, their exponents, the uniform weight
+  and the outer map's kind), the fitted attributes and the
   SHA-256 of ``state.pt``;
 - ``state.pt``: ``torch.save`` of the model's ``state_dict()``, a flat dict
   of CPU tensors (float64, and int64 index buffers), read back with
@@ -59,10 +61,12 @@ from sktt_flow.flows import (
     FixedLinearAffine,
     GaussianBase,
     SymmetrizedBase,
+    TemperedTTBase,
     TensorizingFlow,
     build_flow_layers,
     spline_tail_bound,
 )
+from sktt_flow.flows.tempered import OUTER_MAPS
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.validation import check_domain
 
@@ -246,6 +250,19 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
     if symmetry_order:
         base = base.base
     is_tt = isinstance(base, TTDistribution)
+    tempered = None
+    if isinstance(base, TemperedTTBase):
+        # the layers' cores, the outer map and its inverse are in the state
+        # as q0.layers.<j>.core_<k>, q0.shift, q0.matrix, q0.matrix_inverse
+        # and q0.log_abs_det
+        tempered = {
+            "layer_core_shapes": [
+                [list(core.shape) for core in layer.cores()] for layer in base.layers
+            ],
+            "betas": [float(beta) for beta in base.betas],
+            "defensive_weight": float(base.defensive_weight),
+            "outer": base.outer,
+        }
     # The fitted model's mode, not the parameter's: a variational model
     # loaded without its log_target is saved again as what it is.
     mode = "variational" if hasattr(estimator, "elbo_") else "data"
@@ -266,6 +283,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
         # |G| of a base symmetrised over a group (symmetry=...), 0 for none
         "symmetry_order": symmetry_order,
+        # a base of tempered layers (base="tempered"), None for the others
+        "tempered": tempered,
         # the automatic choices of a train fitted to data (tt_.selection)
         "tt_selection": _selection_to_json(getattr(base, "selection", None)) if is_tt else None,
         "tail_bound": _tail_bound(model),
@@ -403,7 +422,7 @@ _KIND_DESCRIPTIONS = {
     "numbers": "a list of numbers",
     "count": "a non-negative integer",
     "coordinates": 'one of "none", "diagonal" or "full"',
-    "base": 'one of "tt" or "gaussian"',
+    "base": 'one of "tt", "gaussian" or "tempered"',
 }
 
 
@@ -424,7 +443,7 @@ def _check_fitted(fitted: dict, where: str) -> None:
         elif kind == "coordinates":
             valid = value in ("none", "diagonal", "full")
         elif kind == "base":
-            valid = value in ("tt", "gaussian")
+            valid = value in ("tt", "gaussian", "tempered")
         else:
             continue
         if not valid:
@@ -575,6 +594,41 @@ def _stored_defensive_weight(metadata: dict, where: str) -> float:
             f"'defensive_weight' ({_preview(weight)})."
         )
     return float(weight)
+
+
+def _stored_tempered(metadata: dict, where: str) -> dict | None:
+    """The stored description of a tempered base, None for the other bases
+    (and in files that predate it), its JSON types checked."""
+    tempered = metadata.get("tempered")
+    if tempered is None:
+        return None
+    shapes = tempered.get("layer_core_shapes") if isinstance(tempered, dict) else None
+    n_features = metadata["n_features"]
+    valid = (
+        isinstance(shapes, list)
+        and all(
+            isinstance(layer, list)
+            and len(layer) == n_features
+            and all(
+                isinstance(shape, list)
+                and len(shape) == 3
+                and all(_is_count(size, minimum=1) for size in shape)
+                for shape in layer
+            )
+            for layer in shapes
+        )
+        and isinstance(tempered.get("betas"), list)
+        and len(tempered["betas"]) == len(shapes)
+        and all(_is_finite(beta) and 0 < beta <= 1 for beta in tempered["betas"])
+        and _is_finite(tempered.get("defensive_weight"))
+        and 0 < tempered["defensive_weight"] < 1
+        and tempered.get("outer") in OUTER_MAPS
+    )
+    if not valid:
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'tempered'."
+        )
+    return tempered
 
 
 def _stored_symmetry_order(metadata: dict, where: str) -> int:
@@ -773,7 +827,22 @@ def _check_architecture(
             raise unbuildable(
                 f"tt_core_shapes[{k}]={_preview(shape)} is not three positive integers"
             )
-    if _has_gaussian_base(metadata, estimator):
+    tempered = _stored_tempered(metadata, where) if _is_count(n_features, minimum=1) else None
+    if tempered is not None:
+        if shapes or order:
+            raise unbuildable("a single train or a group for a base of tempered layers")
+        expected = {
+            f"q0.layers.{j}.core_{k}": (tuple(shape), f"tempered layer_core_shapes[{j}][{k}]")
+            for j, layer in enumerate(tempered["layer_core_shapes"])
+            for k, shape in enumerate(layer)
+        }
+        expected["q0.shift"] = ((n_features,), "n_features")
+        expected["q0.matrix"] = expected["q0.matrix_inverse"] = (
+            (n_features, n_features),
+            "n_features",
+        )
+        expected["q0.log_abs_det"] = ((), "a tempered base")
+    elif _has_gaussian_base(metadata, estimator):
         if shapes:
             raise unbuildable("core shapes for a Gaussian base")
         if order:
@@ -830,7 +899,7 @@ def _check_architecture(
                 f"symmetry_order gives 'q0.inverse_index' the shape [{order}] in torch.int64; "
                 f"{_STATE} holds {list(inverses.shape)} in {inverses.dtype}"
             )
-    if not _has_gaussian_base(metadata, estimator):
+    if tempered is None and not _has_gaussian_base(metadata, estimator):
         if not (
             np.array_equal(state[f"{train}low"].numpy(), low)
             and np.array_equal(state[f"{train}high"].numpy(), high)
@@ -900,7 +969,23 @@ def _build_model(
     try:
         n_features = metadata["n_features"]
         ones = torch.ones(n_features, dtype=torch.float64)
-        if _has_gaussian_base(metadata, estimator):
+        tempered = _stored_tempered(metadata, where)
+        if tempered is not None:
+            # Built from the stored layers themselves (finite, non-zero trains:
+            # TemperedTTBase checks them), whose exact values load_state_dict
+            # then puts back.
+            base = TemperedTTBase(
+                [
+                    [state[f"q0.layers.{j}.core_{k}"] for k in range(n_features)]
+                    for j in range(len(tempered["layer_core_shapes"]))
+                ],
+                state["q0.shift"],
+                state["q0.matrix"],
+                defensive_weight=tempered["defensive_weight"],
+                outer=tempered["outer"],
+                betas=tempered["betas"],
+            )
+        elif _has_gaussian_base(metadata, estimator):
             base = GaussianBase(torch.zeros_like(ones), ones)
         else:
             cores = [
@@ -911,9 +996,7 @@ def _build_model(
                 # Built from the stored group itself, which must be one (closed,
                 # |det| = 1, identity first: SymmetrizedBase checks it and finds
                 # the inverses, compared with the stored ones below).
-                base = SymmetrizedBase(
-                    base, state["q0.matrices"], center=state.get("q0.center")
-                )
+                base = SymmetrizedBase(base, state["q0.matrices"], center=state.get("q0.center"))
                 rebuilt_group = (base.matrices.clone(), base.inverse_index.clone())
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(

@@ -198,8 +198,9 @@ class TemperedTTBase(BaseDistribution):
     by the layers' transports and the outer map.
 
     See :mod:`sktt_flow.flows.tempered` for the construction and the formula
-    of the density. Build one with :func:`fit_tempered_base`; the constructor
-    assembles given layers.
+    of the density. Build one with :func:`fit_tempered_base`, or let
+    ``TensorizingFlowDensity(base="tempered")`` place and build it with the
+    flow on top; the constructor assembles given layers.
 
     It is a :class:`normflows.distributions.BaseDistribution`, a drop-in base
     for :class:`~sktt_flow.flows.TensorizingFlow` in variational mode (the
