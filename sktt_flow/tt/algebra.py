@@ -28,6 +28,7 @@ __all__ = [
     "basis_core_matrices",
     "check_cores",
     "coefficients_to_nodal",
+    "contract_running_product",
     "left_orthogonalize",
     "log_norm_squared",
     "mode_energy_shares",
@@ -35,6 +36,8 @@ __all__ = [
     "right_orthogonalize",
     "round_tt",
     "scale_to_unit_max",
+    "shape_runs",
+    "stacked_core_matrices",
     "transform_modes",
     "tt_ranks",
     "tt_svd",
@@ -92,6 +95,7 @@ def advance_running_product(
     r_left = 1 if running is None else running.shape[0]
     n_points = basis_values.shape[-1]
     use_buffers = buffers is not None and running is not None and n_points > BROADCAST_MAX_POINTS
+    out = None
     if use_buffers:
         core_values, out = buffers
         values = torch.mm(core_matrix, basis_values, out=core_values[: core_matrix.shape[0]])
@@ -100,23 +104,80 @@ def advance_running_product(
         values = (core_matrix @ basis_values).view(r_left, -1, n_points)
     if running is None:
         return values[0]
-    if n_points <= BROADCAST_MAX_POINTS:
+    return contract_running_product(running, values, out=out)
+
+
+def contract_running_product(
+    running: torch.Tensor, core_values: torch.Tensor, *, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``result[b, p] = sum_a running[a, p] core_values[a, b, p]``, shape (r_k, N).
+
+    The per-point half of :func:`advance_running_product`: ``running``
+    (r_{k-1}, N) and every point's core value ``core_values`` (r_{k-1}, r_k,
+    N). ``out`` (no gradient), used above :data:`BROADCAST_MAX_POINTS` points
+    only, receives the result.
+    """
+    if core_values.shape[-1] <= BROADCAST_MAX_POINTS:
         # On few points the cost is the number of kernels, not the memory:
         # one broadcast product and one sum instead of r_{k-1} multiply-adds
         # (and under autograd, each of them a node whose backward is two more
         # products) made a training step at tt_rank 16, d = 30 and 256 rows
         # 1.6 times faster. The choice depends on the shapes only, so that
         # the same points give the same bits with and without gradient.
-        return (values * running[:, None, :]).sum(dim=0)
+        return (core_values * running[:, None, :]).sum(dim=0)
     # unbind: one call for all the views instead of two indexing calls per term
-    values, running = values.unbind(0), running.unbind(0)
-    if use_buffers:
+    values, running = core_values.unbind(0), running.unbind(0)
+    if out is not None:
         result = torch.mul(values[0], running[0], out=out[: values[0].shape[0]])
     else:
         result = values[0] * running[0]
-    for a in range(1, r_left):
+    for a in range(1, len(running)):
         result.addcmul_(values[a], running[a])
     return result
+
+
+def shape_runs(cores: Sequence[torch.Tensor]) -> list[tuple[int, int]]:
+    """``(start, stop)`` of the maximal runs of consecutive cores of one shape.
+
+    A train of uniform rank has three: the first core, the interior ones and
+    the last. Functions that stack each run into one tensor do the work of all
+    its cores in one kernel: on a training batch of a few hundred rows the
+    cost of a train is the number of its kernels, not their arithmetic.
+    """
+    runs = []
+    start = 0
+    for stop in range(1, len(cores) + 1):
+        if stop == len(cores) or cores[stop].shape != cores[start].shape:
+            runs.append((start, stop))
+            start = stop
+    return runs
+
+
+def _stack_run(cores: Sequence[torch.Tensor], start: int, stop: int) -> torch.Tensor:
+    """Cores ``start:stop`` (all of one shape) as one (m, r_left, n, r_right) tensor."""
+    if stop - start == 1:
+        return cores[start].unsqueeze(0)  # a view: no copy for a run of one
+    return torch.stack(list(cores[start:stop]))
+
+
+def stacked_core_matrices(
+    cores: Sequence[torch.Tensor], basis_scale: torch.Tensor | None = None
+) -> list[tuple[int, torch.Tensor]]:
+    """:func:`basis_core_matrices` stacked by runs of equal shape (:func:`shape_runs`).
+
+    Returns ``(start, matrices)`` per run, ``matrices`` of shape
+    ``(m, r_{k-1} r_k, n)`` holding those of cores ``start`` to
+    ``start + m - 1``, the same numbers bit for bit: one batched product
+    (:func:`torch.bmm`) then gives the core values of a whole run at once.
+    """
+    stacked = []
+    for start, stop in shape_runs(cores):
+        block = _stack_run(cores, start, stop)
+        if basis_scale is not None:
+            block = block * basis_scale[start:stop, None, :, None]
+        n_cores, r_left, n, r_right = block.shape
+        stacked.append((start, block.permute(0, 1, 3, 2).reshape(n_cores, r_left * r_right, n)))
+    return stacked
 
 
 def check_cores(cores: Sequence[torch.Tensor]) -> None:
@@ -276,16 +337,20 @@ def scale_to_unit_max(
         (measurable in float32 over 64 cores).
     """
     scaled = []
-    exponents = torch.zeros((), dtype=torch.int64, device=cores[0].device)
-    for core in cores:
-        largest = core.detach().abs().amax()
+    exponents = []
+    # One run of cores of one shape at a time (shape_runs): the same numbers
+    # as core by core, in a few kernels per run instead of per core.
+    for start, stop in shape_runs(cores):
+        block = _stack_run(cores, start, stop)
+        largest = block.detach().abs().amax(dim=(1, 2, 3))
         _, exponent = torch.frexp(largest)
         exponent = exponent.to(torch.int64)
         # frexp(0) has exponent 0: zero cores count as scaled by one
         exponent = torch.where(exponent.abs() <= keep_within, 0, exponent)
-        scaled.append(torch.ldexp(core, -exponent.to(core.dtype)))
-        exponents = exponents + exponent
-    return scaled, exponents.to(cores[0].dtype) * math.log(2.0)
+        scaled.extend(torch.ldexp(block, -exponent.to(block.dtype)[:, None, None, None]).unbind(0))
+        exponents.append(exponent)
+    total = torch.cat(exponents).sum()  # integers: exact in any order
+    return scaled, total.to(cores[0].dtype) * math.log(2.0)
 
 
 def mode_energy_shares(cores: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -329,17 +394,22 @@ def log_norm_squared(cores: Sequence[torch.Tensor]) -> torch.Tensor:
     # Entries beyond 2^16 or below 2^-16 only: the squares stay far inside even
     # float32's range, and canonical cores are not touched.
     cores, log_scale = scale_to_unit_max(cores, keep_within=16)
-    log_scale = 2.0 * log_scale
     gram = torch.ones(1, 1, dtype=cores[0].dtype, device=cores[0].device)
+    traces = []
     for core in cores:
-        # gram'[c, d] = sum_{a, b, i} G[a, i, c] gram[a, b] G[b, i, d]
-        left = torch.tensordot(gram, core, dims=([0], [0]))  # (b, i, c)
-        gram = torch.tensordot(left, core, dims=([0, 1], [0, 1]))  # (c, d)
-        # gram is positive semi-definite: its trace is its largest scale.
-        trace = torch.diagonal(gram).sum()
+        r_left, n, r_right = core.shape
+        # gram'[c, d] = sum_{a, b, i} G[a, i, c] gram[a, b] G[b, i, d]: two
+        # products on views of the core
+        left = gram.mT @ core.reshape(r_left, n * r_right)  # (b, i c)
+        gram = left.reshape(r_left * n, r_right).mT @ core.reshape(r_left * n, r_right)
+        # gram is positive semi-definite: its trace is its largest scale. A
+        # constant to autograd: log ||C||^2 = sum log(traces) + log(gram) for
+        # any positive divisors, so its gradient is that of the last term
+        # alone, exactly, with no backward pass through the traces.
+        trace = gram.detach().trace()
         gram = gram / trace
-        log_scale = log_scale + torch.log(trace)
-    return log_scale + torch.log(gram.reshape(()))
+        traces.append(trace)
+    return 2.0 * log_scale + torch.log(torch.stack(traces)).sum() + torch.log(gram.reshape(()))
 
 
 def transform_modes(

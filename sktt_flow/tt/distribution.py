@@ -12,12 +12,12 @@ from normflows.distributions import BaseDistribution
 from torch import nn
 
 from sktt_flow.tt.algebra import (
-    advance_running_product,
-    basis_core_matrices,
     check_cores,
+    contract_running_product,
     log_norm_squared,
     right_orthogonalize,
     scale_to_unit_max,
+    stacked_core_matrices,
 )
 from sktt_flow.tt.basis import (
     orthonormal_legendre,
@@ -40,6 +40,14 @@ LOG_PROB_CHUNK_ELEMENTS = {"cpu": 1 << 17, "cuda": 1 << 26}
 #: Bounds on the number of rows of a chunk on a CPU (measured best at
 #: n_basis 16: 2048 rows at tt_rank 8, 4096 at tt_rank 2).
 CPU_LOG_PROB_CHUNK_ROWS = (1024, 8192)
+
+#: Elements of the core values that :meth:`TTDistribution.log_prob` computes
+#: by one batched product (several coordinates of a chunk at once, within a
+#: run of cores of one shape): on a few hundred rows, as in a training step,
+#: the cost of a train is the number of its kernels, forward and backward; on
+#: the rows of a CPU chunk it is one coordinate at a time, whose values stay
+#: in cache for the contraction that follows.
+BATCHED_CORE_VALUES = 1 << 17
 
 #: Samples processed at once by :meth:`TTDistribution.sample`, per device
 #: type: it bounds memory (a peak of about 4 kB per sample at n_basis=16,
@@ -212,7 +220,12 @@ class TTDistribution(BaseDistribution):
         into the cores, and per coordinate one GEMM turns the table into the
         ``r_{k-1} x r_k`` core value of every point, which a multiply-and-sum
         contracts with the running vector. The running vector is rescaled at
-        every step so that nothing underflows. Rows are processed in chunks
+        every step so that nothing underflows; the scales are constants to
+        autograd (the result is the same function of the cores whatever they
+        are, so its gradient is exact without a backward pass through them),
+        and their logarithms are taken at once at the end. On few rows the
+        core values of several coordinates come from one batched product
+        (:data:`BATCHED_CORE_VALUES`). Rows are processed in chunks
         (:func:`log_prob_chunk_size`), from the points to the result, so that
         the temporaries stay in cache on a CPU; the result and its gradient do
         not depend on the chunking.
@@ -235,7 +248,7 @@ class TTDistribution(BaseDistribution):
         center, scale = self._tail_parameters()
 
         def log_prob_columns(
-            columns: torch.Tensor, core_matrices: list[torch.Tensor]
+            columns: torch.Tensor, core_matrices: list[tuple[int, torch.Tensor]]
         ) -> torch.Tensor:
             log_tt = self._log_prob_tt_columns(columns, core_matrices, log_norm)
             log_tail = gaussian_log_prob(columns, center[:, None], scale[:, None], dim=0)
@@ -246,6 +259,10 @@ class TTDistribution(BaseDistribution):
     def _chunked(self, z: torch.Tensor, evaluate) -> torch.Tensor:
         """``evaluate(columns, core_matrices)`` over chunks of the rows of ``z``.
 
+        ``core_matrices`` comes from
+        :func:`~sktt_flow.tt.algebra.stacked_core_matrices`, with the
+        constants of the basis folded in, once for all chunks.
+
         ``columns`` is a chunk transposed to (d, chunk), points along the last
         axis. Every pass over the points, from the map onto ``[-1, 1]`` to the
         tail density, runs on one chunk at a time: on a CPU, passes over the
@@ -253,30 +270,50 @@ class TTDistribution(BaseDistribution):
         time.
         """
         scale = orthonormal_legendre_scale(self.low, self.high, self.n_basis, scaled_table=True)
-        core_matrices = basis_core_matrices(list(self.cores), scale)
+        core_matrices = stacked_core_matrices(list(self.cores), scale)
         chunk_size = log_prob_chunk_size(z.device, max(self.tt_ranks))
         return torch.cat(
             [evaluate(rows.T.contiguous(), core_matrices) for rows in z.split(chunk_size)]
         )
 
     def _log_abs_tt_columns(
-        self, columns: torch.Tensor, core_matrices: list[torch.Tensor]
+        self, columns: torch.Tensor, core_matrices: list[tuple[int, torch.Tensor]]
     ) -> torch.Tensor:
         reference = to_reference_interval(columns, self.low[:, None], self.high[:, None])
         table = scaled_legendre_polynomials(reference.clamp(-1.0, 1.0), self.n_basis, dim=1)
+        n_points = columns.shape[1]
         tiny = torch.finfo(columns.dtype).tiny
-        log_scale = 0.0
+        # scales[k]: the largest |entry| of the running product after core k,
+        # divided out; outside the graph (see log_abs_tt)
+        scales = columns.new_empty(self.n_features, n_points)
         running = None
-        for k, matrix in enumerate(core_matrices):
-            running = advance_running_product(running, matrix, table[k])
-            scale = running.abs().amax(dim=0).clamp_min(tiny)
-            # a multiplication by the reciprocal: a division costs several times more
-            running = running * scale.reciprocal()
-            log_scale = log_scale + torch.log(scale)
+        for start, matrices in core_matrices:
+            n_cores, size, _ = matrices.shape
+            block = max(1, BATCHED_CORE_VALUES // (size * n_points))
+            for first in range(start, start + n_cores, block):
+                stop = min(first + block, start + n_cores)
+                values = torch.bmm(matrices[first - start : stop - start], table[first:stop])
+                for k, core_values in enumerate(values.unbind(0), start=first):
+                    if running is None:  # r_0 = 1: the first core's values
+                        running = core_values
+                    else:
+                        core_values = core_values.view(running.shape[0], -1, n_points)
+                        running = contract_running_product(running, core_values)
+                    # the largest |entry|, written in place (vector_norm with
+                    # ord=inf reduces over dim 0 twenty times slower)
+                    scale = torch.amax(running.detach().abs(), dim=0, out=scales[k])
+                    scale.clamp_min_(tiny)
+                    # a multiplication by the reciprocal: a division costs several times more
+                    running = running * scale.reciprocal()
+        # cumsum adds in order, coordinate by coordinate, as a running sum would
+        log_scale = torch.log(scales).cumsum(dim=0)[-1]
         return log_scale + torch.log(running[0].abs().clamp_min(tiny))
 
     def _log_prob_tt_columns(
-        self, columns: torch.Tensor, core_matrices: list[torch.Tensor], log_norm: torch.Tensor
+        self,
+        columns: torch.Tensor,
+        core_matrices: list[tuple[int, torch.Tensor]],
+        log_norm: torch.Tensor,
     ) -> torch.Tensor:
         log_density = 2.0 * self._log_abs_tt_columns(columns, core_matrices) - log_norm
         inside = ((columns >= self.low[:, None]) & (columns <= self.high[:, None])).all(dim=0)

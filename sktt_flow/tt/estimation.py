@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from sktt_flow.tt.algebra import nodal_to_coefficients, round_tt
+from sktt_flow.tt.algebra import nodal_to_coefficients, round_tt, shape_runs
 from sktt_flow.tt.basis import gauss_legendre
 
 __all__ = [
@@ -215,7 +215,10 @@ def degree_energy_shares(cores: list[torch.Tensor]) -> torch.Tensor:
     # penalty is evaluated at every training step, where its cost is that of
     # launching small kernels (3.5 times fewer here, forward and backward).
     # Each sweep keeps the core multiplied by its environment, which is one
-    # factor of that core's energies.
+    # factor of that core's energies. The environments are divided by their
+    # traces, constants to autograd: every energy of core k carries the same
+    # product of them, which the shares divide out, so the gradient is exact
+    # without a backward pass through the traces.
     left_weighted = []
     left = one
     for k, core in enumerate(cores):
@@ -225,7 +228,7 @@ def degree_energy_shares(cores: list[torch.Tensor]) -> torch.Tensor:
         if k < n_features - 1:
             flat = core.reshape(r_left * n_basis, r_right)
             gram = weighted.reshape(r_left * n_basis, r_right).mT @ flat
-            left = gram / gram.trace()
+            left = gram / gram.detach().trace()
     right_weighted = [one] * n_features
     right = one
     for k in range(n_features - 1, -1, -1):
@@ -236,13 +239,14 @@ def degree_energy_shares(cores: list[torch.Tensor]) -> torch.Tensor:
         if k > 0:
             flat = core.reshape(r_left, n_basis * r_right)
             gram = weighted.reshape(r_left, n_basis * r_right) @ flat.mT
-            right = gram / gram.trace()
-    energies = torch.stack(
-        [
-            (lw * rw).sum(dim=(0, 2))
-            for lw, rw in zip(left_weighted, right_weighted, strict=True)
-        ]
-    )
+            right = gram / gram.detach().trace()
+    # the energies of a run of cores of one shape in one product and one sum
+    energies = []
+    for start, stop in shape_runs(cores):
+        left_run = torch.stack(left_weighted[start:stop])
+        right_run = torch.stack(right_weighted[start:stop])
+        energies.append((left_run * right_run).sum(dim=(1, 3)))
+    energies = torch.cat(energies)
     return energies / energies.sum(dim=1, keepdim=True)
 
 

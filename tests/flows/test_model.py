@@ -182,6 +182,36 @@ def test_defensive_samples_come_from_the_mixture_with_their_log_density():
     assert float(flow_component) > 0.5
 
 
+def _reference_defended_log_prob(model: TensorizingFlow, x: torch.Tensor) -> torch.Tensor:
+    """The defensive mixture as written out before the fixed layers' inverse
+    was shared with the flow's."""
+    z, log_det = model.inverse_and_log_det(x)
+    z_fixed, fixed_log_det = model._fixed_inverse(x)
+    return model._mix(model.q0.log_prob(z) + log_det, model.q0.log_prob(z_fixed) + fixed_log_det)
+
+
+@pytest.mark.parametrize("fixed_last", [True, False])
+def test_defensive_log_prob_with_a_shared_fixed_inverse_is_the_mixture(fixed_last):
+    """A 3-D model as the estimator builds it (a float32 flow and base, the
+    fixed standardisation in float64 next to the data), and one whose fixed
+    layer sits between trained ones (no sharing there). The fixed layers'
+    inverse, computed once as the first part of the flow's, gives the
+    mixture bit for bit; fails if the log-determinants are summed in another
+    order or into the wrong component."""
+    model = perturbed_model("realnvp", dtype=torch.float32)
+    standardize = FixedAffine(
+        torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
+        torch.tensor([0.7, 1.3, 0.4], dtype=torch.float64),
+    )
+    layers = list(model.flows)
+    layers = [*layers, standardize] if fixed_last else [layers[0], standardize, *layers[1:]]
+    defended = TensorizingFlow(model.q0, layers, defensive_weight=0.05)
+    assert (defended._fixed_suffix_start() is not None) == fixed_last
+    x = torch.randn(256, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    with torch.no_grad():
+        assert torch.equal(defended.log_prob(x), _reference_defended_log_prob(defended, x))
+
+
 def test_defensive_weight_is_checked():
     base = random_distribution((1, 1), 4, [[-1.0, 1.0]], seed=1)
     with pytest.raises(ValueError, match="defensive_weight"):

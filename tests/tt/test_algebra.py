@@ -15,6 +15,8 @@ from sktt_flow.tt.algebra import (
     right_orthogonalize,
     round_tt,
     scale_to_unit_max,
+    shape_runs,
+    stacked_core_matrices,
     tt_ranks,
     tt_svd,
     tt_to_full,
@@ -260,3 +262,17 @@ def test_running_product_in_buffers_is_the_same_to_the_last_bit():
             assert (buffered.data_ptr() == out[k % 2].data_ptr()) == (
                 n_points > BROADCAST_MAX_POINTS
             )
+
+
+def test_stacked_core_matrices_are_the_core_matrices_by_runs():
+    """Runs of equal shapes, and the same matrices bit for bit as
+    basis_core_matrices: fails if a run is split at the wrong core or a
+    core's modes are scaled by another coordinate's constants."""
+    cores = random_cores((1, 3, 3, 3, 2, 2, 1), 5, seed=2)
+    assert shape_runs(cores) == [(0, 1), (1, 3), (3, 4), (4, 5), (5, 6)]
+    scale = torch.rand(6, 5, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    expected = basis_core_matrices(cores, scale)
+    stacked = stacked_core_matrices(cores, scale)
+    assert [start for start, _ in stacked] == [0, 1, 3, 4, 5]
+    matrices = [matrix for _, block in stacked for matrix in block.unbind(0)]
+    assert all(torch.equal(a, b) for a, b in zip(matrices, expected, strict=True))

@@ -255,3 +255,26 @@ def test_quantile_box_leaves_a_far_outlier_out():
     assert ((X[1:] >= bounding_low) & (X[1:] <= bounding_high)).all()
     with pytest.raises(ValueError, match="quantile"):
         domain_from_samples(X, quantile=0.5)
+
+
+def test_degree_energy_shares_have_the_gradient_of_the_full_tensor():
+    """The gradient of the shares (the roughness penalty's) against the shares
+    computed from the full coefficient tensor, float64, to round-off.
+
+    The environments are divided by their traces as constants to autograd;
+    fails if that leaves a term of the gradient out (it is exact only because
+    each core's energies share the divisor, which the shares divide out).
+    """
+    cores = random_cores((1, 3, 3, 3, 2, 1), 4, seed=5)
+    cores[1] = cores[1] * 1e4
+    weights = torch.randn(5, 4, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    parameters = [core.clone().requires_grad_(True) for core in cores]
+    (degree_energy_shares(parameters) * weights).sum().backward()
+    reference = [core.clone().requires_grad_(True) for core in cores]
+    energy = tt_to_full(reference).square()
+    total = energy.sum()
+    dims = range(energy.ndim)
+    shares = torch.stack([energy.sum([j for j in dims if j != k]) / total for k in dims])
+    (shares * weights).sum().backward()
+    for parameter, expected in zip(parameters, reference, strict=True):
+        torch.testing.assert_close(parameter.grad, expected.grad, rtol=1e-9, atol=1e-14)

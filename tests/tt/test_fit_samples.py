@@ -311,8 +311,12 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
     assert {key for _, _, fitted in search for key in [fitted.key]} == set(selection["scores"])
     # The final fit's score before training is the better of the search's
     # best fit and the start from all rows, on all held-out rows.
-    chosen = max((fitted for _, _, fitted in search), key=lambda fitted: fitted.mean)
-    assert chosen.key == final.key
+    # The search keeps a setting only for a gain above MIN_IMPROVEMENT, so the
+    # chosen fit is within that of the best (two penalties here give the same
+    # fit to the last bit, and the larger may lead by one rounding).
+    (chosen,) = [fitted for _, _, fitted in search if fitted.key == final.key]
+    best_mean = max(fitted.mean for _, _, fitted in search)
+    assert chosen.mean >= best_mean - fit_samples_module.MIN_IMPROVEMENT
     ((_, all_rows_start),) = [entry for entry in starts if entry[0] == 400]
     held_out = torch.as_tensor(validation)
     all_rows_train = TTDistribution(all_rows_start, distribution.domain, tail_weight=1e-3)
