@@ -12,9 +12,10 @@ import pytest
 import torch
 from scipy import stats
 from sklearn.base import clone
+from sklearn.datasets import load_diabetes
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
-from sklearn.model_selection import GridSearchCV
+from sklearn.model_selection import GridSearchCV, train_test_split
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
@@ -507,6 +508,37 @@ def test_gaussian_base_is_the_ordinary_flow_peer(data, tmp_path):
     np.testing.assert_array_equal(loaded.score_samples(X_test), model.score_samples(X_test))
     loaded_pickle = joblib.load(joblib.dump(model, tmp_path / "g.joblib")[0])
     np.testing.assert_array_equal(loaded_pickle.score_samples(X_test), model.score_samples(X_test))
+
+
+def diabetes_split(split: int) -> tuple[np.ndarray, np.ndarray]:
+    """The benchmark's split of ``load_diabetes`` (70/30, the binary column
+    dequantised, standardised by the training rows)."""
+    data = load_diabetes().data.copy()
+    rng = np.random.default_rng(split)
+    for column in range(data.shape[1]):
+        levels = np.unique(data[:, column])
+        if len(levels) == 2:
+            data[:, column] += (levels[1] - levels[0]) * rng.random(len(data))
+    train, test = train_test_split(data, test_size=0.3, random_state=split)
+    mean, std = train.mean(0), train.std(0)
+    return (train - mean) / std, (test - mean) / std
+
+
+def test_flow_on_the_gaussian_is_kept_when_clearly_ahead():
+    """base="auto" in data mode trains the flow on the kept TT and on the best
+    Gaussian, and keeps the Gaussian's model only when it is ahead on the
+    held-out rows by two standard errors. On diabetes (split 1 of the
+    benchmark) the TT base alone wins the comparison of bases, but the same
+    flow does 0.6 nats per test row better on the full-covariance Gaussian
+    (measured -9.03 against -9.66): without the second training, or with the
+    comparison on the wrong side, the Gaussian is not kept and the test score
+    is the TT's."""
+    train, test = diabetes_split(1)
+    model = TensorizingFlowDensity(random_state=1).fit(train)
+    tt_only = TensorizingFlowDensity(base="tt", random_state=1).fit(train)
+    assert tt_only.base_ == "tt"
+    assert model.base_ == "gaussian" and model.preconditioner_ == "full"
+    assert model.score(test) > tt_only.score(test) + 0.3
 
 
 # ------------------------------------------------- whitening (preconditioner)
