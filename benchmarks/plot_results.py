@@ -60,6 +60,7 @@ METHOD_STYLE = {
     "gaussian-flow": ("#ff7f0e", "same flow, Gaussian base"),
     "tt-alone": ("#2ca02c", "TT base alone"),
     "laplace": ("#7f7f7f", "Laplace approximation"),
+    "tempered-flow": ("#17becf", "same flow, tempered TT layers"),
     "gmm": ("#9467bd", "GaussianMixture (tuned)"),
     "kde": ("#8c564b", "KernelDensity (tuned)"),
 }
@@ -218,8 +219,11 @@ def plot_vi(report_path: Path, output: Path, title: str) -> Path:
             failed = row is None or row["status"] != "ok"
             value = None if failed else _kl_or_elbo_gap(case, method, rows)
             if failed or value is None:
-                kl_axes.text(KL_FLOOR * 1.3, y, "failed", va="center", fontsize=7, color=colour)
-                modes_axes.text(0.02, y, "failed", va="center", fontsize=7, color=colour)
+                # a method run on some targets only (tempered-flow) has no row
+                # for the others
+                status = "not run" if row is None else "failed"
+                kl_axes.text(KL_FLOOR * 1.3, y, status, va="center", fontsize=7, color=colour)
+                modes_axes.text(0.02, y, status, va="center", fontsize=7, color=colour)
                 continue
             shown = min(max(value, KL_FLOOR), KL_CEILING)
             kl_axes.barh(y, shown - KL_FLOOR * 0.999, left=KL_FLOOR * 0.999, height=bar_height,
