@@ -827,8 +827,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         standardisation, or ``"full"``, whitened).
     base_elbo_, base_ess_, base_kl_ : float
         Variational mode with an automatic box: the self-check of the kept
-        base alone (the TT, the tempered layers, or the Laplace Gaussian), before the flow, on
-        4096 exact draws: its ELBO, the effective sample size of its
+        base alone (the TT, the tempered layers, or the Laplace Gaussian),
+        before the flow, on 4096 exact draws: its ELBO, the effective sample size of its
         importance weights and its
         reverse-KL estimate (``log Z`` estimate minus the ELBO). A low
         ``base_ess_`` says the base misses mass, whatever the flow then does.
@@ -1161,6 +1161,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 model, None, base_history, train, validation, generator
             )
         else:
+            candidates = [kept]
+            if alternative is not None and n_validation:
+                candidates.append(alternative)
             best = None
             # The flow may do more on the Gaussian than on the TT (diabetes:
             # the same flow on the full-covariance Gaussian scored 0.2-0.7
@@ -1169,9 +1172,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # Gaussian's model is kept only if clearly ahead on those rows,
             # as the bases were compared. The TT's model is trained first,
             # so that it is the same as without the comparison.
-            for candidate in (kept, alternative):
-                if candidate is None or (best is not None and not n_validation):
-                    continue
+            for candidate in candidates:
                 base, whitening, base_history, kind, tail_bound = candidate
                 layers = self._flow_layers(n_features, tail_bound, layer_seed)
                 if whitening is not None:
@@ -1185,7 +1186,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     model, whitening, base_history, train, validation, generator
                 )
                 scores = None
-                if alternative is not None and n_validation:
+                if len(candidates) > 1:
                     with torch.no_grad():
                         scores = model.log_prob(validation).double()
                     if self.verbose:
@@ -1387,7 +1388,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # rows, and the TT's early stopping on the same rows, smaller
                 # gains are noise (seen on wine, 12 held-out rows: whitening
                 # ahead by 0.5-0.8 nats there and behind by 0.1-0.8 on test).
-                candidate = (scores, base, whitening, history, kind)
+                candidate = (
+                    scores, base, whitening, history, kind, spline_tail_bound(base, fit_rows)
+                )
                 if best is None or clearly_better(scores, best[0], CONFIRMATION_STANDARD_ERRORS):
                     best = candidate
                 if name == "gaussian" and (
@@ -1396,11 +1399,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     best_gaussian = candidate
 
         def placed(candidate):
-            _, base, whitening, history, kind = candidate
+            _, base, whitening, history, kind, tail_bound = candidate
             if whitening is not None:
                 whitening = whitening.to(device=device)
-            fit_rows = in_coordinates(kind)[1]
-            return base, whitening, history, kind, spline_tail_bound(base, fit_rows)
+            return base, whitening, history, kind, tail_bound
 
         # The flow on the Gaussian is trained even where the TT is clearly
         # the better base: on diabetes (split 1) the TT base was ahead on the
@@ -1517,7 +1519,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         placed, checks, draws, counter, diagnostic_seed, device
                     )
                     exact_base = copy.deepcopy(placed[0])
-                candidates.append((self.base if self.base == "tempered" else "tt", placed, checks))
+                name = "tempered" if self.base == "tempered" else "tt"
+                candidates.append((name, placed, checks))
             if self.base == "gaussian" or (self.base == "auto" and automatic):
                 placed = self._gaussian_base(coordinates, device, train_dtype)
                 checks = None
@@ -1912,7 +1915,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if draws is None:
             checks, draws = _self_check(tt_base, shift, matrix, evaluate, seed, device)
         y, log_weights = (tensor.double().cpu() for tensor in draws)
-        if float(checks.ess) < MIN_ESS_FOR_TEMPERED_MOMENTS:
+        # (not >=: a NaN ESS, from weights that are all zero, counts as low)
+        if not float(checks.ess) >= MIN_ESS_FOR_TEMPERED_MOMENTS:
             log_weights = torch.zeros_like(log_weights)
         weights = torch.softmax(log_weights, dim=0)
         mean = weights @ y
