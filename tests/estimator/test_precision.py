@@ -100,15 +100,20 @@ def test_float32_scores_agree_with_float64(model_name, data, request):
 @pytest.mark.parametrize("model_name", ["fitted", "gaussian_fitted"])
 def test_samples_of_both_precisions_are_the_same_draws(model_name, data, request):
     """Same random_state, same draws up to float32 rounding, in units of each
-    feature's spread (1e-5: measured 2e-7). Fails if a precision drew another
-    stream: the TT base's uniforms or a Gaussian base's normals drawn in float32
-    (torch draws other normals in float32 than in float64)."""
+    feature's spread. The TT base solves its conditional CDFs in float32 too,
+    exact to about 1e-7 of each total, so a draw moves by more where an early
+    coordinate's rounding shifts a later conditional (measured: median 3e-7,
+    99% within 1e-5, largest 7e-5). Fails if a precision drew another stream:
+    the TT base's uniforms or a Gaussian base's normals drawn in float32 (torch
+    draws other normals in float32 than in float64). Each float32 draw's
+    log-density is its float64 score to the scores' tolerance."""
     model = request.getfixturevalue(model_name)
     x32, log_q32 = in_precision(model, "float32").sample_and_score(2000, random_state=5)
-    x64, log_q64 = in_precision(model, "float64").sample_and_score(2000, random_state=5)
-    spread = data[0].std(axis=0)
-    assert (np.abs(x32 - x64) / spread).max() <= 1e-5
-    assert_scores_close(log_q32, log_q64)
+    x64, _ = in_precision(model, "float64").sample_and_score(2000, random_state=5)
+    gap = (np.abs(x32 - x64) / data[0].std(axis=0)).max(axis=1)
+    assert np.median(gap) <= 2e-6
+    assert np.quantile(gap, 0.99) <= 1e-4
+    assert_scores_close(log_q32, in_precision(model, "float64").score_samples(x32))
     assert x32.dtype == log_q32.dtype == np.float64
 
 
@@ -213,9 +218,13 @@ def test_variational_map_into_the_target_stays_float64(variational_pair):
     steps are 6e-4 standard deviations of the narrow direction, about 1e-4
     relative error in the log-density and 3e-4 in the samples."""
     float32, float64 = variational_pair["float32"], variational_pair["float64"]
-    samples64, log_q64 = float64.sample_and_score(1000, random_state=1)
+    samples64 = float64.sample(1000, random_state=1)
     samples32, log_q32 = float32.sample_and_score(1000, random_state=1)
     assert_scores_close(float32.score_samples(samples64), float64.score_samples(samples64))
-    assert_scores_close(log_q32, log_q64)
-    # in units of the standard deviations, 0.1 and 5
-    assert (np.abs(samples32 - samples64) / [0.1, 5.0]).max() <= 1e-4
+    assert_scores_close(log_q32, float64.score_samples(samples32))
+    # In units of the standard deviations, 0.1 and 5. The base solves in
+    # float32, so a few draws move further (see
+    # test_samples_of_both_precisions_are_the_same_draws); the map's error
+    # would move all of them.
+    gap = (np.abs(samples32 - samples64) / [0.1, 5.0]).max(axis=1)
+    assert np.median(gap) <= 1e-5, np.median(gap)
