@@ -294,10 +294,16 @@ def _self_check(base, shift, matrix, evaluate, seed, device):
     ``y ~ base``, ``x = shift + matrix y``, ``log q(x) = log q_y(y) -
     log |det matrix|``, weights ``h(x) / q(x)``. Returns the diagnostics and
     ``(y, log w)`` for :func:`~sktt_flow.geometry.box_of_weighted_draws`.
+
+    The draws and their log-densities come from a float64 copy of the base,
+    whatever its training dtype: the self-check's warnings and the box
+    adjustments it drives should not move with the sampler's float32
+    rounding, and the model's final diagnostics are float64 too.
     """
+    base = copy.deepcopy(base).to(torch.float64)
     with torch.no_grad():
         y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
-        log_q = base.log_prob(y).double() - torch.linalg.slogdet(matrix).logabsdet.item()
+        log_q = base.log_prob(y) - torch.linalg.slogdet(matrix).logabsdet.item()
         x = shift.to(device) + y.double() @ matrix.T.to(device)
         log_h = evaluate(x)
         return importance_diagnostics(log_h, log_q), (y.double(), log_h - log_q)
