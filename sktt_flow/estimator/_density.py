@@ -304,9 +304,9 @@ def _self_check(base, shift, matrix, evaluate, seed, device):
     with torch.no_grad():
         y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
         log_q = base.log_prob(y) - torch.linalg.slogdet(matrix).logabsdet.item()
-        x = shift.to(device) + y.double() @ matrix.T.to(device)
+        x = shift.to(device) + y @ matrix.T.to(device)
         log_h = evaluate(x)
-        return importance_diagnostics(log_h, log_q), (y.double(), log_h - log_q)
+        return importance_diagnostics(log_h, log_q), (y, log_h - log_q)
 
 
 def _mean_width_ratio(new_box, box) -> float:

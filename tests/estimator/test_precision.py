@@ -109,7 +109,7 @@ def test_samples_of_both_precisions_are_the_same_draws(model_name, data, request
     log-density is its float64 score to the scores' tolerance."""
     model = request.getfixturevalue(model_name)
     x32, log_q32 = in_precision(model, "float32").sample_and_score(2000, random_state=5)
-    x64, _ = in_precision(model, "float64").sample_and_score(2000, random_state=5)
+    x64 = in_precision(model, "float64").sample(2000, random_state=5)
     gap = (np.abs(x32 - x64) / data[0].std(axis=0)).max(axis=1)
     assert np.median(gap) <= 2e-6
     assert np.quantile(gap, 0.99) <= 1e-4

@@ -193,6 +193,22 @@ def test_the_same_tests_reject_wrong_samplers(distribution, samples):
     assert stats.kstest(jittered, cdf).pvalue < SIGNIFICANCE
 
 
+def first_coordinate_cdf(z0: torch.Tensor) -> torch.Tensor:
+    """Marginal CDF of the first coordinate of the rank-3 train of the inversion
+    tests (seed 12, 12 functions, box [-1, 2] x [0, 1]) at the points ``z0``,
+    by a 12-point Gauss rule on [-1, z] and one on [0, 1] for the other
+    coordinate, from the brute-force density: independent of the solver."""
+    distribution = random_distribution((1, 3, 1), 12, [[-1.0, 2.0], [0.0, 1.0]], seed=12)
+    n_points = z0.shape[0]
+    nodes, weights = gauss_legendre(12, torch.full_like(z0, -1.0), z0)
+    rest, rest_weights = product_rule(12, [0.0], [1.0])
+    points = torch.stack(
+        [nodes.reshape(-1).repeat_interleave(12), rest[:, 0].repeat(n_points * 12)], 1
+    )
+    density = brute_force_tt_density(distribution, points).reshape(n_points, 12, 12)
+    return torch.einsum("nqr,nq,r->n", density, weights, rest_weights)
+
+
 def test_inversion_reaches_machine_precision():
     """Each coordinate solves F(z) = u F(b) to about 1e-13, checked with an
     independent Gauss quadrature of the conditional density from a to z."""
@@ -202,13 +218,7 @@ def test_inversion_reaches_machine_precision():
     uniforms = torch.rand(300, 2, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     uniforms[:3, 0] = torch.tensor([0.0, 1e-12, 1 - 1e-12], dtype=torch.float64)
     z = sample_right_orthogonal(cores, low, high, uniforms)
-    distribution = random_distribution((1, 3, 1), 12, [[-1.0, 2.0], [0.0, 1.0]], seed=12)
-    # First coordinate: marginal CDF at z[:, 0] by a 12-point rule on [a, z].
-    nodes, weights = gauss_legendre(12, low[0].expand(300), z[:, 0])
-    rest, rest_weights = product_rule(12, [0.0], [1.0])
-    points = torch.stack([nodes.reshape(-1).repeat_interleave(12), rest[:, 0].repeat(300 * 12)], 1)
-    density = brute_force_tt_density(distribution, points).reshape(300, 12, 12)
-    cdf = torch.einsum("nqr,nq,r->n", density, weights, rest_weights)
+    cdf = first_coordinate_cdf(z[:, 0])
     np.testing.assert_allclose(cdf.numpy(), uniforms[:, 0].numpy(), atol=1e-12)
     assert float(z[0, 0]) == pytest.approx(-1.0, abs=1e-6)
     assert float(z[2, 0]) == pytest.approx(2.0, abs=1e-6)
@@ -227,12 +237,7 @@ def test_float32_inversion_reaches_float32_precision():
         [core.float() for core in cores], low.float(), high.float(), uniforms.float()
     )
     assert z.dtype == torch.float32
-    distribution = random_distribution((1, 3, 1), 12, [[-1.0, 2.0], [0.0, 1.0]], seed=12)
-    nodes, weights = gauss_legendre(12, low[0].expand(300), z[:, 0].double())
-    rest, rest_weights = product_rule(12, [0.0], [1.0])
-    points = torch.stack([nodes.reshape(-1).repeat_interleave(12), rest[:, 0].repeat(300 * 12)], 1)
-    density = brute_force_tt_density(distribution, points).reshape(300, 12, 12)
-    cdf = torch.einsum("nqr,nq,r->n", density, weights, rest_weights)
+    cdf = first_coordinate_cdf(z[:, 0].double())
     np.testing.assert_allclose(cdf.numpy(), uniforms[:, 0].float().double().numpy(), atol=3e-6)
 
 
