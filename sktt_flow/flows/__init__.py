@@ -9,7 +9,7 @@ from sktt_flow.flows.builders import (
 from sktt_flow.flows.coordinates import coordinate_layers, pull_back
 from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
-from sktt_flow.flows.model import TensorizingFlow
+from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
 from sktt_flow.flows.tempered import (
     TemperedLayerReport,
@@ -32,6 +32,7 @@ __all__ = [
     "TensorizingFlow",
     "build_flow_layers",
     "coordinate_layers",
+    "defensive_mixture_log_prob",
     "fit_tempered_base",
     "pull_back",
     "sign_flip_group",

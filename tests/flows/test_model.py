@@ -15,7 +15,13 @@ import pytest
 import torch
 
 from sktt_flow import TTDistribution
-from sktt_flow.flows import FLOW_NAMES, FixedAffine, TensorizingFlow, build_flow_layers
+from sktt_flow.flows import (
+    FLOW_NAMES,
+    FixedAffine,
+    TensorizingFlow,
+    build_flow_layers,
+    defensive_mixture_log_prob,
+)
 from sktt_flow.tt.basis import orthonormal_legendre
 from tests.conftest import random_distribution
 from tests.flows.reference import log_abs_det_jacobian, perturb
@@ -210,6 +216,40 @@ def test_defensive_log_prob_with_a_shared_fixed_inverse_is_the_mixture(fixed_las
     x = torch.randn(256, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     with torch.no_grad():
         assert torch.equal(defended.log_prob(x), _reference_defended_log_prob(defended, x))
+
+
+@pytest.mark.parametrize("fixed_last", [True, False])
+@pytest.mark.parametrize("weight", [0.0, 0.3])
+def test_component_log_probs_are_the_flow_and_the_fixed_component(fixed_last, weight):
+    """Both components at once, whatever the model's own weight (the
+    estimator fits the weight to them on a model built without one): the
+    flow's is the density of the model without the mixture, the fixed one's
+    the base through the fixed layer alone, and the model's log-density is
+    their mixture."""
+    model = perturbed_model("realnvp", dtype=torch.float64)
+    standardize = FixedAffine(
+        torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
+        torch.tensor([0.7, 1.3, 0.4], dtype=torch.float64),
+    )
+    layers = list(model.flows)
+    layers = [*layers, standardize] if fixed_last else [layers[0], standardize, *layers[1:]]
+    model = TensorizingFlow(model.q0, layers, defensive_weight=weight)
+    x = torch.randn(256, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    with torch.no_grad():
+        log_flow, log_fixed = model.component_log_probs(x)
+        torch.testing.assert_close(log_flow, model.log_flow_only(x), rtol=1e-13, atol=1e-13)
+        expected_fixed = model.q0.log_prob((x - standardize.shift) / standardize.scale) - float(
+            standardize.scale.log().sum()
+        )
+        torch.testing.assert_close(log_fixed, expected_fixed, rtol=1e-13, atol=1e-13)
+        assert not torch.allclose(log_flow, log_fixed)  # the flow moves the points
+        if weight:
+            torch.testing.assert_close(
+                model.log_prob(x),
+                defensive_mixture_log_prob(log_flow, log_fixed, weight),
+                rtol=0,
+                atol=0,
+            )
 
 
 def test_defensive_weight_is_checked():
