@@ -196,6 +196,19 @@ def _reference_defended_log_prob(model: TensorizingFlow, x: torch.Tensor) -> tor
     return model._mix(model.q0.log_prob(z) + log_det, model.q0.log_prob(z_fixed) + fixed_log_det)
 
 
+def _with_standardization(model: TensorizingFlow, fixed_last: bool, weight: float):
+    """``model``'s layers with a float64 standardisation added next to the
+    data (``fixed_last``, as the estimator builds it) or between the first
+    trained layer and the others; the model and the standardisation."""
+    standardize = FixedAffine(
+        torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
+        torch.tensor([0.7, 1.3, 0.4], dtype=torch.float64),
+    )
+    layers = list(model.flows)
+    layers = [*layers, standardize] if fixed_last else [layers[0], standardize, *layers[1:]]
+    return TensorizingFlow(model.q0, layers, defensive_weight=weight), standardize
+
+
 @pytest.mark.parametrize("fixed_last", [True, False])
 def test_defensive_log_prob_with_a_shared_fixed_inverse_is_the_mixture(fixed_last):
     """A 3-D model as the estimator builds it (a float32 flow and base, the
@@ -205,13 +218,7 @@ def test_defensive_log_prob_with_a_shared_fixed_inverse_is_the_mixture(fixed_las
     mixture bit for bit; fails if the log-determinants are summed in another
     order or into the wrong component."""
     model = perturbed_model("realnvp", dtype=torch.float32)
-    standardize = FixedAffine(
-        torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
-        torch.tensor([0.7, 1.3, 0.4], dtype=torch.float64),
-    )
-    layers = list(model.flows)
-    layers = [*layers, standardize] if fixed_last else [layers[0], standardize, *layers[1:]]
-    defended = TensorizingFlow(model.q0, layers, defensive_weight=0.05)
+    defended, _ = _with_standardization(model, fixed_last, weight=0.05)
     assert (defended._fixed_suffix_start() is not None) == fixed_last
     x = torch.randn(256, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     with torch.no_grad():
@@ -226,14 +233,9 @@ def test_component_log_probs_are_the_flow_and_the_fixed_component(fixed_last, we
     flow's is the density of the model without the mixture, the fixed one's
     the base through the fixed layer alone, and the model's log-density is
     their mixture."""
-    model = perturbed_model("realnvp", dtype=torch.float64)
-    standardize = FixedAffine(
-        torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64),
-        torch.tensor([0.7, 1.3, 0.4], dtype=torch.float64),
+    model, standardize = _with_standardization(
+        perturbed_model("realnvp", dtype=torch.float64), fixed_last, weight
     )
-    layers = list(model.flows)
-    layers = [*layers, standardize] if fixed_last else [layers[0], standardize, *layers[1:]]
-    model = TensorizingFlow(model.q0, layers, defensive_weight=weight)
     x = torch.randn(256, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
     with torch.no_grad():
         log_flow, log_fixed = model.component_log_probs(x)
