@@ -738,8 +738,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         for half of ``n_iter_no_change`` units of patience.
     validation_fraction : float, default=0.1
         Fraction of the data held out for early stopping, in [0, 1); 0
-        scores the training data instead. Variational mode scores on fixed
-        draws from the model instead.
+        scores the training data instead. In data mode the held-out rows
+        also make the automatic choices (base, coordinates, ``"auto"``
+        settings) and fit the weight of the base next to the flow
+        (``defensive_weight_``; 0.001 with no rows held out). Variational
+        mode scores on fixed draws from the model instead.
     n_iter_no_change : int, default=20
         Units of patience without improvement of the validation score before
         a training stage stops (the TT base's in data mode: a quarter of
