@@ -31,10 +31,10 @@ def fit_defensive_weight(
     r"""The weight ``w`` in ``[min_weight, max_weight]`` that maximises the mean
     held-out log-likelihood of the mixture ``(1 - w) q_flow + w q_fixed``.
 
-    The mean of :func:`~sktt_flow.flows.defensive_mixture_log_prob` is concave in ``w`` (a sum of
-    logarithms of functions linear in ``w``), so its maximiser on the
-    interval is an end point or the zero of its derivative, found by
-    bisection.
+    The mean of :func:`~sktt_flow.flows.defensive_mixture_log_prob` is
+    concave in ``w`` (a sum of logarithms of functions linear in ``w``), so
+    its maximiser on the interval is an end point or the zero of its
+    derivative, found by bisection.
 
     Parameters
     ----------
