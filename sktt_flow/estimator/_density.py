@@ -317,8 +317,8 @@ def _self_check(base, shift, matrix, evaluate, seed, device):
     """
     base = copy.deepcopy(base).to(torch.float64)
     with torch.no_grad():
-        y = base.sample(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
-        log_q = base.log_prob(y) - torch.linalg.slogdet(matrix).logabsdet.item()
+        y, log_q = base(N_SELF_CHECK_SAMPLES, generator=torch_generator(seed + 2, device))
+        log_q = log_q - torch.linalg.slogdet(matrix).logabsdet.item()
         x = shift.to(device) + y @ matrix.T.to(device)
         log_h = evaluate(x)
         return importance_diagnostics(log_h, log_q), (y, log_h - log_q)
@@ -2271,10 +2271,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         """
         return float(self.score_samples(X).mean())
 
-    def _sample_and_log_prob(self, model, n_samples: int, generator: torch.Generator):
+    def _sample_and_log_prob(
+        self, model, n_samples: int, generator: torch.Generator, *, with_log_prob: bool = True
+    ):
+        """Draws and their log-density (None without ``with_log_prob``: the
+        same draws, for less work)."""
         n_features = model.n_features
         samples = np.empty((n_samples, n_features), dtype=np.float64)
-        log_density = np.empty(n_samples, dtype=np.float64)
+        log_density = np.empty(n_samples, dtype=np.float64) if with_log_prob else None
         device_type = generator.device.type
         step = CHUNK_SIZE.get(device_type, CHUNK_SIZE["cpu"]) * SAMPLE_CHUNK_FACTOR.get(
             device_type, 1
@@ -2291,9 +2295,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 if defensive is not None:
                     mask = defensive[start : start + size]
                     mask = torch.cat([mask, mask.new_zeros(padded - size)])
-                x, log_q = model.sample(padded, generator=generator, defensive=mask)
+                if with_log_prob:
+                    x, log_q = model.sample(padded, generator=generator, defensive=mask)
+                    log_density[start : start + size] = log_q[:size].cpu().numpy()
+                else:
+                    x = model.sample_points(padded, generator=generator, defensive=mask)
                 samples[start : start + size] = x[:size].cpu().numpy()
-                log_density[start : start + size] = log_q[:size].cpu().numpy()
         return samples, log_density
 
     def sample_and_score(self, n_samples: int = 1, random_state=None):
@@ -2321,6 +2328,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             two agree to the rounding of that precision: the flow's forward
             and inverse maps round differently).
         """
+        return self._sample(n_samples, random_state, with_log_prob=True)
+
+    def _sample(self, n_samples, random_state, *, with_log_prob: bool):
         check_is_fitted(self)
         if not isinstance(n_samples, Integral) or isinstance(n_samples, bool) or n_samples < 1:
             raise ValueError(
@@ -2330,7 +2340,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         model = self._inference_flow()
         seed_source = self.random_state if random_state is None else random_state
         generator = torch_generator(check_random_state(seed_source), self.device_)
-        return self._sample_and_log_prob(model, int(n_samples), generator)
+        return self._sample_and_log_prob(
+            model, int(n_samples), generator, with_log_prob=with_log_prob
+        )
 
     def sample(self, n_samples: int = 1, random_state=None) -> np.ndarray:
         """Exact samples from the model.
@@ -2344,10 +2356,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Returns
         -------
         X : ndarray of shape (n_samples, n_features)
-            Samples in the original feature space. Use
-            :meth:`sample_and_score` to get their log-density as well.
+            Samples in the original feature space, the draws of
+            :meth:`sample_and_score` with the same ``random_state``, without
+            the work of their log-density. Use :meth:`sample_and_score` to get
+            it as well.
         """
-        return self.sample_and_score(n_samples, random_state)[0]
+        return self._sample(n_samples, random_state, with_log_prob=False)[0]
 
     # ------------------------------------------------------------ persistence
     def __getstate__(self):

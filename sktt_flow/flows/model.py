@@ -242,8 +242,7 @@ class TensorizingFlow(nf.NormalizingFlow):
         """
         if defensive is None:
             defensive = self.defensive_draws(num_samples, generator)
-        z = self.q0.sample(num_samples, generator=generator)
-        log_q0 = self.q0.log_prob(z)
+        z, log_q0 = self.q0(num_samples, generator=generator)
         x, log_det = self.forward_and_log_det(z)
         if defensive is None:
             return x, log_q0 - log_det
@@ -264,6 +263,29 @@ class TensorizingFlow(nf.NormalizingFlow):
             self.q0.log_prob(z_fixed) + inverse_fixed_log_det,
         )
         return x, self._mix(log_flow, log_fixed)
+
+    def sample_points(
+        self,
+        num_samples: int = 1,
+        generator: torch.Generator | None = None,
+        defensive: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The points of :meth:`sample` (the same draws from the same
+        ``generator`` and ``defensive``) without their log-density.
+
+        A sampler that needs no ``log q`` (``sample`` of the estimator) skips
+        the base's log-density, and with a defensive component also the
+        fixed component's density at every draw (an evaluation of the base)
+        and the flow's inverse at the draws from the fixed component.
+        """
+        if defensive is None:
+            defensive = self.defensive_draws(num_samples, generator)
+        z = self.q0.sample(num_samples, generator=generator)
+        x, _ = self.forward_and_log_det(z)
+        if defensive is None:
+            return x
+        x_fixed, _ = self._fixed_forward(z)
+        return torch.where(defensive.to(z.device)[:, None], x_fixed, x)
 
     def log_flow_only(self, x: torch.Tensor) -> torch.Tensor:
         """``log q_flow(x)``: the density without the defensive component."""
@@ -304,8 +326,7 @@ class TensorizingFlow(nf.NormalizingFlow):
         """
         base_trainable = any(parameter.requires_grad for parameter in self.q0.parameters())
         if base_draws is None:
-            z = self.q0.sample(num_samples, generator=generator)
-            log_q0 = self.q0.log_prob(z)
+            z, log_q0 = self.q0(num_samples, generator=generator)
         else:
             z, log_q0 = base_draws
             if base_trainable:

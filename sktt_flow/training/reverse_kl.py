@@ -22,12 +22,14 @@ STEPS_PER_ITERATION = 10
 #: 32 batches of the estimator's default 256. One call of the TT sampler costs
 #: a fixed part (orthogonalisation, operators, a Python loop over coordinates
 #: and solver iterations) plus a part per draw: at rank 8 and 16 basis
-#: functions, on one CPU thread, sampling and ``log q0`` cost 56 ms per 256
-#: draws in calls of 256, 17 ms in calls of 4096, 14 ms in calls of 8192 or
-#: 16,384 and 22 ms in calls of 32,768 (d = 30; 36, 7, 6 and 8 ms at d = 11).
-#: The block stays far below the sampler's own chunk (65,536 rows on a CPU), so
-#: its memory, the sampler's workspace and ``block * (d + 1)`` stored numbers,
-#: is small.
+#: functions, float32, on one CPU thread, draws with their ``log q0`` (one
+#: sweep, :meth:`~sktt_flow.TTDistribution.forward`) cost 60 ms per 256 draws
+#: in calls of 256, 6.9 ms in calls of 4096, 5.6 ms in calls of 8192 and 4.3 ms
+#: in calls of 32,768 (d = 30; 22, 2.5, 1.9 and 1.7 ms at d = 11). Larger
+#: blocks gain little more and cost up to a block of unused draws when
+#: training stops early. The block stays below the sampler's own chunk
+#: (65,536 rows on a CPU), so its memory, the sampler's workspace and
+#: ``block * (d + 1)`` stored numbers, is small.
 POOL_SIZE = 8192
 
 #: Standard errors by which the trained state's ELBO must beat the starting
@@ -86,8 +88,7 @@ def _common_draws(
         if cached:
             return cached[0], cached[1]
         with torch.no_grad():
-            z = base.sample(n_samples, generator=torch.Generator(device=device).manual_seed(seed))
-            log_q0 = base.log_prob(z)
+            z, log_q0 = base(n_samples, generator=torch.Generator(device=device).manual_seed(seed))
         if base_frozen:
             cached.extend((z, log_q0))
         return z, log_q0
@@ -151,8 +152,7 @@ class _BaseDrawPool:
         if self._z is None or self._position + size > self._z.shape[0]:
             block = max(size, min(self._block_size, self._n_left))
             with torch.no_grad():
-                self._z = self._base.sample(block, generator=self._generator)
-                self._log_q0 = self._base.log_prob(self._z)
+                self._z, self._log_q0 = self._base(block, generator=self._generator)
             self._position = 0
         rows = slice(self._position, self._position + size)
         self._position += size
@@ -191,7 +191,7 @@ def fit_reverse_kl(
     come from a pool: :data:`POOL_SIZE` exact draws and their ``log q0``, made
     in one call of the sampler from ``generator`` and handed out in
     consecutive batches, each draw to one step only; the pool is refilled when
-    used up. The TT sampler and ``log q0`` cost 4 to 6 times less per draw in
+    used up. The TT sampler and ``log q0`` cost about 10 times less per draw in
     such blocks than in batches of 256 (numbers at :data:`POOL_SIZE`). Otherwise
     (a trainable base, whose loss needs ``log q0`` with its graph for the
     score-function term, or a defensive mixture) every step draws afresh, as

@@ -188,6 +188,26 @@ def test_defensive_samples_come_from_the_mixture_with_their_log_density():
     assert float(flow_component) > 0.5
 
 
+@pytest.mark.parametrize("weight", [0.0, 0.2])
+def test_sample_points_are_the_draws_of_sample_without_any_density(monkeypatch, weight):
+    """The same points as ``sample`` from the same generator, for a defended
+    model too (its mask drawn first, then the base), with neither the base's
+    density nor the flow's inverse evaluated: fails if the points-only path
+    draws in another order, maps the fixed component's draws through the flow,
+    or still pays for a density."""
+    model = _defended_model(weight)
+    with torch.no_grad():
+        expected, _ = model.sample(5000, generator=torch.Generator().manual_seed(3))
+
+        def refuse(*args, **kwargs):
+            raise AssertionError("a density was evaluated")
+
+        monkeypatch.setattr(model.q0, "log_prob", refuse)
+        monkeypatch.setattr(model, "inverse_and_log_det", refuse)
+        points = model.sample_points(5000, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(points, expected)
+
+
 def _reference_defended_log_prob(model: TensorizingFlow, x: torch.Tensor) -> torch.Tensor:
     """The defensive mixture as written out before the fixed layers' inverse
     was shared with the flow's."""

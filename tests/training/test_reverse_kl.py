@@ -156,16 +156,17 @@ def test_common_draws_are_made_once_for_a_frozen_base_only(base):
 
 # ------------------------------------------------------ pooled base draws
 def record_sampling(monkeypatch, base):
-    """Make ``base.sample`` record every call as ``(generator, draws)``."""
+    """Make the base's draws (``base.forward``, which training calls for draws
+    and their ``log q0``) record every call as ``(generator, draws)``."""
     calls = []
-    sample = base.sample
+    forward = base.forward
 
     def recording(num_samples=1, context=None, generator=None):
-        z = sample(num_samples, generator=generator)
+        z, log_q0 = forward(num_samples, context, generator=generator)
         calls.append((generator, z))
-        return z
+        return z, log_q0
 
-    monkeypatch.setattr(base, "sample", recording)
+    monkeypatch.setattr(base, "forward", recording)
     return calls
 
 

@@ -247,6 +247,47 @@ def test_base_of_a_normflows_flow(distribution_3d):
     np.testing.assert_allclose(base_log_p.detach(), distribution_3d.log_prob(base_z).detach())
 
 
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 2e-5)])
+def test_forward_of_a_frozen_base_scores_its_draws_in_one_pass(dtype, tolerance):
+    """``forward`` of a base without gradient takes ``log q0`` from the sampler's
+    sweep. Against ``log_prob`` at the same draws: a tail weight of 0.3 sends
+    draws of the Gaussian component inside the box (where the train's density
+    must be evaluated afresh, not taken from a sweep that drew another point)
+    and outside it (where it is 0); the float32 tolerance is about 100 ulps of
+    ``1 + |log q0|``, the rounding of a 3-coordinate sweep and of the cast of
+    orthogonal float64 cores."""
+    base = random_distribution(
+        (1, 3, 4, 1), 8, [[-1.0, 1.0], [-2.0, 3.0], [0.0, 0.5]], seed=1, tail_weight=0.3
+    ).to(dtype)
+    base.requires_grad_(False)
+    z, log_q = base.forward(4000, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(z, base.sample(4000, generator=torch.Generator().manual_seed(9)))
+    assert z.dtype == log_q.dtype == dtype and log_q.shape == (4000,)
+    outside = ((z < base.low) | (z > base.high)).any(dim=1)
+    assert 500 < int(outside.sum()) < 1500  # both kinds of tail draws are there
+    expected = base.log_prob(z)
+    assert ((log_q - expected).abs() / (1 + expected.abs())).max() < tolerance
+    empty_z, empty_log_q = base.forward(0)
+    assert empty_z.shape == (0, 3) and empty_log_q.shape == (0,)
+
+
+def test_forward_keeps_the_graph_to_trainable_cores(distribution_3d):
+    """With cores that require gradient (a base trained jointly with its flow),
+    ``log q0`` of ``forward`` must carry their gradient, as ``log_prob`` does;
+    under ``no_grad`` it comes from the sweep, with the same values."""
+    z, log_q = distribution_3d.forward(64, generator=torch.Generator().manual_seed(2))
+    assert log_q.requires_grad
+    (gradient,) = torch.autograd.grad(log_q.sum(), distribution_3d.cores[1])
+    (expected,) = torch.autograd.grad(distribution_3d.log_prob(z).sum(), distribution_3d.cores[1])
+    torch.testing.assert_close(gradient, expected)
+    with torch.no_grad():
+        z_frozen, log_q_frozen = distribution_3d.forward(
+            64, generator=torch.Generator().manual_seed(2)
+        )
+    assert torch.equal(z_frozen, z)
+    torch.testing.assert_close(log_q_frozen, log_q.detach(), rtol=1e-12, atol=1e-12)
+
+
 @requires_cuda
 def test_cuda_matches_cpu(distribution_3d):
     z = distribution_3d.sample(500, generator=torch.Generator().manual_seed(8))

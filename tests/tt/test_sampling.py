@@ -387,6 +387,36 @@ def test_operators_are_built_once_per_size_dtype_and_device():
     assert single.grid.dtype == torch.float32
 
 
+def test_log_density_of_the_draws_matches_the_full_tensor(distribution):
+    """The sampler's by-product log-density against the density from the full
+    coefficient tensor (no train, no prefix): catches a missing Jacobian of the
+    box (the box is [-1, 1] x [-2, 3] x [0, 0.5]: off by log 2.5 - log 0.25),
+    a conditional read at the wrong point (the last coordinate's total after
+    the final core), a train's scale left in (the cores here are far from
+    norm 1) and a drift between the returned draws and the ones scored."""
+    cores = right_orthogonalize([core.detach().double() * 7.0 for core in distribution.cores])
+    low, high = distribution.low.double(), distribution.high.double()
+    uniforms = torch.rand(3000, 3, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    points, log_density = sample_right_orthogonal(
+        cores, low, high, uniforms, return_log_density=True
+    )
+    assert torch.equal(points, sample_right_orthogonal(cores, low, high, uniforms))
+    expected = torch.log(brute_force_tt_density(distribution, points))
+    assert (log_density - expected).abs().max() < 1e-10 * (1 + expected.abs().max())
+    # the defensive mixture returns its own density, as the inverse Rosenblatt map does
+    _, log_mixed = sample_right_orthogonal(
+        cores, low, high, uniforms, defensive_weight=0.3, return_log_density=True
+    )
+    assert torch.equal(
+        log_mixed,
+        inverse_rosenblatt_right_orthogonal(cores, low, high, uniforms, defensive_weight=0.3)[1],
+    )
+    empty, log_empty = sample_right_orthogonal(
+        cores, low, high, uniforms[:0], return_log_density=True
+    )
+    assert empty.shape == (0, 3) and log_empty.shape == (0,)
+
+
 # ------------------------------------------------ Rosenblatt pair with a uniform part
 @pytest.fixture(scope="module")
 def right_orthogonal_cores(distribution):
