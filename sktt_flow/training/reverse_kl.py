@@ -212,7 +212,13 @@ def fit_reverse_kl(
     is exactly that independence, which is why draws are not recycled: a draw
     used again after it has moved the parameters makes them depend on it, and
     the steps then descend the KL of the pool's empirical distribution (they
-    over-fit the pool) instead of the KL under ``q0``. The price of the pool
+    over-fit the pool) instead of the KL under ``q0``. Measured (estimator
+    fits, 100 iterations, each draw of a block serving four steps in new
+    random orders against one): the ELBO of the wine posterior fell by 0.008
+    and 0.013 (two seeds) and that of the breast-cancer posterior by 0.025,
+    at about 3 standard errors each, for no gain of time there (sampling is a
+    small part of those steps); on the twisted banana it moved by +0.004 and
+    -0.002. The price of the pool
     is its memory and, when training stops early, up to one block of draws
     never used.
 
