@@ -43,6 +43,7 @@ from sktt_flow.flows import (
     sign_flip_group,
     spline_tail_bound,
 )
+from sktt_flow.flows.symmetric import images_bounding_box
 from sktt_flow.geometry import (
     AFFINE_KINDS,
     adjust_box,
@@ -407,11 +408,10 @@ def _symmetric_box(box, group: torch.Tensor, center: torch.Tensor | None = None)
     origin by default): the box itself when it is already invariant (a box
     symmetric about 0 under the sign flip)."""
     box = torch.as_tensor(np.asarray(box, dtype=np.float64))
-    middle, half_width = box.mean(dim=1), (box[:, 1] - box[:, 0]) / 2
-    fixed = torch.zeros_like(middle) if center is None else center
-    centers, reach = fixed + group @ (middle - fixed), group.abs() @ half_width
-    low = torch.minimum((centers - reach).amin(dim=0), box[:, 0])
-    high = torch.maximum((centers + reach).amax(dim=0), box[:, 1])
+    fixed = torch.zeros(box.shape[0], dtype=box.dtype) if center is None else center
+    low, high = images_bounding_box(box[:, 0], box[:, 1], group, fixed)
+    # the box itself exactly, whatever the rounding of its image under the identity
+    low, high = torch.minimum(low, box[:, 0]), torch.maximum(high, box[:, 1])
     return torch.stack([low, high], dim=1).numpy()
 
 

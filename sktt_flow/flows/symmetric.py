@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from normflows.distributions import BaseDistribution
 
-from sktt_flow.utils.validation import check_points
+from sktt_flow.utils.validation import check_num_samples, check_points
 
 __all__ = ["SymmetrizedBase", "sign_flip_group"]
 
@@ -21,6 +21,19 @@ CHUNK_ELEMENTS = 1 << 24
 
 #: Random probe directions of the closure check (see :func:`_cayley_table`).
 N_PROBES = 4
+
+
+def images_bounding_box(
+    low: torch.Tensor, high: torch.Tensor, matrices: torch.Tensor, center: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Corners of the bounding box of the images ``c + g (B - c)`` of the box
+    ``B = [low, high]`` under each of ``matrices`` (``(m, d, d)``), about
+    ``center`` ``c``: exact for a box, whose image under ``g`` reaches
+    ``|g| half_width`` either side of the image of its middle."""
+    middle, half_width = (low + high) / 2.0, (high - low) / 2.0
+    centers = center + matrices @ (middle - center)
+    reach = matrices.abs() @ half_width
+    return (centers - reach).amin(dim=0), (centers + reach).amax(dim=0)
 
 
 def sign_flip_group(n_features: int, *, dtype: torch.dtype = torch.float64) -> torch.Tensor:
@@ -401,12 +414,8 @@ class SymmetrizedBase(BaseDistribution):
         return self._bounding_box()[1]
 
     def _bounding_box(self) -> tuple[torch.Tensor, torch.Tensor]:
-        base_low, base_high = self.base.low, self.base.high
-        center, half_width = (base_low + base_high) / 2.0, (base_high - base_low) / 2.0
         inverses = self.matrices[self.inverse_index]
-        centers = self.center + inverses @ (center - self.center)
-        reach = inverses.abs() @ half_width
-        return (centers - reach).amin(dim=0), (centers + reach).amax(dim=0)
+        return images_bounding_box(self.base.low, self.base.high, inverses, self.center)
 
     def extra_repr(self) -> str:
         return f"n_features={self.n_features}, order={self.order}"
@@ -455,9 +464,7 @@ class SymmetrizedBase(BaseDistribution):
         generator : torch.Generator, optional
             On the distribution's device; fixes the draw.
         """
-        num_samples = int(num_samples)
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be non-negative, got {num_samples}.")
+        num_samples = check_num_samples(num_samples)
         z0 = self.base.sample(num_samples, generator=generator).to(self.matrices.dtype)
         index = torch.randint(
             self.order, (num_samples,), generator=generator, device=self.matrices.device

@@ -151,7 +151,7 @@ from sktt_flow.tt.sampling import (
     rosenblatt_right_orthogonal,
 )
 from sktt_flow.utils.random import torch_generator
-from sktt_flow.utils.validation import check_points, check_positive_int
+from sktt_flow.utils.validation import check_num_samples, check_points, check_positive_int
 
 __all__ = ["TemperedLayerReport", "TemperedReport", "TemperedTTBase", "fit_tempered_base"]
 
@@ -459,9 +459,7 @@ class TemperedTTBase(BaseDistribution):
         generator : torch.Generator, optional
             On the distribution's device; fixes the draw.
         """
-        num_samples = int(num_samples)
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be non-negative, got {num_samples}.")
+        num_samples = check_num_samples(num_samples)
         device = self.shift.device
         chunks, log_parts = [], []
         with torch.no_grad():

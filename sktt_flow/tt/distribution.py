@@ -27,7 +27,7 @@ from sktt_flow.tt.basis import (
 )
 from sktt_flow.tt.sampling import conditional_cdf_operators, sample_right_orthogonal
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
-from sktt_flow.utils.validation import check_domain, check_points
+from sktt_flow.utils.validation import check_domain, check_num_samples, check_points
 
 __all__ = ["TTDistribution"]
 
@@ -364,9 +364,7 @@ class TTDistribution(BaseDistribution):
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Exact samples (see :meth:`sample`) and, with ``with_log_prob``,
         ``log q_0`` at them, without gradient (see :meth:`forward`)."""
-        num_samples = int(num_samples)
-        if num_samples < 0:
-            raise ValueError(f"num_samples must be non-negative, got {num_samples}.")
+        num_samples = check_num_samples(num_samples)
         device, dtype = self.low.device, self.low.dtype
         with torch.no_grad():
             cores = right_orthogonalize([core.detach().double() for core in self.cores])

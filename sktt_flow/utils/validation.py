@@ -10,6 +10,7 @@ import torch
 __all__ = [
     "check_domain",
     "check_domain_resolution",
+    "check_num_samples",
     "check_points",
     "check_positive_float",
     "check_positive_int",
@@ -114,6 +115,15 @@ def check_points(z, n_features: int, like: torch.Tensor) -> torch.Tensor:
             f"{like.device}; move one of them (no silent copies)."
         )
     return z.to(like.dtype)
+
+
+def check_num_samples(num_samples) -> int:
+    """The number of draws a base is asked for, as an int (as ``int()``
+    makes it), or a ValueError when it is negative."""
+    num_samples = int(num_samples)
+    if num_samples < 0:
+        raise ValueError(f"num_samples must be non-negative, got {num_samples}.")
+    return num_samples
 
 
 def check_samples(

@@ -2,7 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from sktt_flow.utils.validation import check_domain, check_domain_resolution, check_samples
+from sktt_flow.utils.validation import (
+    check_domain,
+    check_domain_resolution,
+    check_num_samples,
+    check_samples,
+)
 
 
 def test_check_domain_broadcasts_a_single_pair():
@@ -66,3 +71,12 @@ def test_check_domain_resolution_refuses_boxes_the_dtype_cannot_resolve():
     check_domain_resolution(low, high, torch.float64)
     # 1000 wide at 1e3: spacing 6e-5, 1.6e7 steps, accepted
     check_domain_resolution(np.array([1e3]), np.array([2e3]), torch.float32)
+
+
+def test_check_num_samples_refuses_negative_counts():
+    """The check that every base's sampler starts with: an int out, numpy
+    integers in, and a negative count refused with the parameter named."""
+    assert check_num_samples(np.int64(5)) == 5 and type(check_num_samples(np.int64(5))) is int
+    assert check_num_samples(0) == 0
+    with pytest.raises(ValueError, match="num_samples must be non-negative, got -1"):
+        check_num_samples(-1)
