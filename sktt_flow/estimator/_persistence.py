@@ -193,6 +193,61 @@ def _json_params(estimator: TensorizingFlowDensity) -> tuple[dict, str | None]:
     return params, note
 
 
+def _companion_entry(model: TensorizingFlow) -> dict | None:
+    """What rebuilds a model's companion with :func:`_build_model`: a flow of
+    the same architecture on a Gaussian base, with its own tail bound,
+    whitening and defensive weight, and its weight in the mixture."""
+    companion = model.companion
+    if companion is None:
+        return None
+    return {
+        "weight": model.companion_weight,
+        "tail_bound": _tail_bound(companion),
+        "whitening": _has_whitening(companion, True),
+        "defensive_weight": companion.defensive_weight,
+    }
+
+
+def _companion_metadata(metadata: dict, where: str) -> dict | None:
+    """The metadata of the companion as a model of its own (a data-mode model
+    on a Gaussian base), from the ``companion`` entry; None when there is
+    none (files that predate it have none)."""
+    entry = metadata.get("companion")
+    if entry is None:
+        return None
+    if not (
+        isinstance(entry, dict)
+        and _is_finite(entry.get("weight"))
+        and 0.0 < entry["weight"] < 1.0
+        and _is_finite(entry.get("tail_bound"))
+        and isinstance(entry.get("whitening"), bool)
+        and _is_finite(entry.get("defensive_weight"))
+    ):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'companion' "
+            f"({_preview(entry)})."
+        )
+    if metadata["mode"] != "data":
+        raise ValueError(
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} (a companion "
+            f"model in {metadata['mode']} mode)."
+        )
+    return {
+        **metadata,
+        "tt_core_shapes": [],
+        "domain": [],
+        "tail_weight": 0.0,
+        "symmetry_order": 0,
+        "tempered": None,
+        "tail_bound": entry["tail_bound"],
+        "output_layer": "diagonal",
+        "whitening": entry["whitening"],
+        "defensive_weight": entry["defensive_weight"],
+        "companion": None,
+        "fitted": {**metadata["fitted"], "base_": "gaussian"},
+    }
+
+
 def _tail_bound(model: TensorizingFlow) -> float:
     """The spline layers' tail bound, or the one ``fit`` derives from the box."""
     for module in model.flows.modules():
@@ -292,6 +347,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         # data mode: a FixedLinearAffine (whitening) before the standardisation
         "whitening": _has_whitening(model, mode == "data"),
         "defensive_weight": model.defensive_weight,
+        # data mode: the model on the Gaussian next to the one on the TT, its
+        # tensors in the state as companion.*; None for the others
+        "companion": _companion_entry(model),
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {
@@ -963,8 +1021,37 @@ def _build_model(
 
     The metadata is checked against the shapes in ``state`` first
     (:func:`_check_architecture`): what is built then holds as many numbers
-    as ``state``.
+    as ``state``. A companion model (``companion.*`` tensors) is built the same
+    way from its own entry (:func:`_companion_metadata`).
     """
+    prefix = "companion."
+    companion_state = {
+        key[len(prefix) :]: value for key, value in state.items() if key.startswith(prefix)
+    }
+    state = {key: value for key, value in state.items() if not key.startswith(prefix)}
+    model = _build_single_model(metadata, flow, estimator, state, where)
+    companion_metadata = _companion_metadata(metadata, where)
+    if companion_metadata is not None:
+        model.companion = _build_model(
+            companion_metadata, flow, estimator, companion_state, f"{where} (companion)"
+        )
+        model.companion_weight = float(metadata["companion"]["weight"])
+    elif companion_state:
+        raise ValueError(
+            f"{where}: {_STATE} holds a companion model's tensors, but {_METADATA} describes "
+            "none."
+        )
+    return model
+
+
+def _build_single_model(
+    metadata: dict,
+    flow: str | Callable,
+    estimator: TensorizingFlowDensity,
+    state: dict[str, torch.Tensor],
+    where: str,
+) -> TensorizingFlow:
+    """:func:`_build_model` of a model without a companion."""
     _check_architecture(metadata, flow, estimator, state, where)
     try:
         n_features = metadata["n_features"]

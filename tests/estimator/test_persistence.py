@@ -20,6 +20,7 @@ import time
 import warnings
 import zipfile
 
+import joblib
 import numpy as np
 import pytest
 import torch
@@ -28,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import sktt_flow
 from sktt_flow import TensorizingFlowDensity
-from sktt_flow.flows import build_flow_layers
+from sktt_flow.flows import TensorizingFlow, build_flow_layers
 from tests.conftest import requires_cuda
 
 SMALL = {
@@ -431,6 +432,76 @@ def test_edited_metadata_is_a_clear_error(edit, match, saved):
     with pytest.raises(ValueError, match=match) as error:
         TensorizingFlowDensity.load(saved)
     assert str(saved) in str(error.value)
+
+
+@pytest.fixture(scope="module")
+def with_companion(fitted, data):
+    """``fitted`` with the model of a Gaussian-base fit of the same rows as its
+    companion, weight 0.4 (base="auto" makes such models when the flow on the
+    Gaussian takes held-out rows that the flow on the TT misses)."""
+    gaussian = TensorizingFlowDensity(**{**SMALL, "base": "gaussian"}).fit(data[0])
+    estimator = copy.deepcopy(fitted)
+    model = estimator.flow_
+    mixed = TensorizingFlow(
+        model.q0,
+        list(model.flows),
+        defensive_weight=model.defensive_weight,
+        companion=copy.deepcopy(gaussian.flow_),
+        companion_weight=0.4,
+    )
+    for name, value in TensorizingFlowDensity._finalize(mixed, estimator.device_).items():
+        setattr(estimator, name, value)
+    return estimator
+
+
+def test_round_trip_keeps_the_companion(with_companion, data, tmp_path):
+    """Bit for bit, the companion's weight included; joblib too. Fails if the
+    companion is not written (the loaded model would be the TT's alone) or
+    is rebuilt with another architecture."""
+    path = tmp_path / "mixed.sktt"
+    with_companion.save(path)
+    loaded = TensorizingFlowDensity.load(path)
+    assert loaded.companion_weight_ == 0.4 and loaded.flow_.companion is not None
+    assert_same_model(loaded, with_companion, data[1])
+    alone = copy.deepcopy(with_companion)
+    alone.flow_.companion_weight = alone._float32_flow.companion_weight = 0.0
+    assert not np.array_equal(alone.score_samples(data[1]), loaded.score_samples(data[1]))
+    buffer = io.BytesIO()
+    joblib.dump(with_companion, buffer)
+    buffer.seek(0)
+    assert_same_model(joblib.load(buffer), with_companion, data[1])
+
+
+def test_warm_start_keeps_the_companion(with_companion, data):
+    """A warm start trains the model on the TT further and keeps the
+    companion as it was, with its weight: fails if the refit drops it (the
+    model would be the TT's alone) or retrains it."""
+    model = copy.deepcopy(with_companion).set_params(warm_start=True)
+    before = {k: v.clone() for k, v in model.flow_.companion.state_dict().items()}
+    model.fit(data[0])
+    assert model.companion_weight_ == 0.4
+    after = model.flow_.companion.state_dict()
+    assert before.keys() == after.keys()
+    assert all(torch.equal(before[key], after[key]) for key in before)
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["companion"].update(weight=1.5), "invalid 'companion'"),
+        (lambda m: m["companion"].update(whitening="yes"), "invalid 'companion'"),
+        (lambda m: m.update(companion=None), "holds a companion model's tensors"),
+        (lambda m: m["companion"].update(whitening=True), "do not match the architecture"),
+    ],
+)
+def test_edited_companion_metadata_is_a_clear_error(edit, match, with_companion, tmp_path):
+    path = tmp_path / "mixed.sktt"
+    with_companion.save(path)
+    metadata, state = read_members(path)
+    edit(metadata)
+    write_members(path, metadata, state)
+    with pytest.raises(ValueError, match=match):
+        TensorizingFlowDensity.load(path)
 
 
 def test_files_without_the_selection_load_without_it(fitted, data, saved):

@@ -18,6 +18,7 @@ from sktt_flow import TTDistribution
 from sktt_flow.flows import (
     FLOW_NAMES,
     FixedAffine,
+    GaussianBase,
     TensorizingFlow,
     build_flow_layers,
     defensive_mixture_log_prob,
@@ -206,6 +207,100 @@ def test_sample_points_are_the_draws_of_sample_without_any_density(monkeypatch, 
         monkeypatch.setattr(model, "inverse_and_log_det", refuse)
         points = model.sample_points(5000, generator=torch.Generator().manual_seed(3))
     assert torch.equal(points, expected)
+
+
+def _with_companion(weight: float, companion_weight: float = 0.3) -> TensorizingFlow:
+    """The defended 1-D model of :func:`_defended_model` with a companion: a
+    Gaussian at -4 of standard deviation 0.5 through its own FixedAffine and
+    a trained-like affine layer, apart from both of the model's components."""
+    import normflows as nf
+
+    shift = nf.flows.AffineConstFlow((1,))
+    with torch.no_grad():
+        shift.t.fill_(-1.0)
+    companion = TensorizingFlow(
+        GaussianBase(torch.zeros(1), torch.ones(1)),
+        [shift, FixedAffine(torch.tensor([-3.0]), torch.tensor([0.5]))],
+        defensive_weight=0.1,
+    ).double()
+    model = _defended_model(weight)
+    return TensorizingFlow(
+        model.q0,
+        list(model.flows),
+        defensive_weight=weight,
+        companion=companion,
+        companion_weight=companion_weight,
+    ).double()
+
+
+def test_companion_mixture_is_exact_and_normalised():
+    """log q = log((1 - a) q_model + a q_companion), each computed here on its
+    own; the density integrates to one (Gauss-Legendre, panel ends at the
+    components' box edges); draws carry that log-density, and a share a of
+    them (20,000 draws: standard error 0.003) lies where only the companion
+    puts mass (below 0, the model's components living in [1.5, 2.9]). Fails
+    if the weight is applied to the wrong model, a draw of one model is
+    scored without the other, or the rows of the two models are mixed up."""
+    model = _with_companion(0.2)
+    alone = _defended_model(0.2)
+    x = torch.linspace(-8.0, 6.0, 401, dtype=torch.float64)[:, None]
+    with torch.no_grad():
+        expected = torch.logaddexp(
+            math.log(0.7) + alone.log_prob(x), math.log(0.3) + model.companion.log_prob(x)
+        )
+        torch.testing.assert_close(model.log_prob(x), expected, rtol=1e-12, atol=1e-12)
+        nodes, weights = np.polynomial.legendre.leggauss(200)
+        ends = np.union1d(np.arange(-40.0, 41.0, 1.0), [1.5, 2.5, 2.6, 2.9])
+        total = 0.0
+        for low, high in itertools.pairwise(ends):
+            half = (high - low) / 2
+            points = torch.tensor(low + half * (nodes + 1), dtype=torch.float64)[:, None]
+            total += float((half * torch.tensor(weights) * model.log_prob(points).exp()).sum())
+        assert total == pytest.approx(1.0, abs=1e-6)
+        draws, log_q = model.sample(20000, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(log_q, model.log_prob(draws), rtol=1e-10, atol=1e-10)
+    assert float((draws[:, 0] < 0).double().mean()) == pytest.approx(0.3, abs=0.015)
+
+
+def test_companion_draws_do_not_depend_on_the_chunks():
+    """The codes of every draw and the companion's generator made once, then
+    the draws in one call or in chunks of 704 and 1296 rows (multiples of 16,
+    as the estimator's chunks are): the same points and log-densities, as
+    the estimator's chunked sampling needs. Fails if the two models drew from
+    one stream (each chunk would interleave them), or if the companion drew
+    normals for its own rows only (torch draws normals in blocks of 16)."""
+    model = _with_companion(0.2)
+    generator = torch.Generator().manual_seed(4)
+    codes = model.defensive_draws(2000, generator)
+    assert set(codes.unique().tolist()) == {0, 1, 2, 3}
+    state = generator.get_state()
+    with torch.no_grad():
+        whole, log_whole = model.sample(
+            2000, generator, codes, model.companion_generator(generator)
+        )
+        generator.set_state(state)
+        companion_generator = model.companion_generator(generator)
+        parts = [
+            model.sample(len(chunk), generator, chunk, companion_generator)
+            for chunk in codes.split([704, 1296])
+        ]
+        generator.set_state(state)
+        points = model.sample_points(2000, generator, codes, model.companion_generator(generator))
+    assert torch.equal(torch.cat([x for x, _ in parts]), whole)
+    assert torch.equal(torch.cat([log_q for _, log_q in parts]), log_whole)
+    assert torch.equal(points, whole)
+
+
+def test_bad_companions_are_refused():
+    model = _defended_model(0.2)
+    companion = _defended_model(0.1)
+    with pytest.raises(ValueError, match="companion_weight"):
+        TensorizingFlow(model.q0, [], companion=companion, companion_weight=1.0)
+    with pytest.raises(TypeError, match="without a companion"):
+        TensorizingFlow(model.q0, [], companion=_with_companion(0.1), companion_weight=0.5)
+    two_dimensional = TensorizingFlow(GaussianBase(torch.zeros(2), torch.ones(2)), [])
+    with pytest.raises(ValueError, match="features"):
+        TensorizingFlow(model.q0, [], companion=two_dimensional, companion_weight=0.5)
 
 
 def _reference_defended_log_prob(model: TensorizingFlow, x: torch.Tensor) -> torch.Tensor:
