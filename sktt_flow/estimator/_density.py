@@ -483,7 +483,8 @@ def _in_precision(model: TensorizingFlow, dtype: torch.dtype) -> TensorizingFlow
     feature's mean or a posterior's mode, whose digits float32 would lose, at
     a cost of ``d`` or ``d^2`` per point; a Gaussian base costs ``d`` per
     point, and in float64 it draws the same normals as the float64 model
-    (torch draws another stream in float32).
+    (torch draws another stream in float32). A companion model is copied the
+    same way.
     """
     copied = copy.deepcopy(model)
     if copied.companion is not None:
@@ -1316,7 +1317,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         models within ``[MIN_COMPANION_WEIGHT, MAX_COMPANION_WEIGHT]``: on the
         real tables of the density benchmark the two flows missed different
         test rows, and their mixture scored 0.07 to 1.2 nats per row above
-        the better of them at the best weight (0.1 to 0.76). No companion
+        the better of them at the best weight (0.05 to 0.76). No companion
         when the lower end is best.
         """
         (tt_scores, *_), (gaussian_scores, model, *_, defensive_weight) = trained
