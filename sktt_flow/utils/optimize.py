@@ -13,8 +13,10 @@ about as many parameter updates on a few hundred rows as on thousands.
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
+import statistics
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -22,7 +24,13 @@ from dataclasses import dataclass, field
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-__all__ = ["MIN_STEPS_PER_ITERATION", "TrainingHistory", "minimize", "patience_in_passes"]
+__all__ = [
+    "CLIP_HISTORY",
+    "MIN_STEPS_PER_ITERATION",
+    "TrainingHistory",
+    "minimize",
+    "patience_in_passes",
+]
 
 #: Roll-backs after non-finite validation scores before training gives up.
 MAX_ROLLBACKS = 3
@@ -36,6 +44,10 @@ MAX_ROLLBACKS = 3
 #: come within the first few steps. Variational training makes 10 steps per
 #: iteration, one unit.
 MIN_STEPS_PER_ITERATION = 10
+
+#: Steps whose gradient norms set the limit of ``clip_factor`` (the median of
+#: the last this many), and fewest steps seen before any step is clipped.
+CLIP_HISTORY = (100, 20)
 
 
 @dataclass
@@ -55,6 +67,9 @@ class TrainingHistory:
         Iteration whose state was restored (0: the initial state).
     n_skipped_steps : int
         Steps skipped because the loss or a gradient was not finite.
+    n_clipped_steps : int
+        Steps whose gradient was scaled down (``clip_factor`` of
+        :func:`minimize`).
     n_rollbacks : int
         Times the state was rolled back and the learning rate halved.
     interrupted : bool
@@ -66,6 +81,7 @@ class TrainingHistory:
     n_iter: int = 0
     best_epoch: int = 0
     n_skipped_steps: int = 0
+    n_clipped_steps: int = 0
     n_rollbacks: int = 0
     interrupted: bool = False
 
@@ -103,6 +119,28 @@ def _gradients_finite(parameters: list[torch.Tensor]) -> bool:
     return bool(torch.isfinite(torch.stack([g.sum() for g in grads])).all())
 
 
+def _clip_gradients(
+    parameters: list[torch.Tensor], recent_norms: collections.deque, clip_factor: float
+) -> bool:
+    """Scale the gradients of ``parameters`` down to ``clip_factor`` times the
+    median of ``recent_norms`` if their norm is larger; record the norm.
+    Returns whether they were scaled."""
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return False
+    # torch.nn.utils.get_total_norm would do this, but needs torch >= 2.6
+    norm = float(torch.linalg.vector_norm(torch.cat([g.reshape(-1) for g in grads])))
+    clipped = False
+    if len(recent_norms) >= CLIP_HISTORY[1]:
+        limit = clip_factor * statistics.median(recent_norms)
+        if norm > limit:
+            for g in grads:
+                g.mul_(limit / norm)
+            clipped = True
+    recent_norms.append(norm)
+    return clipped
+
+
 def minimize(
     module: torch.nn.Module,
     loss: Callable[[torch.Tensor], torch.Tensor],
@@ -116,6 +154,7 @@ def minimize(
     generator: torch.Generator,
     parameters: Iterable[torch.Tensor] | None = None,
     tol: float = 1e-4,
+    clip_factor: float | None = None,
     verbose: int = 0,
     description: str = "training",
 ) -> TrainingHistory:
@@ -151,6 +190,16 @@ def minimize(
     parameters : iterable of tensors, optional
         What Adam updates; all of ``module``'s parameters that require
         gradient by default.
+    clip_factor : float, optional
+        Adaptive gradient clipping: a step whose gradient norm exceeds
+        ``clip_factor`` times the median norm of the previous steps (the last
+        ``CLIP_HISTORY[0]``, once there are ``CLIP_HISTORY[1]``) is scaled
+        down to that limit, in the spirit of AutoClip (Seetharaman, Wichern,
+        Pardo and Le Roux, "AutoClip: adaptive gradient clipping for source
+        separation networks", MLSP 2020), which clips at a percentile of the
+        history. The limit follows the scale of the gradients, so it needs no
+        tuning per model; the norms recorded are the unclipped ones. None
+        (default): no clipping.
     verbose : int
         0: silent; 1: a progress bar with the loss and the score.
 
@@ -182,6 +231,7 @@ def minimize(
     patience = n_iter_no_change * iterations_per_unit
     halving_interval = max(n_iter_no_change // 2, 1) * iterations_per_unit
     iterations_without_improvement = 0
+    recent_norms = collections.deque(maxlen=CLIP_HISTORY[0])
     bar = _progress(max_iter, description, verbose)
     try:
         for iteration in range(1, max_iter + 1):
@@ -204,6 +254,10 @@ def minimize(
                 if not _gradients_finite(parameters):
                     history.n_skipped_steps += 1
                     continue
+                if clip_factor is not None:
+                    history.n_clipped_steps += _clip_gradients(
+                        parameters, recent_norms, clip_factor
+                    )
                 optimizer.step()
                 total += float(value.detach())
                 n_steps += 1

@@ -97,3 +97,18 @@ def test_training_never_returns_a_state_worse_than_the_start(fitted_base):
     assert held_out(model, validation) == start
     for key, value in model.state_dict().items():
         assert torch.equal(value, start_state[key]), key
+
+
+def test_steps_with_an_outlying_gradient_are_clipped(fitted_base):
+    """One training row far out in the base's Gaussian tail gives its batch a
+    gradient many times the others': those steps are clipped
+    (GRADIENT_CLIP_FACTOR times the median norm), and training still gains
+    what it gains without the row."""
+    generator = torch.Generator().manual_seed(2)
+    train = 0.7 * correlated_gaussian(1000, generator) + SHIFT
+    validation = 0.7 * correlated_gaussian(500, generator) + SHIFT
+    outlier = torch.tensor([[25.0, -25.0]], dtype=torch.float64)
+    model = model_on(fitted_base)
+    history = fit(model, torch.cat([train, outlier]), validation)
+    assert history.n_clipped_steps >= 5  # about one step in five holds the row
+    assert held_out(model, validation) > -2.2

@@ -256,3 +256,39 @@ def test_patience_counts_steps_on_long_passes():
     assert patience_in_passes(20, n_rows=9000, batch_size=256) == 6  # ceil(200 / 36)
     assert patience_in_passes(5, n_rows=9000, batch_size=256) == 2  # ceil(50 / 36)
     assert patience_in_passes(1, n_rows=100_000, batch_size=32) == 1  # at least one pass
+
+
+@pytest.mark.parametrize("clip_factor", [None, 3.0])
+def test_an_outlying_gradient_is_clipped_to_a_multiple_of_the_median(clip_factor):
+    """One step's loss is a million times too large, as from a row far out in
+    the tail of a flow's base. Adam's second moment then holds that gradient
+    for thousands of steps, and the steps after it shrink: unclipped, the
+    weight stalls far from its optimum; clipped to three times the median
+    norm, only that step is touched and training converges."""
+    module, data, loss, score = setup()
+    calls = []
+
+    def spiking_loss(batch):
+        calls.append(None)
+        return loss(batch) * (1e6 if len(calls) == 30 else 1.0)
+
+    history = minimize(
+        module,
+        spiking_loss,
+        data,
+        score=score,
+        max_iter=60,
+        batch_size=16,
+        learning_rate=0.1,
+        n_iter_no_change=60,
+        generator=torch.Generator().manual_seed(0),
+        clip_factor=clip_factor,
+    )
+    if clip_factor is None:
+        assert history.n_clipped_steps == 0
+        assert abs(module.weight.item() - 1.0) > 0.1
+    else:
+        # the gradient norms shrink as the weight converges, so no other
+        # step is above three times the median of the steps before it
+        assert history.n_clipped_steps == 1
+        assert module.weight.item() == pytest.approx(1.0, abs=1e-2)
