@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
 import re
 import time
@@ -1247,8 +1248,21 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
                 if trained and not self._trained_parameters(model):
                     break  # no flow: the bases alone were compared already
+                held_out_score = None
+                if trained:
+                    # The flow on the Gaussian is trained for its part in the
+                    # mixture: it stops, and keeps its state, where the
+                    # mixture with the TT's model is best on the held-out
+                    # rows, not where it is best alone.
+                    held_out_score = functools.partial(self._companion_score, trained[0][0])
                 model, history, whitening = self._train_data_flow(
-                    model, whitening, base_history, train, validation, generator
+                    model,
+                    whitening,
+                    base_history,
+                    train,
+                    validation,
+                    generator,
+                    held_out_score=held_out_score,
                 )
                 weight, scores = self._held_out_mixture(model, held_out)
                 if self.verbose and scores is not None:
@@ -1283,11 +1297,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             fitted["feature_names_in_"] = self.feature_names_in_
         return fitted
 
-    def _train_data_flow(self, model, whitening, base_history, train, validation, generator):
+    def _train_data_flow(
+        self, model, whitening, base_history, train, validation, generator, held_out_score=None
+    ):
         """Maximum-likelihood training of a data model's trainable parameters;
         the model (its whitening layer, rounded to the training dtype, put
         back in float64), its history (the base's when nothing is trained)
-        and the whitening layer."""
+        and the whitening layer. ``held_out_score``: see
+        :func:`~sktt_flow.training.fit_forward_kl`."""
         parameters = self._trained_parameters(model)
         history = base_history
         if parameters:
@@ -1298,6 +1315,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 parameters=parameters,
                 **self._stage_options(),
                 generator=generator,
+                held_out_score=held_out_score,
                 verbose=self.verbose,
             )
         if whitening is not None:
@@ -1333,6 +1351,27 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             model.q0, [*model.flows, to_features()], defensive_weight=defensive_weight
         )
         return companion, weight
+
+    @staticmethod
+    def _companion_score(tt_scores: torch.Tensor, companion_scores: torch.Tensor) -> float:
+        """Mean held-out log-likelihood of the mixture of the TT's model
+        (``tt_scores``, its log-density of each held-out row) and a companion
+        (``companion_scores``), at the companion weight that maximises it, as
+        :meth:`_companion_of` fits it.
+
+        As the score of the companion's training, it stops the flow on the
+        Gaussian once it no longer adds to the mixture: on the checkerboard
+        (5,000 rows) that flow trained for 107 passes, 29 of a 38 s fit, to
+        a weight of 0 in the end.
+        """
+        companion_scores = companion_scores.double()
+        weight = fit_defensive_weight(
+            tt_scores,
+            companion_scores,
+            min_weight=MIN_COMPANION_WEIGHT,
+            max_weight=MAX_COMPANION_WEIGHT,
+        )
+        return float(defensive_mixture_log_prob(tt_scores, companion_scores, weight).mean())
 
     @staticmethod
     def _held_out_mixture(model: TensorizingFlow, held_out: torch.Tensor | None):

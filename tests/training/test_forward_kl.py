@@ -112,3 +112,31 @@ def test_steps_with_an_outlying_gradient_are_clipped(fitted_base):
     history = fit(model, torch.cat([train, outlier]), validation)
     assert history.n_clipped_steps >= 5  # about one step in five holds the row
     assert held_out(model, validation) > -2.2
+
+
+def test_a_given_held_out_score_decides_when_to_stop_and_what_to_keep(fitted_base):
+    """held_out_score replaces the mean log-likelihood as the score: with
+    minus the mean, every epoch that raises the likelihood lowers the score,
+    so the start is kept, bit for bit, where the mean's training moves on."""
+    generator = torch.Generator().manual_seed(2)
+    train = 0.7 * correlated_gaussian(1000, generator) + SHIFT
+    validation = 0.7 * correlated_gaussian(500, generator) + SHIFT
+    model = model_on(fitted_base)
+    start_state = {key: value.clone() for key, value in model.state_dict().items()}
+    start = held_out(model, validation)
+    history = fit_forward_kl(
+        model,
+        train,
+        validation,
+        parameters=model.flows.parameters(),
+        max_iter=30,
+        batch_size=200,
+        learning_rate=1e-2,
+        n_iter_no_change=10,
+        generator=torch.Generator().manual_seed(1),
+        held_out_score=lambda log_q: -float(log_q.mean()),
+    )
+    assert history.validation_scores[0] == -start
+    assert history.best_epoch == 0
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, start_state[key]), key
