@@ -56,6 +56,7 @@ from sktt_flow.geometry import (
     widen_box_at_edges,
 )
 from sktt_flow.training import (
+    best_mixture_score,
     check_differentiable,
     fit_defensive_weight,
     fit_forward_kl,
@@ -1221,7 +1222,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         companion, companion_weight = None, 0.0
         if warm:
             model, history, whitening = self._train_data_flow(
-                model, None, base_history, train, validation, generator
+                model,
+                None,
+                base_history,
+                train,
+                validation,
+                generator,
+                held_out_score=self._defended_score(model, held_out),
             )
             defensive_weight, _ = self._held_out_mixture(model, held_out)
             # the companion is kept as it was, with its weight
@@ -1248,13 +1255,22 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 model = TensorizingFlow(base, layers).to(device=device, dtype=train_dtype)
                 if trained and not self._trained_parameters(model):
                     break  # no flow: the bases alone were compared already
+                # Each flow is trained for its part in the final model, a
+                # mixture: it stops, and keeps its state, where the mixture is
+                # best on the held-out rows, not where the flow is best alone.
+                # The flow on the TT is mixed with its base through the fixed
+                # layers (constant while the base is frozen), the flow on the
+                # Gaussian with the TT's finished model.
                 held_out_score = None
                 if trained:
-                    # The flow on the Gaussian is trained for its part in the
-                    # mixture: it stops, and keeps its state, where the
-                    # mixture with the TT's model is best on the held-out
-                    # rows, not where it is best alone.
-                    held_out_score = functools.partial(self._companion_score, trained[0][0])
+                    held_out_score = functools.partial(
+                        best_mixture_score,
+                        trained[0][0],
+                        min_weight=MIN_COMPANION_WEIGHT,
+                        max_weight=MAX_COMPANION_WEIGHT,
+                    )
+                else:
+                    held_out_score = self._defended_score(model, held_out)
                 model, history, whitening = self._train_data_flow(
                     model,
                     whitening,
@@ -1352,26 +1368,23 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         )
         return companion, weight
 
-    @staticmethod
-    def _companion_score(tt_scores: torch.Tensor, companion_scores: torch.Tensor) -> float:
-        """Mean held-out log-likelihood of the mixture of the TT's model
-        (``tt_scores``, its log-density of each held-out row) and a companion
-        (``companion_scores``), at the companion weight that maximises it, as
-        :meth:`_companion_of` fits it.
-
-        As the score of the companion's training, it stops the flow on the
-        Gaussian once it no longer adds to the mixture: on the checkerboard
-        (5,000 rows) that flow trained for 107 passes, 29 of a 38 s fit, to
-        a weight of 0 in the end.
-        """
-        companion_scores = companion_scores.double()
-        weight = fit_defensive_weight(
-            tt_scores,
-            companion_scores,
-            min_weight=MIN_COMPANION_WEIGHT,
-            max_weight=MAX_COMPANION_WEIGHT,
+    def _defended_score(self, model: TensorizingFlow, held_out: torch.Tensor | None):
+        """The score of a data model's flow in training: the held-out mean of
+        the model mixed with its base through the fixed layers at the best
+        defensive weight (:func:`~sktt_flow.training.best_mixture_score`),
+        the weight :meth:`_held_out_mixture` gives it after training. None
+        (the plain mean) without held-out rows or with ``train_base``, where
+        the base, and so that component, moves."""
+        if held_out is None or self.train_base:
+            return None
+        with torch.no_grad():
+            _, log_fixed = model.component_log_probs(held_out)
+        return functools.partial(
+            best_mixture_score,
+            log_second=log_fixed,
+            min_weight=DATA_DEFENSIVE_WEIGHT,
+            max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
         )
-        return float(defensive_mixture_log_prob(tt_scores, companion_scores, weight).mean())
 
     @staticmethod
     def _held_out_mixture(model: TensorizingFlow, held_out: torch.Tensor | None):

@@ -1,11 +1,12 @@
 """Training loops of a tensorizing flow: forward KL on data, reverse KL on a target."""
 
 from sktt_flow.training.forward_kl import fit_forward_kl
-from sktt_flow.training.mixture_weight import fit_defensive_weight
+from sktt_flow.training.mixture_weight import best_mixture_score, fit_defensive_weight
 from sktt_flow.training.reverse_kl import STEPS_PER_ITERATION, check_differentiable, fit_reverse_kl
 
 __all__ = [
     "STEPS_PER_ITERATION",
+    "best_mixture_score",
     "check_differentiable",
     "fit_defensive_weight",
     "fit_forward_kl",

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["fit_defensive_weight"]
+from sktt_flow.flows.model import defensive_mixture_log_prob
+
+__all__ = ["best_mixture_score", "fit_defensive_weight"]
 
 #: Bisection steps: the bracket shrinks by 2**-60, below float64 resolution.
 _BISECTION_STEPS = 60
@@ -83,3 +85,26 @@ def fit_defensive_weight(
         else:
             high = middle
     return 0.5 * (low + high)
+
+
+def best_mixture_score(
+    log_first: torch.Tensor,
+    log_second: torch.Tensor,
+    *,
+    min_weight: float,
+    max_weight: float,
+) -> float:
+    """Mean held-out log-likelihood of ``(1 - a) p_first + a p_second`` at the
+    weight ``a`` that :func:`fit_defensive_weight` fits to the same rows.
+
+    ``log_first`` and ``log_second`` are the two densities' logarithms at
+    each held-out row. As the score of a flow's training
+    (``held_out_score`` of :func:`~sktt_flow.training.fit_forward_kl`), it
+    judges the flow by what it adds to the mixture it will end in, with the
+    weight it will get.
+    """
+    log_first, log_second = log_first.double(), log_second.double()
+    weight = fit_defensive_weight(
+        log_first, log_second, min_weight=min_weight, max_weight=max_weight
+    )
+    return float(defensive_mixture_log_prob(log_first, log_second, weight).mean())

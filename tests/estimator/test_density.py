@@ -29,6 +29,7 @@ from sktt_flow.flows import (
     defensive_mixture_log_prob,
 )
 from sktt_flow.targets import MixtureOfGaussians
+from sktt_flow.training import best_mixture_score
 from sktt_flow.tt.distribution import TTDistribution
 from tests.conftest import requires_cuda
 
@@ -562,62 +563,48 @@ def test_flow_on_the_gaussian_is_a_companion_with_a_held_out_weight():
     assert model.score(test) > tt_only.score(test) + 0.3
 
 
-def test_companion_score_is_the_mixture_at_its_best_weight():
-    """The score that trains the flow on the Gaussian is the held-out mean of
-    its mixture with the TT's model at the best weight in
-    [MIN_COMPANION_WEIGHT, MAX_COMPANION_WEIGHT]: checked against a grid of
-    weights, on rows where the companion helps (an interior best) and where
-    it is far behind everywhere (the lower end: the TT's model's mean, less
-    what the smallest weight takes)."""
-    generator = torch.Generator().manual_seed(0)
-    tt_scores = torch.randn(400, generator=generator, dtype=torch.float64)
-    helping = tt_scores + torch.randn(400, generator=generator, dtype=torch.float64) * 2.0
-    low, high = density_module.MIN_COMPANION_WEIGHT, density_module.MAX_COMPANION_WEIGHT
-    weights = np.linspace(low, high, 20_001)
-
-    def grid_best(companion):
-        mixture = np.logaddexp(
-            np.log1p(-weights)[:, None] + tt_scores.numpy(),
-            np.log(weights)[:, None] + companion.numpy(),
-        )
-        return mixture.mean(1).max()
-
-    score = density_module.TensorizingFlowDensity._companion_score(tt_scores, helping)
-    assert score == pytest.approx(grid_best(helping), abs=1e-7)
-    assert score > float(tt_scores.mean()) + 0.1
-    behind = density_module.TensorizingFlowDensity._companion_score(tt_scores, tt_scores - 30.0)
-    assert behind == pytest.approx(float(tt_scores.mean()) + np.log1p(-low), abs=1e-9)
-
-
-def test_the_flow_on_the_gaussian_stops_where_the_mixture_is_best(data, monkeypatch):
-    """The flow on the Gaussian is trained for its part in the mixture: its
-    held-out scores are those of the mixture with the TT's model at the best
-    weight, never below the TT's model alone (less the smallest weight's
-    share). On these two clusters the flow on the Gaussian alone is far
-    behind the TT's model, so its own scores would be; it then stops within
-    its patience instead of training for its own sake (the checkerboard of
-    the benchmark: 107 passes and 29 s of a 38 s fit, for a weight of 0).
-    Fails if the companion's training scores itself alone."""
+def test_each_flow_stops_where_its_mixture_is_best(data, monkeypatch):
+    """Each flow is trained for its part in a mixture. The flow on the TT is
+    scored by its mixture with the base through the fixed layers, at the
+    best defensive weight: its best score is the held-out mean of the fitted
+    model, which has that weight. The flow on the Gaussian is scored by its
+    mixture with the TT's model at the best weight, never below the TT's
+    model alone (less the smallest weight's share). On these two clusters
+    the flow on the Gaussian alone is far behind the TT's model, so its own
+    scores would be; it then stops within its patience instead of training
+    for its own sake (the checkerboard of the benchmark: 107 passes and 29 s
+    of a 38 s fit, for a weight of 0). Fails if either flow scores itself
+    alone."""
     calls = []
     original = density_module.fit_forward_kl
 
-    def recording(*args, **kwargs):
-        history = original(*args, **kwargs)
-        calls.append((kwargs.get("held_out_score"), history))
+    def recording(model, train, validation, **kwargs):
+        history = original(model, train, validation, **kwargs)
+        calls.append((model, validation, kwargs.get("held_out_score"), history))
         return history
 
     monkeypatch.setattr(density_module, "fit_forward_kl", recording)
     options = {**SMALL, "max_iter": 60, "n_iter_no_change": 3}
-    model = TensorizingFlowDensity(**options).fit(data[0][:1000])
-    (own_score, tt_history), (companion_score, companion_history) = calls
-    assert own_score is None and companion_score is not None
-    # the TT's model's held-out mean, in the standardised coordinates of training
-    log_jacobian = float(np.log(model.flow_.flows[-1].scale.cpu().numpy()).sum())
-    tt_mean = model.validation_scores_[tt_history.best_epoch] + log_jacobian
-    floor = tt_mean + np.log1p(-density_module.MIN_COMPANION_WEIGHT)
-    # the TT model's held-out scores were taken with its fitted defensive
-    # weight, its history's with the training one: a small margin
-    assert min(companion_history.validation_scores) > floor - 0.05
+    TensorizingFlowDensity(**options).fit(data[0][:1000])
+    (tt_model, validation, tt_score, tt_history), (*_, companion_score, companion_history) = calls
+    with torch.no_grad():
+        _, log_fixed = tt_model.component_log_probs(validation)
+    log_fixed = log_fixed.double()
+    probe = log_fixed + torch.linspace(-3.0, 3.0, len(log_fixed), dtype=torch.float64)
+    expected = best_mixture_score(
+        probe,
+        log_fixed,
+        min_weight=density_module.DATA_DEFENSIVE_WEIGHT,
+        max_weight=density_module.MAX_DATA_DEFENSIVE_WEIGHT,
+    )
+    assert tt_score(probe) == pytest.approx(expected, abs=1e-4)
+    # A companion far behind everywhere leaves the TT's finished model, whose
+    # held-out mean is the best score of its training.
+    far_behind = companion_score(torch.full_like(probe, -1e4))
+    tt_mean = max(tt_history.validation_scores)
+    low = density_module.MIN_COMPANION_WEIGHT
+    assert far_behind == pytest.approx(tt_mean + np.log1p(-low), abs=1e-3)
+    assert min(companion_history.validation_scores) > far_behind - 1e-9
     assert companion_history.n_iter < options["max_iter"]
 
 

@@ -40,7 +40,7 @@ def held_out(model, validation):
         return float(model.log_prob(validation).mean())
 
 
-def fit(model, train, validation, learning_rate=1e-2):
+def fit(model, train, validation, learning_rate=1e-2, **options):
     return fit_forward_kl(
         model,
         train,
@@ -51,6 +51,7 @@ def fit(model, train, validation, learning_rate=1e-2):
         learning_rate=learning_rate,
         n_iter_no_change=10,
         generator=torch.Generator().manual_seed(1),
+        **options,
     )
 
 
@@ -124,18 +125,7 @@ def test_a_given_held_out_score_decides_when_to_stop_and_what_to_keep(fitted_bas
     model = model_on(fitted_base)
     start_state = {key: value.clone() for key, value in model.state_dict().items()}
     start = held_out(model, validation)
-    history = fit_forward_kl(
-        model,
-        train,
-        validation,
-        parameters=model.flows.parameters(),
-        max_iter=30,
-        batch_size=200,
-        learning_rate=1e-2,
-        n_iter_no_change=10,
-        generator=torch.Generator().manual_seed(1),
-        held_out_score=lambda log_q: -float(log_q.mean()),
-    )
+    history = fit(model, train, validation, held_out_score=lambda log_q: -float(log_q.mean()))
     assert history.validation_scores[0] == -start
     assert history.best_epoch == 0
     for key, value in model.state_dict().items():

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from sktt_flow.flows import defensive_mixture_log_prob
-from sktt_flow.training import fit_defensive_weight
+from sktt_flow.training import best_mixture_score, fit_defensive_weight
 
 
 def mean_log_likelihood(log_flow, log_fixed, weight):
@@ -78,3 +78,24 @@ def test_huge_log_ratios_do_not_overflow():
 def test_bad_input_is_refused(log_flow, log_fixed, limits, match):
     with pytest.raises(ValueError, match=match):
         fit_defensive_weight(log_flow, log_fixed, min_weight=limits[0], max_weight=limits[1])
+
+
+def test_best_mixture_score_is_the_mixture_at_its_best_weight():
+    """The score of a flow trained for its part in a mixture: the held-out
+    mean of the mixture at the best weight in [min_weight, max_weight],
+    checked against a grid of weights where the second density helps (an
+    interior best), and where it is far behind everywhere (the lower end:
+    the first's mean, less the smallest weight's share)."""
+    generator = torch.Generator().manual_seed(0)
+    first = torch.randn(400, generator=generator, dtype=torch.float64)
+    helping = first + 2.0 * torch.randn(400, generator=generator, dtype=torch.float64)
+    low, high = 1e-3, 0.999
+    weights = torch.linspace(low, high, 20_001, dtype=torch.float64)
+    on_grid = torch.logaddexp(
+        torch.log1p(-weights)[:, None] + first, torch.log(weights)[:, None] + helping
+    ).mean(1)
+    score = best_mixture_score(first, helping, min_weight=low, max_weight=high)
+    assert score == pytest.approx(float(on_grid.max()), abs=1e-7)
+    assert score > float(first.mean()) + 0.1
+    behind = best_mixture_score(first, first - 30.0, min_weight=low, max_weight=high)
+    assert behind == pytest.approx(float(first.mean()) + math.log1p(-low), abs=1e-9)
