@@ -845,7 +845,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     validation_scores_ : list of float
         Validation score (mean held-out log-likelihood, or the ELBO on fixed
         draws in variational mode) before training and after each iteration
-        of the last training stage.
+        of the last training stage. In data mode with a frozen base, the
+        flow's held-out log-likelihood is that of its mixture with the base
+        at the best defensive weight, the model it ends in.
     n_iter_ : int
         Iterations run by the last training stage.
     fit_time_ : float
