@@ -56,8 +56,9 @@ Methods (``random_state`` and the ``KFold`` seed of the grids are the split's
 Metrics, per split: the mean log-likelihood of the test split with its
 standard error over the test points, next to the true density's where it is
 known; fit seconds (grid searches included); hyper-parameters chosen by the
-grids; the base the fitted flow uses (``base_``) and the weight of that base
-next to the flow (``defensive_weight_``); warnings; seconds of
+grids; the base the fitted flow uses (``base_``), the weight of that base
+next to the flow (``defensive_weight_``) and the weight of the flow on the
+Gaussian mixed in (``companion_weight_``, 0 without it); warnings; seconds of
 ``score_samples`` per 10^4 rows (timed on up to 10^4 test rows, after the
 untimed scoring of the test split as warm-up); and, in the ``tf-default`` and
 ``tf-grid`` rows, the mean difference to every other method paired over the
@@ -361,6 +362,7 @@ class Result:
     cv_scores: dict[str, float] | None = None
     fitted_base: str | None = None
     defensive_weight: float | None = None
+    companion_weight: float | None = None
     n_iter: int | None = None
     #: Other method -> mean of (this - other) over the test points, its SE, n.
     paired_test_differences: dict[str, dict[str, float]] | None = None
@@ -453,6 +455,7 @@ def run_method(
                 result.n_iter = fitted.n_iter_
                 result.fitted_base = getattr(fitted, "base_", None)
                 result.defensive_weight = getattr(fitted, "defensive_weight_", None)
+                result.companion_weight = getattr(fitted, "companion_weight_", None)
             # The scoring of the whole test split is also the timing's warm-up.
             scores = np.asarray(fitted.score_samples(test), dtype=float)
             timed = test[:N_TIMED]
@@ -639,6 +642,7 @@ def summarise(results: Sequence[dict[str, Any]]) -> dict[tuple[str, str], dict[s
             "best_params": [r["best_params"] for r in rows],
             "bases": [r.get("fitted_base") for r in rows],
             "defensive_weights": [r.get("defensive_weight") for r in rows],
+            "companion_weights": [r.get("companion_weight") for r in rows],
             "errors": [(r.get("split", 0), r["error"]) for r in rows if r["status"] != "ok"],
             "nonfinite": sum(r["n_test_nonfinite"] or 0 for r in ok),
         }
@@ -790,7 +794,8 @@ def chosen_settings(
     """Per dataset: what the grid searches chose and which base the default flow used."""
     header = (
         "| dataset | gmm: n_components, covariance | kde: bandwidth | tf-grid: tt_rank | "
-        "base_ of tf-default | defensive_weight_ of tf-default |"
+        "base_ of tf-default | defensive_weight_ of tf-default | "
+        "companion_weight_ of tf-default |"
     )
     lines = [header, header_rule(header)]
     covariance_counts: dict[str, int] = {}
@@ -811,8 +816,11 @@ def chosen_settings(
         row = summary.get((key, "tf-default"))
         bases = [b for b in (row["bases"] if row else []) if b]
         cells.append(_per_split(bases) if bases else "n/a")
-        weights = [w for w in (row.get("defensive_weights", []) if row else []) if w is not None]
-        cells.append(_per_split([format_value(w, ".2g") for w in weights]) if weights else "n/a")
+        for weight_kind in ("defensive_weights", "companion_weights"):
+            weights = [w for w in (row.get(weight_kind, []) if row else []) if w is not None]
+            cells.append(
+                _per_split([format_value(w, ".2g") for w in weights]) if weights else "n/a"
+            )
         name = next(r["dataset"] for (k, _), r in summary.items() if k == key)
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     counts = ", ".join(
