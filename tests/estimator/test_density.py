@@ -608,6 +608,28 @@ def test_each_flow_stops_where_its_mixture_is_best(data, monkeypatch):
     assert companion_history.n_iter < options["max_iter"]
 
 
+@pytest.mark.parametrize(
+    "options", [{"train_base": True}, {"validation_fraction": 0.0}], ids=["train_base", "no_rows"]
+)
+def test_the_flow_scores_itself_where_its_mixture_cannot_be_scored(data, monkeypatch, options):
+    """With train_base the base moves during training, so a fixed component
+    computed before it would be stale; without held-out rows there is
+    nothing to fit a weight on. Both train the flow on the TT on its own
+    mean score (with train_base, the flow on the Gaussian is still scored by
+    its mixture with the TT's finished model, which does not move)."""
+    scorers = []
+    original = density_module.fit_forward_kl
+
+    def recording(*args, **kwargs):
+        scorers.append(kwargs.get("held_out_score"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(density_module, "fit_forward_kl", recording)
+    TensorizingFlowDensity(**{**SMALL, "max_iter": 2, **options}).fit(data[0][:500])
+    assert scorers[0] is None
+    assert len(scorers) == (2 if "train_base" in options else 1)
+
+
 # ------------------------------------------------- whitening (preconditioner)
 def correlated_gaussian(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of a 4-D Gaussian with correlations 0.95 between neighbours (a
