@@ -38,7 +38,6 @@ from sktt_flow.flows import (
     TensorizingFlow,
     build_flow_layers,
     coordinate_layers,
-    defensive_mixture_log_prob,
     fit_tempered_base,
     pull_back,
     sign_flip_group,
@@ -60,6 +59,7 @@ from sktt_flow.training import (
     check_differentiable,
     fit_defensive_weight,
     fit_forward_kl,
+    fit_mixture,
     fit_reverse_kl,
 )
 from sktt_flow.training.reverse_kl import CONFIRMATION_STANDARD_ERRORS
@@ -1407,14 +1407,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if held_out is None:
             return DATA_DEFENSIVE_WEIGHT, None
         with torch.no_grad():
-            log_flow, log_fixed = (part.double() for part in model.component_log_probs(held_out))
-        weight = fit_defensive_weight(
+            log_flow, log_fixed = model.component_log_probs(held_out)
+        return fit_mixture(
             log_flow,
             log_fixed,
             min_weight=DATA_DEFENSIVE_WEIGHT,
             max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
         )
-        return weight, defensive_mixture_log_prob(log_flow, log_fixed, weight)
 
     def _data_tt_settings(self, held_out: bool) -> dict:
         """``tt_rank``, ``n_basis`` and ``smoothness`` of a TT base fitted to

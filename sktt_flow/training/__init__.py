@@ -1,7 +1,11 @@
 """Training loops of a tensorizing flow: forward KL on data, reverse KL on a target."""
 
 from sktt_flow.training.forward_kl import fit_forward_kl
-from sktt_flow.training.mixture_weight import best_mixture_score, fit_defensive_weight
+from sktt_flow.training.mixture_weight import (
+    best_mixture_score,
+    fit_defensive_weight,
+    fit_mixture,
+)
 from sktt_flow.training.reverse_kl import STEPS_PER_ITERATION, check_differentiable, fit_reverse_kl
 
 __all__ = [
@@ -10,5 +14,6 @@ __all__ = [
     "check_differentiable",
     "fit_defensive_weight",
     "fit_forward_kl",
+    "fit_mixture",
     "fit_reverse_kl",
 ]

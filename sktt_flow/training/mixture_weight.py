@@ -6,7 +6,7 @@ import torch
 
 from sktt_flow.flows.model import defensive_mixture_log_prob
 
-__all__ = ["best_mixture_score", "fit_defensive_weight"]
+__all__ = ["best_mixture_score", "fit_defensive_weight", "fit_mixture"]
 
 #: Bisection steps: the bracket shrinks by 2**-60, below float64 resolution.
 _BISECTION_STEPS = 60
@@ -87,6 +87,27 @@ def fit_defensive_weight(
     return 0.5 * (low + high)
 
 
+def fit_mixture(
+    log_first: torch.Tensor,
+    log_second: torch.Tensor,
+    *,
+    min_weight: float,
+    max_weight: float,
+) -> tuple[float, torch.Tensor]:
+    """The weight ``a`` of ``(1 - a) p_first + a p_second`` fitted to held-out
+    rows (:func:`fit_defensive_weight`) and the mixture's log-density of each
+    row at that weight (float64).
+
+    ``log_first`` and ``log_second`` are the two densities' logarithms at
+    each held-out row.
+    """
+    log_first, log_second = log_first.double(), log_second.double()
+    weight = fit_defensive_weight(
+        log_first, log_second, min_weight=min_weight, max_weight=max_weight
+    )
+    return weight, defensive_mixture_log_prob(log_first, log_second, weight)
+
+
 def best_mixture_score(
     log_first: torch.Tensor,
     log_second: torch.Tensor,
@@ -95,16 +116,14 @@ def best_mixture_score(
     max_weight: float,
 ) -> float:
     """Mean held-out log-likelihood of ``(1 - a) p_first + a p_second`` at the
-    weight ``a`` that :func:`fit_defensive_weight` fits to the same rows.
+    weight ``a`` that :func:`fit_defensive_weight` fits to the same rows
+    (:func:`fit_mixture`).
 
-    ``log_first`` and ``log_second`` are the two densities' logarithms at
-    each held-out row. As the score of a flow's training
-    (``held_out_score`` of :func:`~sktt_flow.training.fit_forward_kl`), it
-    judges the flow by what it adds to the mixture it will end in, with the
-    weight it will get.
+    As the score of a flow's training (``held_out_score`` of
+    :func:`~sktt_flow.training.fit_forward_kl`), it judges the flow by what
+    it adds to the mixture it will end in, with the weight it will get.
     """
-    log_first, log_second = log_first.double(), log_second.double()
-    weight = fit_defensive_weight(
+    _, log_mixture = fit_mixture(
         log_first, log_second, min_weight=min_weight, max_weight=max_weight
     )
-    return float(defensive_mixture_log_prob(log_first, log_second, weight).mean())
+    return float(log_mixture.mean())
