@@ -617,7 +617,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         <sktt_flow.TTDistribution.from_log_density>`); in data mode it is
         chosen on the held-out rows among
         :data:`~sktt_flow.tt.fit_samples.N_BASIS_CANDIDATES` (see
-        ``tt_rank``), 16 without a held-out split. An int is used as it is.
+        ``tt_rank``) and grown while the fitted base is not resolved (on
+        more than :data:`~sktt_flow.tt.fit_samples.SEARCH_MAX_ROWS` training
+        rows up to :data:`~sktt_flow.tt.fit_samples.MAX_N_BASIS_ALL_ROWS`),
+        16 without a held-out split. An int is used as it is.
     smoothness : float >= 0 or "auto", default="auto"
         Data mode only: weight of the roughness penalty of the TT base's
         maximum likelihood (Good and Gaskins' penalty on the square root of

@@ -240,6 +240,50 @@ def test_automatic_size_grows_where_the_fitted_train_is_unresolved():
         assert after >= 2 * before or after == largest, sizes
 
 
+def test_on_all_rows_the_basis_grows_beyond_what_the_subsample_supports(monkeypatch):
+    """Above :data:`SEARCH_MAX_ROWS` training rows the search chooses the size
+    on a subsample, which cannot support the resolution all the rows can.
+    After the final fit, "auto" grows the basis on all the rows while the
+    train is unresolved and the held-out score rises, doubling beyond
+    :data:`N_BASIS_CANDIDATES` up to :data:`MAX_N_BASIS_ALL_ROWS`. Here the
+    candidates end at 8, far too few for a 4 x 4 checkerboard. Fails if the
+    growth on all rows is left out (the subsample's size comes back), if it
+    stops at the largest candidate, passes the cap, or keeps a size that
+    scores lower on the held-out rows."""
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 200)
+    monkeypatch.setattr(fit_samples_module, "N_BASIS_CANDIDATES", (4, 6, 8))
+    monkeypatch.setattr(fit_samples_module, "MAX_N_BASIS_ALL_ROWS", 32)
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    all_rows = []
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        if self.train.shape[0] == 3000:
+            all_rows.append((result.n_basis, result.mean))
+        return result
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    X, validation = checkerboard_rows(3000, 0), checkerboard_rows(1000, 1)
+    fitted = fit_samples(
+        X,
+        validation=validation,
+        n_basis="auto",
+        tt_rank=4,
+        smoothness=0.0,
+        max_iter=40,
+        random_state=0,
+    )
+    sizes = [size for size, _ in all_rows]
+    assert sizes[0] <= 8  # the final fit of the subsample's choice
+    assert 8 < fitted.n_basis <= 32
+    for before, after in itertools.pairwise(sizes):
+        assert after >= 2 * before or after == 32, sizes
+    scores = dict(all_rows)
+    assert scores[fitted.n_basis] == max(scores.values())
+    assert scores[fitted.n_basis] > scores[sizes[0]] + 0.05
+    assert fitted.selection["n_basis"] == fitted.n_basis
+
+
 def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypatch):
     """A fit that keeps its start scores the same up to rounding; such a
     "gain" must not buy the next penalty of the path. The fits here are
