@@ -933,11 +933,10 @@ def _check_architecture(
         expected[f"{train}low"] = expected[f"{train}high"] = ((n_features,), "n_features")
         if order:
             expected["q0.matrices"] = ((order, n_features, n_features), "symmetry_order")
-            if "q0.center" not in state:
-                # Files written before the group's centre existed: the group
-                # acted about the origin.
-                state["q0.center"] = torch.zeros(n_features, dtype=torch.float64)
-            expected["q0.center"] = ((n_features,), "n_features")
+            # Files written before the group's centre existed hold none: the
+            # group acted about the origin, which the builder puts back.
+            if "q0.center" in state:
+                expected["q0.center"] = ((n_features,), "n_features")
 
     # The base against the stored tensors, entry by entry.
     for key, (shape, entry) in expected.items():
@@ -1085,6 +1084,8 @@ def _build_single_model(
                 # the inverses, compared with the stored ones below).
                 base = SymmetrizedBase(base, state["q0.matrices"], center=state.get("q0.center"))
                 rebuilt_group = (base.matrices.clone(), base.inverse_index.clone())
+                if "q0.center" not in state:  # a file from before the centre (the origin)
+                    state = {**state, "q0.center": base.center.clone()}
         with torch.random.fork_rng(devices=[]):  # layer initialisation is overwritten
             layers = build_flow_layers(
                 flow,
