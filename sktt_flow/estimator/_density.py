@@ -1266,7 +1266,6 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # The flow on the TT is mixed with its base through the fixed
                 # layers (constant while the base is frozen), the flow on the
                 # Gaussian with the TT's finished model.
-                held_out_score = None
                 if trained:
                     held_out_score = functools.partial(
                         best_mixture_score,
