@@ -60,6 +60,7 @@ from sktt_flow.flows import (
     FixedAffine,
     FixedLinearAffine,
     GaussianBase,
+    GaussianMixtureBase,
     SymmetrizedBase,
     TemperedTTBase,
     TensorizingFlow,
@@ -195,8 +196,9 @@ def _json_params(estimator: TensorizingFlowDensity) -> tuple[dict, str | None]:
 
 def _companion_entry(model: TensorizingFlow) -> dict | None:
     """What rebuilds a model's companion with :func:`_build_model`: a flow of
-    the same architecture on a Gaussian base, with its own tail bound,
-    whitening and defensive weight, and its weight in the mixture."""
+    the same architecture on a Gaussian base (standard, or a mixture of
+    ``gaussian_components`` Gaussians), with its own tail bound, whitening
+    and defensive weight, and its weight in the mixture."""
     companion = model.companion
     if companion is None:
         return None
@@ -205,6 +207,8 @@ def _companion_entry(model: TensorizingFlow) -> dict | None:
         "tail_bound": _tail_bound(companion),
         "whitening": _has_whitening(companion, True),
         "defensive_weight": companion.defensive_weight,
+        # 0: the standard Gaussian
+        "gaussian_components": getattr(companion.q0, "n_components", 0),
     }
 
 
@@ -222,6 +226,7 @@ def _companion_metadata(metadata: dict, where: str) -> dict | None:
         and _is_finite(entry.get("tail_bound"))
         and isinstance(entry.get("whitening"), bool)
         and _is_finite(entry.get("defensive_weight"))
+        and _is_count(entry.get("gaussian_components", 0), minimum=0)
     ):
         raise ValueError(
             f"{where} is truncated or corrupted: {_METADATA} has an invalid 'companion' "
@@ -244,6 +249,7 @@ def _companion_metadata(metadata: dict, where: str) -> dict | None:
         "whitening": entry["whitening"],
         "defensive_weight": entry["defensive_weight"],
         "companion": None,
+        "gaussian_components": entry.get("gaussian_components", 0),
         "fitted": {**metadata["fitted"], "base_": "gaussian"},
     }
 
@@ -905,10 +911,19 @@ def _check_architecture(
             raise unbuildable("core shapes for a Gaussian base")
         if order:
             raise unbuildable(f"symmetry_order={order} for a Gaussian base")
-        expected = {
-            "q0.loc": ((n_features,), "a Gaussian base of n_features"),
-            "q0.scale": ((n_features,), "a Gaussian base of n_features"),
-        }
+        n_components = metadata.get("gaussian_components", 0)
+        if n_components:
+            entry = "a companion base of gaussian_components Gaussians of n_features"
+            expected = {
+                "q0.log_weights": ((n_components,), entry),
+                "q0.means": ((n_components, n_features), entry),
+                "q0.cholesky": ((n_components, n_features, n_features), entry),
+            }
+        else:
+            expected = {
+                "q0.loc": ((n_features,), "a Gaussian base of n_features"),
+                "q0.scale": ((n_features,), "a Gaussian base of n_features"),
+            }
     else:
         if len(shapes) != n_features:
             raise unbuildable(f"{len(shapes)} core shapes for {n_features} features")
@@ -1070,6 +1085,12 @@ def _build_single_model(
                 defensive_weight=tempered["defensive_weight"],
                 outer=tempered["outer"],
                 betas=tempered["betas"],
+            )
+        elif metadata.get("gaussian_components", 0):
+            # Built from the stored mixture itself (GaussianMixtureBase checks
+            # that it is one), whose exact values load_state_dict puts back.
+            base = GaussianMixtureBase(
+                torch.exp(state["q0.log_weights"]), state["q0.means"], state["q0.cholesky"]
             )
         elif _has_gaussian_base(metadata, estimator):
             base = GaussianBase(torch.zeros_like(ones), ones)

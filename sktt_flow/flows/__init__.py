@@ -7,7 +7,7 @@ from sktt_flow.flows.builders import (
     spline_tail_bound,
 )
 from sktt_flow.flows.coordinates import coordinate_layers, pull_back
-from sktt_flow.flows.gaussian import GaussianBase
+from sktt_flow.flows.gaussian import GaussianBase, GaussianMixtureBase
 from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
 from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
@@ -25,6 +25,7 @@ __all__ = [
     "FixedAffine",
     "FixedLinearAffine",
     "GaussianBase",
+    "GaussianMixtureBase",
     "SymmetrizedBase",
     "TemperedLayerReport",
     "TemperedReport",

@@ -1,4 +1,5 @@
-"""A diagonal Gaussian base: the ordinary flow that tensorizing flows improve on."""
+"""Gaussian bases: the ordinary flow that tensorizing flows improve on, and the
+Gaussian mixture under the companion model of data mode."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import torch
 from normflows.distributions import BaseDistribution
 
-__all__ = ["GaussianBase"]
+__all__ = ["GaussianBase", "GaussianMixtureBase"]
 
 
 class GaussianBase(BaseDistribution):
@@ -57,6 +58,94 @@ class GaussianBase(BaseDistribution):
             device=self.loc.device,
         )
         return self.loc + self.scale * noise
+
+    def forward(self, num_samples: int = 1, context=None, generator=None):
+        z = self.sample(num_samples, generator=generator)
+        return z, self.log_prob(z)
+
+
+class GaussianMixtureBase(BaseDistribution):
+    r"""Fixed mixture of full-covariance Gaussians, a normflows base.
+
+    ``q(z) = sum_k w_k N(z; mu_k, L_k L_k^T)``, its log-density exact (a
+    log-sum-exp of the components' log-densities, each through a triangular
+    solve) and its draws exact (a component by its weight, then
+    ``mu_k + L_k e``). In data mode it is the base of the companion model
+    (:class:`~sktt_flow.TensorizingFlowDensity`), fitted by EM
+    (:class:`sklearn.mixture.GaussianMixture`) before the flow trains on it.
+    Like :class:`GaussianBase` it has no trainable parameters and its
+    constants are buffers.
+
+    Parameters
+    ----------
+    weights : tensor (k,)
+        Positive mixture weights; normalised to sum to one here.
+    means : tensor (k, d)
+    cholesky : tensor (k, d, d)
+        Lower-triangular factors of the covariances, with positive diagonals.
+    """
+
+    def __init__(self, weights: torch.Tensor, means: torch.Tensor, cholesky: torch.Tensor):
+        super().__init__()
+        means = torch.as_tensor(means)
+        if not means.is_floating_point():
+            means = means.to(torch.get_default_dtype())
+        weights = torch.as_tensor(weights, dtype=means.dtype)
+        cholesky = torch.as_tensor(cholesky, dtype=means.dtype)
+        if means.ndim != 2 or weights.shape != means.shape[:1]:
+            raise ValueError("weights must have shape (k,) and means shape (k, d).")
+        if cholesky.shape != (*means.shape, means.shape[1]):
+            raise ValueError("cholesky must have shape (k, d, d), with means of shape (k, d).")
+        if not bool(torch.isfinite(weights).all() and (weights > 0).all()):
+            raise ValueError("weights must be finite and positive.")
+        diagonals = torch.diagonal(cholesky, dim1=-2, dim2=-1)
+        if not bool(torch.isfinite(cholesky).all() and (diagonals > 0).all()):
+            raise ValueError("cholesky must be finite with a positive diagonal.")
+        if not bool(torch.isfinite(means).all()):
+            raise ValueError("means must be finite.")
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()))
+        self.register_buffer("means", means.clone())
+        self.register_buffer("cholesky", torch.tril(cholesky).clone())
+
+    @property
+    def n_features(self) -> int:
+        return int(self.means.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.means.shape[0])
+
+    def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
+        # (k, d, N): every component's standardised residuals in one batched solve
+        residuals = (z.T.unsqueeze(0) - self.means.unsqueeze(-1)).to(self.means.dtype)
+        standardized = torch.linalg.solve_triangular(self.cholesky, residuals, upper=False)
+        log_det = torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(dim=1)
+        component = -0.5 * standardized.square().sum(dim=1) - (
+            log_det + 0.5 * self.n_features * math.log(2 * math.pi)
+        ).unsqueeze(-1)
+        return torch.logsumexp(component + self.log_weights.unsqueeze(-1), dim=0).to(z.dtype)
+
+    def sample(self, num_samples: int = 1, context=None, generator=None) -> torch.Tensor:
+        # One normal per row chooses the component (through its CDF), so a row
+        # takes d + 1 normals from one call, as GaussianBase takes d: the
+        # stream does not depend on how the rows are split into calls.
+        noise = torch.randn(
+            int(num_samples),
+            self.n_features + 1,
+            generator=generator,
+            dtype=self.means.dtype,
+            device=self.means.device,
+        )
+        uniform = 0.5 * torch.special.erfc(-noise[:, -1] / math.sqrt(2.0))
+        cumulative = torch.cumsum(torch.exp(self.log_weights), dim=0)
+        component = torch.searchsorted(cumulative, uniform.unsqueeze(-1)).squeeze(-1)
+        component = component.clamp_(max=self.n_components - 1)
+        # L_c e for each row, one component at a time (k is small; rows are not looped)
+        z = torch.empty_like(noise[:, :-1])
+        for k in range(self.n_components):
+            rows = component == k
+            z[rows] = self.means[k] + noise[rows, :-1] @ self.cholesky[k].T
+        return z
 
     def forward(self, num_samples: int = 1, context=None, generator=None):
         z = self.sample(num_samples, generator=generator)

@@ -269,6 +269,8 @@ class TTDistribution(BaseDistribution):
         whole ``(N, d)`` array went to main memory and took a quarter of the
         time.
         """
+        if z.shape[0] == 0:  # no rows (a sampler's chunk can hand none to this model)
+            return z.new_zeros(0)
         scale = orthonormal_legendre_scale(self.low, self.high, self.n_basis, scaled_table=True)
         core_matrices = stacked_core_matrices(list(self.cores), scale)
         chunk_size = log_prob_chunk_size(z.device, max(self.tt_ranks))

@@ -29,7 +29,7 @@ from sklearn.exceptions import ConvergenceWarning, NotFittedError
 
 import sktt_flow
 from sktt_flow import TensorizingFlowDensity
-from sktt_flow.flows import TensorizingFlow, build_flow_layers
+from sktt_flow.flows import GaussianMixtureBase, TensorizingFlow, build_flow_layers
 from tests.conftest import requires_cuda
 
 SMALL = {
@@ -495,13 +495,71 @@ def test_warm_start_keeps_the_companion(with_companion, data):
     ],
 )
 def test_edited_companion_metadata_is_a_clear_error(edit, match, with_companion, tmp_path):
-    path = tmp_path / "mixed.sktt"
-    with_companion.save(path)
+    assert_edited_file_is_refused(with_companion, edit, match, tmp_path / "mixed.sktt")
+
+
+def assert_edited_file_is_refused(model, edit, match, path):
+    """``model`` saved to ``path`` with its metadata edited by ``edit`` fails
+    to load with a ValueError matching ``match``."""
+    model.save(path)
     metadata, state = read_members(path)
     edit(metadata)
     write_members(path, metadata, state)
     with pytest.raises(ValueError, match=match):
         TensorizingFlowDensity.load(path)
+
+
+@pytest.fixture(scope="module")
+def with_mixture_companion(with_companion):
+    """``with_companion`` with a mixture of two Gaussians as the companion's
+    base (what base="auto" makes where the held-out rows prefer one)."""
+    estimator = copy.deepcopy(with_companion)
+    model = estimator.flow_
+    n_features = model.n_features
+    companion = copy.deepcopy(model.companion)
+    companion.q0 = GaussianMixtureBase(
+        torch.tensor([0.3, 0.7], dtype=torch.float64),
+        torch.linspace(-1.0, 1.0, 2 * n_features, dtype=torch.float64).reshape(2, n_features),
+        torch.stack([0.8 * torch.eye(n_features), 1.3 * torch.eye(n_features)]).double(),
+    )
+    mixed = TensorizingFlow(
+        model.q0,
+        list(model.flows),
+        defensive_weight=model.defensive_weight,
+        companion=companion,
+        companion_weight=0.4,
+    )
+    for name, value in TensorizingFlowDensity._finalize(mixed, estimator.device_).items():
+        setattr(estimator, name, value)
+    return estimator
+
+
+def test_round_trip_keeps_the_companion_mixture(
+    with_mixture_companion, with_companion, data, tmp_path
+):
+    """Bit for bit, with the mixture as the companion's base. Fails if the
+    mixture is not written or is rebuilt as a standard Gaussian (the scores
+    would be ``with_companion``'s)."""
+    path = tmp_path / "mixture.sktt"
+    with_mixture_companion.save(path)
+    loaded = TensorizingFlowDensity.load(path)
+    base = loaded.flow_.companion.q0
+    assert isinstance(base, GaussianMixtureBase) and base.n_components == 2
+    assert_same_model(loaded, with_mixture_companion, data[1])
+    assert not np.array_equal(loaded.score_samples(data[1]), with_companion.score_samples(data[1]))
+
+
+@pytest.mark.parametrize(
+    ("edit", "match"),
+    [
+        (lambda m: m["companion"].update(gaussian_components=-1), "invalid 'companion'"),
+        (lambda m: m["companion"].update(gaussian_components=2.5), "invalid 'companion'"),
+        (lambda m: m["companion"].update(gaussian_components=3), "do not match the architecture"),
+        (lambda m: m["companion"].update(gaussian_components=0), "do not match the architecture"),
+    ],
+)
+def test_edited_companion_mixture_is_a_clear_error(edit, match, with_mixture_companion, tmp_path):
+    assert_edited_file_is_refused(with_mixture_companion, edit, match, tmp_path / "mixture.sktt")
 
 
 def test_files_without_the_selection_load_without_it(fitted, data, saved):

@@ -317,6 +317,14 @@ def test_cuda_matches_cpu(distribution_3d):
     assert torch.isfinite(single.log_prob(samples.float())).all()
 
 
+def test_log_prob_of_no_rows_is_empty(distribution_3d):
+    """A sampler's chunk can hand no rows to a model (a companion that takes
+    every draw of the chunk): an empty result, not an error."""
+    for evaluate in (distribution_3d.log_prob, distribution_3d.log_abs_tt):
+        empty = evaluate(torch.zeros(0, 3, dtype=distribution_3d.cores[0].dtype))
+        assert empty.shape == (0,) and empty.dtype == distribution_3d.cores[0].dtype
+
+
 def test_log_prob_does_not_depend_on_batching(distribution_3d, monkeypatch):
     """Rows are independent: chunking and batch size change neither a value
     nor a gradient, as scikit-learn's subset-invariance check demands."""
