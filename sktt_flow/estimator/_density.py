@@ -141,7 +141,7 @@ MAX_COMPANION_WEIGHT = 0.999
 #: Most components of the Gaussian mixture under the companion model in data
 #: mode (``_gaussian_mixture_candidate``; 2, 4, 8, ... are tried while the
 #: held-out score rises).
-MAX_COMPANION_COMPONENTS = 32
+MAX_COMPANION_COMPONENTS = 64
 
 #: Fresh samples behind ``elbo_``, ``ess_`` and ``log_normalizer_`` after a
 #: variational fit.
@@ -591,7 +591,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         held-out rows by two standard errors, and the flow is trained on the
         kept base; when that is a TT, the flow is also trained on the best
         Gaussian, or on a Gaussian mixture in the same coordinates where the
-        held-out rows clearly prefer one (2, 4, 8, ... up to 32 components
+        held-out rows clearly prefer one (2, 4, 8, ... up to 64 components
         of each covariance type, fitted by EM while the held-out score rises;
         :class:`~sktt_flow.flows.GaussianMixtureBase`), for about a quarter
         more fit time, and the model is the mixture of the two, the

@@ -116,14 +116,19 @@ class GaussianMixtureBase(BaseDistribution):
         return int(self.means.shape[0])
 
     def log_prob(self, z: torch.Tensor, context=None) -> torch.Tensor:
-        # (k, d, N): every component's standardised residuals in one batched solve
-        residuals = (z.T.unsqueeze(0) - self.means.unsqueeze(-1)).to(self.means.dtype)
-        standardized = torch.linalg.solve_triangular(self.cholesky, residuals, upper=False)
+        points = z.T.to(self.means.dtype)
         log_det = torch.log(torch.diagonal(self.cholesky, dim1=-2, dim2=-1)).sum(dim=1)
-        component = -0.5 * standardized.square().sum(dim=1) - (
-            log_det + 0.5 * self.n_features * math.log(2 * math.pi)
-        ).unsqueeze(-1)
-        return torch.logsumexp(component + self.log_weights.unsqueeze(-1), dim=0).to(z.dtype)
+        normalizers = log_det + 0.5 * self.n_features * math.log(2 * math.pi)
+        # One component at a time (k is small; the rows are not looped): all
+        # at once would hold k * d * N residuals, gigabytes for a GPU chunk.
+        components = []
+        for k in range(self.n_components):
+            standardized = torch.linalg.solve_triangular(
+                self.cholesky[k], points - self.means[k, :, None], upper=False
+            )
+            components.append(-0.5 * standardized.square().sum(dim=0) - normalizers[k])
+        log_weighted = torch.stack(components) + self.log_weights[:, None]
+        return torch.logsumexp(log_weighted, dim=0).to(z.dtype)
 
     def sample(self, num_samples: int = 1, context=None, generator=None) -> torch.Tensor:
         # One normal per row chooses the component (through its CDF), so a row
