@@ -1464,9 +1464,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             }
         return settings
 
-    def _base_from_data(
-        self, train, validation, mean, scale, generator, device, dtype, *, seed
-    ):
+    def _base_from_data(self, train, validation, mean, scale, generator, device, dtype, *, seed):
         """The base in standardised coordinates, chosen on held-out rows.
 
         ``train`` and ``validation`` (float64 arrays, ``validation`` None
@@ -1519,12 +1517,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 if not clearly_better(full, standard, CONFIRMATION_STANDARD_ERRORS):
                     kinds = ["diagonal"]
 
+        def float64_rows(kind):
+            """The training and scored rows in the coordinates ``kind``."""
+            return whitened[1] if kind == "full" else (train, scored)
+
         def in_coordinates(kind):
-            whitening, in_kind, log_det = None, (train, scored), 0.0
-            if kind == "full":
-                whitening, in_kind, log_det = whitened
+            whitening, log_det = (whitened[0], whitened[2]) if kind == "full" else (None, 0.0)
             fit_rows, score_rows = (
-                torch.as_tensor(rows, dtype=dtype, device=device) for rows in in_kind
+                torch.as_tensor(rows, dtype=dtype, device=device) for rows in float64_rows(kind)
             )
             return whitening, fit_rows, score_rows, log_det
 
@@ -1613,8 +1613,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         alternative = None
         if best_gaussian is not None and not isinstance(best[1], GaussianBase):
             if validation is not None:
+                kind = best_gaussian[4]
+                _, _, score_rows, log_det = in_coordinates(kind)
                 best_gaussian = self._gaussian_mixture_candidate(
-                    best_gaussian, in_coordinates, whitened, train, seed, device, dtype
+                    best_gaussian, float64_rows(kind)[0], score_rows, log_det, seed, device, dtype
                 )
             alternative = placed(best_gaussian)
         return placed(best), alternative
@@ -1630,11 +1632,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return scores
 
     def _gaussian_mixture_candidate(
-        self, gaussian, in_coordinates, whitened, train, seed, device, dtype
+        self, gaussian, fit_rows, score_rows, log_det, seed, device, dtype
     ):
         """The companion's base: the standard Gaussian candidate ``gaussian``
         or, where the held-out rows clearly prefer one, a Gaussian mixture in
-        the same coordinates.
+        the same coordinates (``fit_rows``: the float64 training rows there;
+        ``score_rows`` and ``log_det`` as in :meth:`_held_out_scores`).
 
         Mixtures of 2, 4, 8, ... components, each number with the four
         covariance types of :class:`sklearn.mixture.GaussianMixture` (fitted
@@ -1651,9 +1654,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         diabetes. The EM starts (k-means) are seeded by ``seed`` and do not
         draw from the fit's generator.
         """
-        scores, _, whitening, _, kind, _ = gaussian
-        fit_rows = whitened[1][0] if kind == "full" else train
-        _, _, score_rows, log_det = in_coordinates(kind)
+        scores, _, whitening, _, kind, tail_bound = gaussian
         best_scores, best_base = scores, None
         n_components = 2
         while n_components <= min(MAX_COMPANION_COMPONENTS, len(fit_rows) // 2):
@@ -1691,7 +1692,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             best_scores, scores, CONFIRMATION_STANDARD_ERRORS
         ):
             return gaussian
-        return (best_scores, best_base, whitening, None, kind, gaussian[5])
+        return (best_scores, best_base, whitening, None, kind, tail_bound)
 
     def _fit_variational(self, X) -> dict:
         if X is not None:

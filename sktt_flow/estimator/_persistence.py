@@ -649,6 +649,19 @@ def _stored_whitening(metadata: dict, where: str) -> bool:
     return whitening
 
 
+def _stored_gaussian_components(metadata: dict, where: str) -> int:
+    """The number of components of a stored Gaussian base: 0 for the standard
+    Gaussian (and in files that predate mixtures), ``k`` for a
+    :class:`~sktt_flow.flows.GaussianMixtureBase`."""
+    n_components = metadata.get("gaussian_components", 0)
+    if not _is_count(n_components, minimum=0):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid "
+            f"'gaussian_components' ({_preview(n_components)})."
+        )
+    return n_components
+
+
 def _stored_defensive_weight(metadata: dict, where: str) -> float:
     """The model's defensive weight (0 in files that predate it)."""
     weight = metadata.get("defensive_weight", 0.0)
@@ -911,7 +924,7 @@ def _check_architecture(
             raise unbuildable("core shapes for a Gaussian base")
         if order:
             raise unbuildable(f"symmetry_order={order} for a Gaussian base")
-        n_components = metadata.get("gaussian_components", 0)
+        n_components = _stored_gaussian_components(metadata, where)
         if n_components:
             entry = "a companion base of gaussian_components Gaussians of n_features"
             expected = {
@@ -1086,14 +1099,16 @@ def _build_single_model(
                 outer=tempered["outer"],
                 betas=tempered["betas"],
             )
-        elif metadata.get("gaussian_components", 0):
-            # Built from the stored mixture itself (GaussianMixtureBase checks
-            # that it is one), whose exact values load_state_dict puts back.
-            base = GaussianMixtureBase(
-                torch.exp(state["q0.log_weights"]), state["q0.means"], state["q0.cholesky"]
-            )
         elif _has_gaussian_base(metadata, estimator):
-            base = GaussianBase(torch.zeros_like(ones), ones)
+            if _stored_gaussian_components(metadata, where):
+                # Built from the stored mixture itself (GaussianMixtureBase
+                # checks that it is one), whose exact values load_state_dict
+                # puts back.
+                base = GaussianMixtureBase(
+                    torch.exp(state["q0.log_weights"]), state["q0.means"], state["q0.cholesky"]
+                )
+            else:
+                base = GaussianBase(torch.zeros_like(ones), ones)
         else:
             cores = [
                 torch.zeros(shape, dtype=torch.float64) for shape in metadata["tt_core_shapes"]

@@ -562,6 +562,27 @@ def test_edited_companion_mixture_is_a_clear_error(edit, match, with_mixture_com
     assert_edited_file_is_refused(with_mixture_companion, edit, match, tmp_path / "mixture.sktt")
 
 
+def test_gaussian_components_concern_gaussian_bases_only(fitted, data, saved):
+    """``gaussian_components`` describes a Gaussian base: on a file whose base
+    is a TT it is not read (fails if the builder looks for a mixture's
+    tensors there, a KeyError)."""
+    metadata, state = read_members(saved)
+    write_members(saved, {**metadata, "gaussian_components": 2}, state)
+    loaded = TensorizingFlowDensity.load(saved)
+    np.testing.assert_array_equal(loaded.score_samples(data[1]), fitted.score_samples(data[1]))
+
+
+def test_invalid_gaussian_components_of_a_gaussian_base_is_a_clear_error(data, tmp_path):
+    path = tmp_path / "gaussian.sktt"
+    gaussian = TensorizingFlowDensity(**{**SMALL, "base": "gaussian", "max_iter": 2}).fit(data[0])
+    assert_edited_file_is_refused(
+        gaussian,
+        lambda m: m.update(gaussian_components="two"),
+        "invalid 'gaussian_components'",
+        path,
+    )
+
+
 def test_files_without_the_selection_load_without_it(fitted, data, saved):
     """Files written before ``tt_selection`` existed load as before; the
     train then has no ``selection``."""
