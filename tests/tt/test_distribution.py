@@ -351,7 +351,9 @@ def test_log_prob_does_not_depend_on_batching(distribution_3d, monkeypatch):
     np.testing.assert_allclose(
         chunked.detach().numpy(), all_at_once.detach().numpy(), rtol=0, atol=1e-12
     )
-    np.testing.assert_allclose(z.grad.numpy(), gradient.numpy(), rtol=0, atol=1e-12)
+    # Gradients reach hundreds where a point is near a zero of the train: a
+    # GEMM of another shape can round them differently, by a few ulps.
+    np.testing.assert_allclose(z.grad.numpy(), gradient.numpy(), rtol=1e-13, atol=1e-12)
 
 
 def test_log_prob_chunk_size_follows_the_rank():

@@ -23,6 +23,7 @@ from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.tt.sampling import (
     ConditionalCDFOperators,
     _cdf_and_density,
+    _first_iterate,
     _newton_has_converged,
     conditional_cdf_operators,
     inverse_rosenblatt_right_orthogonal,
@@ -241,6 +242,23 @@ def test_float32_inversion_reaches_float32_precision():
     np.testing.assert_allclose(cdf.numpy(), uniforms[:, 0].float().double().numpy(), atol=3e-6)
 
 
+def test_a_draw_does_not_depend_on_the_other_rows():
+    """Uniforms mapped in one call or in chunks of 704 and 1296 rows give the
+    same points to rounding: which samples the root finder keeps working on,
+    and when each stops, never depends on the rest of the chunk. Not bit for
+    bit: the BLAS product that gives the CDFs' coefficients rounds
+    differently for another number of columns (seen: 1e-15 on 22 of 6,000
+    coordinates). A solver that stopped a sample with the others, or on
+    their behalf, would be off by its tolerance instead, 1e-8 or more."""
+    cores = right_orthogonalize(random_cores((1, 4, 4, 1), 10, seed=11))
+    low = torch.tensor([-1.0, -2.0, 0.0], dtype=torch.float64)
+    high = torch.tensor([1.0, 3.0, 0.5], dtype=torch.float64)
+    uniforms = torch.rand(2000, 3, generator=torch.Generator().manual_seed(7), dtype=torch.float64)
+    whole = sample_right_orthogonal(cores, low, high, uniforms)
+    parts = [sample_right_orthogonal(cores, low, high, u) for u in uniforms.split([704, 1296])]
+    np.testing.assert_allclose(torch.cat(parts).numpy(), whole.numpy(), rtol=0, atol=1e-13)
+
+
 def test_sampling_is_deterministic_and_vectorised(distribution):
     first = distribution.sample(1000, generator=torch.Generator().manual_seed(3))
     second = distribution.sample(1000, generator=torch.Generator().manual_seed(3))
@@ -326,6 +344,26 @@ def test_solver_matches_an_independent_high_precision_inversion():
     assert error.max() <= 1e-12
 
 
+def test_first_iterate_is_in_the_cell_that_holds_the_root():
+    """On F(t) = (t + 1)^2 / 4 (root 2 sqrt(u) - 1, 33 Chebyshev grid points)
+    the cell found by the signs of the differences holds every root, the
+    first iterate is the straight line through the cell's ends, and a target
+    equal to a grid value has its root on an end of its cell."""
+    grid = conditional_cdf_operators(8).grid
+    uniforms = torch.rand(2000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    cdf = ((grid + 1.0) ** 2 / 4.0)[:, None].repeat(1, 2000)
+    uniforms[:3] = cdf[[5, 16, 31], 0]
+    t, low, high = _first_iterate(cdf, grid, uniforms)
+    root = 2.0 * uniforms.sqrt() - 1.0
+    assert bool(((low <= root) & (root <= high)).all())
+    assert bool(((high - low) > 0).all())
+    line = low + (high - low) * (uniforms - (low + 1.0) ** 2 / 4.0) / (
+        ((high + 1.0) ** 2 - (low + 1.0) ** 2) / 4.0
+    )
+    np.testing.assert_allclose(t.numpy(), line.numpy(), rtol=0, atol=1e-14)
+    np.testing.assert_allclose(t[:3].numpy(), grid[[5, 16, 31]].numpy(), rtol=0, atol=1e-14)
+
+
 def test_newton_stops_where_the_predicted_error_is_below_rounding():
     """After a step s the error is K s^2, K = q' / (2q) from the densities at the
     last two iterates: a step of 1e-9 is final where K = 1 (error 1e-18), not
@@ -355,6 +393,36 @@ def test_clenshaw_recurrence_matches_numpy():
     expected_density = chebyshev.chebval(t.numpy(), derivative, tensor=False)
     np.testing.assert_allclose(cdf.numpy(), expected, rtol=0, atol=1e-13)
     np.testing.assert_allclose(2.0 * half_density.numpy(), expected_density, rtol=0, atol=1e-11)
+
+
+def test_roots_at_a_double_zero_of_the_density_have_rounding_residuals():
+    """The density (t - 0.3)^2 (t + 0.5)^2 vanishes to second order at 0.3 and
+    -0.5, where F is flat to third order and Newton's method converges only
+    linearly: about a fifth of these 1,042 samples go past the first check,
+    some for 30 safeguarded iterations. A root there is
+    ill-conditioned (an error of eps in F moves it by eps^(1/3)), so what is
+    checked is the backward error: F at the returned point, in long double,
+    is the target to a few ulps of F(1)."""
+    coefficients = legendre.poly2leg(np.polynomial.polynomial.polyfromroots([0.3, -0.5]))
+    core = torch.tensor(coefficients / np.sqrt(2 * np.arange(3) + 1), dtype=torch.float64)
+    cores = [core.reshape(1, 3, 1)]
+    density = legendre.legmul(coefficients, coefficients).astype(np.longdouble)
+    cdf = legendre.legint(density, lbnd=-1)
+    total = legendre.legval(np.longdouble(1.0), cdf)
+    # uniforms at and next to the CDF values of the two zeros, and random ones
+    at_zeros = np.array([legendre.legval(np.longdouble(x), cdf) / total for x in (0.3, -0.5)])
+    offsets = np.array([0.0, 1e-15, -1e-15, 1e-12, -1e-12, 1e-9, -1e-9, 1e-6, -1e-6])
+    special = (at_zeros[:, None] + offsets).reshape(-1).astype(np.float64)
+    random = torch.rand(1024, generator=torch.Generator().manual_seed(6))
+    uniforms = torch.cat([torch.from_numpy(special), random.double()])[:, None]
+    low = torch.tensor([-1.0], dtype=torch.float64)
+    high = torch.tensor([1.0], dtype=torch.float64)
+    z = sample_right_orthogonal(cores, low, high, uniforms)
+    residual = legendre.legval(z[:, 0].numpy().astype(np.longdouble), cdf) / total
+    residual -= uniforms[:, 0].numpy().astype(np.longdouble)
+    assert np.abs(residual).max() <= 8 * np.finfo(np.float64).eps
+    # the roots of the uniforms at the zeros are the zeros, to eps^(1/3)
+    assert z[0, 0] == pytest.approx(0.3, abs=1e-5) and z[9, 0] == pytest.approx(-0.5, abs=1e-5)
 
 
 def test_chebyshev_and_legendre_operators_describe_the_same_cdf():
