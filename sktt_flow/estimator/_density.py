@@ -2467,7 +2467,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         model = self._inference_flow()
         log_density = np.empty(X.shape[0], dtype=np.float64)
         step = self._chunk_size()
-        with torch.no_grad(), torch_threads_within_limits(self._n_threads()):
+        with model.fixed_parameters(), torch_threads_within_limits(self._n_threads()):
             for start in range(0, X.shape[0], step):
                 rows = torch.tensor(X[start : start + step], device=self.device_)
                 # padded with copies of a row of the data: the same values

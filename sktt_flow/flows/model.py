@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import normflows as nf
 import torch
@@ -204,6 +205,21 @@ class TensorizingFlow(nf.NormalizingFlow):
     def forward_and_log_det(self, z: torch.Tensor):
         """Data points and ``log |det dx/dz|``."""
         return _push(self.flows, z, inverse=False)
+
+    @contextlib.contextmanager
+    def fixed_parameters(self) -> Iterator[TensorizingFlow]:
+        """A block of evaluations in which no parameter changes and nothing
+        is differentiated: every TT base in the model (the base, a
+        companion's, those inside a symmetrised or layered base) computes its
+        normaliser and core matrices once for the block
+        (:meth:`~sktt_flow.tt.distribution.TTDistribution.fixed_cores`)
+        instead of once per call."""
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(torch.no_grad())
+            for module in self.modules():
+                if isinstance(module, TTDistribution):
+                    stack.enter_context(module.fixed_cores())
+            yield self
 
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """Exact normalised log-density, shape (N,).

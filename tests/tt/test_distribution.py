@@ -1,3 +1,4 @@
+import copy
 import math
 
 import normflows as nf
@@ -363,6 +364,41 @@ def test_log_prob_chunk_size_follows_the_rank():
     assert distribution_module.log_prob_chunk_size(cpu, 64) == 1024
     assert distribution_module.log_prob_chunk_size(cuda, 8) == 1 << 20
     assert distribution_module.log_prob_chunk_size(cuda, 10_000) == 1
+
+
+def test_fixed_cores_reuse_what_does_not_change_and_nothing_else(distribution_3d):
+    """Inside fixed_cores the log-density is the same, bit for bit, with the
+    normaliser computed once for the block (counted), and no graph is
+    recorded; after the block a change of the cores shows at once (a cache
+    that outlived its block would return the old values)."""
+    distribution = copy.deepcopy(distribution_3d)
+    z = distribution.sample(500, generator=torch.Generator().manual_seed(3))
+    outside = distribution.log_prob(z)
+    calls = []
+    original = distribution_module.log_norm_squared
+
+    def counted(cores):
+        calls.append(1)
+        return original(cores)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(distribution_module, "log_norm_squared", counted)
+        with distribution.fixed_cores():
+            inside = [distribution.log_prob(z) for _ in range(3)]
+            with distribution.fixed_cores():  # nested: the same values
+                inside.append(distribution.log_prob(z))
+            assert not torch.is_grad_enabled()
+        assert len(calls) == 1
+    for values in inside:
+        assert torch.equal(values, outside.detach()) and not values.requires_grad
+    assert torch.is_grad_enabled()
+    with torch.no_grad():
+        distribution.cores[0].mul_(2.0)
+        distribution.cores[1][:, 0].add_(1.0)
+    changed = distribution.log_prob(z)
+    assert not torch.allclose(changed, outside)
+    with distribution.fixed_cores():
+        assert torch.equal(distribution.log_prob(z), changed.detach())
 
 
 def test_canonicalize_survives_a_norm_beyond_the_dtype_range():
