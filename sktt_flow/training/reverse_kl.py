@@ -19,18 +19,20 @@ __all__ = ["STEPS_PER_ITERATION", "check_differentiable", "fit_reverse_kl"]
 STEPS_PER_ITERATION = 10
 
 #: Base draws per block of the pool of a frozen base (:class:`_BaseDrawPool`),
-#: 32 batches of the estimator's default 256. One call of the TT sampler costs
+#: 128 batches of the estimator's default 256. One call of the TT sampler costs
 #: a fixed part (orthogonalisation, operators, a Python loop over coordinates
 #: and solver iterations) plus a part per draw: at rank 8 and 16 basis
 #: functions, float32, on one CPU thread, draws with their ``log q0`` (one
 #: sweep, :meth:`~sktt_flow.TTDistribution.forward`) cost 60 ms per 256 draws
 #: in calls of 256, 6.9 ms in calls of 4096, 5.6 ms in calls of 8192 and 4.3 ms
-#: in calls of 32,768 (d = 30; 22, 2.5, 1.9 and 1.7 ms at d = 11). Larger
-#: blocks gain little more and cost up to a block of unused draws when
-#: training stops early. The block stays below the sampler's own chunk
-#: (65,536 rows on a CPU), so its memory, the sampler's workspace and
-#: ``block * (d + 1)`` stored numbers, is small.
-POOL_SIZE = 8192
+#: in calls of 32,768 (d = 30; 22, 2.5, 1.9 and 1.7 ms at d = 11). Blocks of
+#: 32,768 instead of 8192 made a variational step on TT bases of the suite's
+#: shapes 3% (d = 64) to 11% (d = 11, 256 basis functions) faster. The price
+#: is up to a block of draws never used when training stops early, and the
+#: sampler's workspace, ``(2 n_basis + 33) * block`` numbers (71 MB in float32
+#: at 256 basis functions). The block stays below the sampler's own chunk
+#: (65,536 rows on a CPU).
+POOL_SIZE = 32768
 
 #: Standard errors by which the trained state's ELBO must beat the starting
 #: state's on fresh common draws to be kept (one-sided, about 2% of truly

@@ -198,12 +198,13 @@ def fit_briefly(model, parameters, generator, max_iter):
 
 
 def test_a_frozen_base_serves_the_steps_from_a_pool_each_draw_once(base, monkeypatch):
-    """40 steps of 256 draws (10,240): two blocks drawn with the training
-    generator, POOL_SIZE (8192) and then the 2048 left, handed to the steps in
+    """40 steps of 256 draws (10,240) with POOL_SIZE set to 8192: two blocks
+    drawn with the training generator, 8192 and then the 2048 left, handed to the steps in
     order, each draw once, with their log q0. Fails if the pool is not
     refilled when used up (one block), serves a draw twice or skips some (the
     concatenated steps differ from the blocks), draws from another generator,
     or pairs draws with other log-densities."""
+    monkeypatch.setattr(reverse_kl, "POOL_SIZE", 8192)
     torch.manual_seed(0)
     model = TensorizingFlow(base, build_flow_layers("realnvp", 2, n_layers=2, hidden_units=8))
     model = model.double()
@@ -214,7 +215,7 @@ def test_a_frozen_base_serves_the_steps_from_a_pool_each_draw_once(base, monkeyp
     assert history.n_iter == 4 and history.n_skipped_steps == 0
     blocks = [z for generator, z in calls if generator is training]
     n_draws = 4 * STEPS_PER_ITERATION * 256
-    assert [block.shape[0] for block in blocks] == [reverse_kl.POOL_SIZE, n_draws - 8192]
+    assert [block.shape[0] for block in blocks] == [8192, n_draws - 8192]
     # Nothing else drew from the training generator in between: the blocks
     # are the base's draws from its seeded state.
     replay = torch.Generator().manual_seed(1)
