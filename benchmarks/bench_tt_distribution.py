@@ -587,7 +587,8 @@ def markdown_report(
         "",
         *reference_table(results),
         "",
-        "`sample` works in float64 internally whatever the distribution's dtype.",
+        "`sample` solves the conditional CDFs in the distribution's dtype (uniforms drawn "
+        "in float64 in both).",
         "",
         "## Linearity checks",
         "",
