@@ -371,6 +371,10 @@ def _bracketing_cell(interior: torch.Tensor, target: torch.Tensor) -> torch.Tens
     upper end): on a CPU, 2.5 times faster than summing the booleans of the
     comparison, which goes through a conversion of the whole table. A NaN
     (a NaN target) gives the first cell, as the count of no values would.
+    ``F`` on the grid comes from another product than the solver's series,
+    so round-off can misplace only a root that lies within rounding of a
+    grid point, in the neighbouring cell, whose end is then the root to
+    rounding.
     """
     signs = torch.sub(target, interior).sign_().sum(dim=0)
     return signs.add_(interior.shape[0]).div_(2.0).floor_().nan_to_num_(0.0).long()
