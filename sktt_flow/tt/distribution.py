@@ -329,9 +329,13 @@ class TTDistribution(BaseDistribution):
         for start, matrices in core_matrices:
             n_cores, size, _ = matrices.shape
             block = max(1, BATCHED_CORE_VALUES // (size * n_points))
-            for first in range(start, start + n_cores, block):
-                stop = min(first + block, start + n_cores)
-                values = torch.bmm(matrices[first - start : stop - start], table[first:stop])
+            # split, not slices: the backward of a slice fills a zero tensor
+            # of all the group's matrices per block, that of split one cat
+            for first, blocked in zip(
+                range(start, start + n_cores, block), matrices.split(block), strict=True
+            ):
+                stop = first + blocked.shape[0]
+                values = torch.bmm(blocked, table[first:stop])
                 for k, core_values in enumerate(values.unbind(0), start=first):
                     if running is None:  # r_0 = 1: the first core's values
                         running = core_values
