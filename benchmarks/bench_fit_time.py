@@ -1,0 +1,300 @@
+"""Fit time of the defaults at the size of issue 14's goal: 10,000 rows, 30 features.
+
+The goal: ``TensorizingFlowDensity()`` fits in at most 30 s on one core for
+up to 10,000 rows and 30 features. Earlier sessions timed it on throwaway
+"tanh-squashed two-cluster" sets, a different one each time; this script
+fixes one, with its exact log-density, and says where the time goes.
+
+Dataset ``tanh30``: ``x = tanh(A z)`` with ``z`` from two Gaussian clusters
+in 30 dimensions (equal weights, means ``-1.5`` and ``+1.5`` in every
+coordinate, unit covariance) and ``A`` a fixed random matrix (standard normal
+entries over ``sqrt(30)``, from seed 12345): correlated, bounded, non-Gaussian
+features. Its log-density is exact: ``log p_z(A^{-1} atanh x) - log |det A|
+- sum_i log(1 - x_i^2)``. Seed ``s``: 10,000 training rows from seed ``2 s``,
+5,000 test rows from seed ``2 s + 1``.
+
+Methods, per seed (``random_state`` and the ``KFold`` seed are ``s``):
+
+``tf-default``
+    :class:`~sktt_flow.TensorizingFlowDensity` with its defaults, timed as a
+    whole and by stage: the TT fits (the automatic choices on a subsample
+    and the final fits, ``sktt_flow.tt.fit_samples.fit_samples``), the search
+    for the companion's Gaussian mixture, and the flows' training
+    (``fit_forward_kl``); the rest is "other". The stages are timed by
+    wrapping those functions, which costs nothing measurable.
+``gmm``
+    ``GaussianMixture`` tuned as in ``bench_density.py`` (3-fold
+    ``GridSearchCV`` over 1-64 components and the four covariance types),
+    the strongest peer at this size (a KDE in 30 dimensions is far behind:
+    breast cancer, ``bench_density.py``).
+
+Metrics: fit seconds, the stages, the mean test log-likelihood with its
+standard error next to the truth's, and the tensorizing flow minus the GMM,
+paired over the test rows.
+
+Usage (from the repository root; one thread)::
+
+    python benchmarks/bench_fit_time.py                 # 3 seeds: ~15 min
+    python benchmarks/bench_fit_time.py --seeds 0 --methods tf-default
+
+Writes ``fit_time_cpu.json`` and ``fit_time_cpu.md`` into ``--output``
+(default ``benchmarks/results/``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+import warnings
+from collections import defaultdict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from _common import format_value, load_average, run_metadata, write_results
+from bench_density import make_method
+from sklearn.exceptions import ConvergenceWarning
+
+import sktt_flow.estimator._density as density_module
+import sktt_flow.tt.fit_samples as fit_samples_module
+from sktt_flow import TensorizingFlowDensity
+
+N_FEATURES = 30
+N_TRAIN = 10_000
+N_TEST = 5_000
+MIXING_SEED = 12345
+CLUSTER_OFFSET = 1.5
+GOAL_SECONDS = 30.0
+METHODS = ("tf-default", "gmm")
+
+#: The stages timed inside a tensorizing flow's fit: (name, owner, attribute).
+STAGES = (
+    ("TT fits", fit_samples_module, "fit_samples"),
+    ("mixture search", TensorizingFlowDensity, "_gaussian_mixture_candidate"),
+    ("flows", density_module, "fit_forward_kl"),
+)
+
+
+def mixing_matrix() -> np.ndarray:
+    """The fixed matrix ``A`` of ``x = tanh(A z)``."""
+    generator = np.random.default_rng(MIXING_SEED)
+    return generator.normal(size=(N_FEATURES, N_FEATURES)) / math.sqrt(N_FEATURES)
+
+
+def tanh30(n: int, seed: int) -> np.ndarray:
+    """``n`` rows of the dataset from ``seed``."""
+    generator = np.random.default_rng(seed)
+    labels = generator.integers(2, size=n)
+    z = generator.normal(size=(n, N_FEATURES))
+    z += np.where(labels[:, None] == 1, CLUSTER_OFFSET, -CLUSTER_OFFSET)
+    return np.tanh(z @ mixing_matrix().T)
+
+
+def tanh30_log_density(x: np.ndarray) -> np.ndarray:
+    """The exact log-density of :func:`tanh30`'s rows."""
+    matrix = mixing_matrix()
+    z = np.linalg.solve(matrix, np.arctanh(x).T).T
+    log_normal = -0.5 * N_FEATURES * math.log(2 * math.pi)
+    components = [
+        log_normal - 0.5 * ((z - sign * CLUSTER_OFFSET) ** 2).sum(axis=1) for sign in (-1, 1)
+    ]
+    log_z = np.logaddexp(*components) - math.log(2.0)
+    _, log_det = np.linalg.slogdet(matrix)
+    return log_z - log_det - np.log1p(-(x**2)).sum(axis=1)
+
+
+class StageTimer:
+    """Seconds and calls of the :data:`STAGES` while it is entered."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+        self.calls: dict[str, int] = defaultdict(int)
+        self._originals: list[tuple[Any, str, Any]] = []
+
+    def _wrap(self, name: str, function):
+        def timed(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - start
+                self.calls[name] += 1
+
+        return timed
+
+    def __enter__(self) -> StageTimer:
+        for name, owner, attribute in STAGES:
+            original = getattr(owner, attribute)
+            self._originals.append((owner, attribute, original))
+            setattr(owner, attribute, self._wrap(name, original))
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        for owner, attribute, original in reversed(self._originals):
+            setattr(owner, attribute, original)
+        self._originals.clear()
+
+
+def run_seed(method: str, seed: int, args: argparse.Namespace) -> tuple[dict, np.ndarray]:
+    """Fit and score one method on one seed's split."""
+    train, test = tanh30(N_TRAIN, 2 * seed), tanh30(N_TEST, 2 * seed + 1)
+    row: dict[str, Any] = {"method": method, "seed": seed, "key": f"tanh30/{seed}"}
+    model = make_method(method, train, seed, args)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        with StageTimer() as stages:
+            start = time.perf_counter()
+            model.fit(train)
+            row["fit_seconds"] = time.perf_counter() - start
+    if method == "tf-default":
+        row["stages"] = {
+            name: {"seconds": stages.seconds[name], "calls": stages.calls[name]}
+            for name, *_ in STAGES
+        }
+        row["stages"]["other"] = {
+            "seconds": row["fit_seconds"] - sum(stages.seconds.values()),
+            "calls": None,
+        }
+        row["base"] = model.base_
+        row["companion_weight"] = model.companion_weight_
+        row["n_iter"] = model.n_iter_
+        fitted = model
+    else:
+        row["best_params"] = dict(model.best_params_)
+        fitted = model.best_estimator_
+    scores = np.asarray(fitted.score_samples(test), dtype=float)
+    truth = tanh30_log_density(test)
+    row["test_log_likelihood"] = float(scores.mean())
+    row["test_log_likelihood_se"] = float(scores.std(ddof=1) / math.sqrt(len(scores)))
+    row["true_test_log_likelihood"] = float(truth.mean())
+    return row, scores
+
+
+def markdown_report(payload: dict[str, Any]) -> str:
+    """The report: one row per method and seed, then the means."""
+    rows = payload["results"]
+    lines = [
+        "# Fit time at 10,000 rows of 30 features (issue 14's goal: 30 s)",
+        "",
+        "Generated by `benchmarks/bench_fit_time.py`; see its docstring for the dataset.",
+        "",
+    ]
+    for index, run in enumerate(payload["metadata"]["runs"]):
+        lines.append(
+            f"- run {index}: {run['date']}, `{run['command']}`, {run['cpu']}, "
+            f"{run['torch_num_threads']} torch thread(s), load average "
+            f"{run['load_average_start']} -> {run.get('load_average_end')}"
+        )
+    lines += [
+        "",
+        "| method | seed | fit s | TT fits s | mixture search s | flows s | other s | "
+        "test log-lik | truth | minus GMM (paired) | settings |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in rows:
+        stages = row.get("stages", {})
+
+        def stage(name: str, stages=stages) -> str:
+            if name not in stages:
+                return ""
+            calls = stages[name]["calls"]
+            seconds = format_value(stages[name]["seconds"], ".1f")
+            return seconds if calls is None else f"{seconds} ({calls})"
+
+        difference = row.get("minus_gmm")
+        versus = (
+            f"{difference['mean']:+.3f} ± {difference['se']:.3f}" if difference is not None else ""
+        )
+        settings = (
+            f"base {row['base']}, companion weight {row['companion_weight']:.3g}, "
+            f"{row['n_iter']} passes"
+            if "base" in row
+            else ", ".join(f"{k}={v}" for k, v in row.get("best_params", {}).items())
+        )
+        lines.append(
+            f"| {row['method']} | {row['seed']} | {row['fit_seconds']:.1f} | {stage('TT fits')} | "
+            f"{stage('mixture search')} | {stage('flows')} | {stage('other')} | "
+            f"{row['test_log_likelihood']:.3f} ± {row['test_log_likelihood_se']:.3f} | "
+            f"{row['true_test_log_likelihood']:.3f} | {versus} | {settings} |"
+        )
+    lines += ["", "Stages: seconds (calls). Means over the seeds run:", ""]
+    for method in METHODS:
+        mine = [row for row in rows if row["method"] == method]
+        if not mine:
+            continue
+        fit = np.mean([row["fit_seconds"] for row in mine])
+        test = np.mean([row["test_log_likelihood"] for row in mine])
+        goal = ""
+        if method == "tf-default":
+            met = all(row["fit_seconds"] <= GOAL_SECONDS for row in mine)
+            goal = f"; goal of {GOAL_SECONDS:.0f} s: {'met' if met else 'missed'}"
+        lines.append(f"- {method}: fit {fit:.1f} s, test {test:.3f}{goal}")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads")
+    parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = parser.parse_args(argv)
+    args.methods = [method for method in METHODS if method in args.methods]
+    # what bench_density.make_method reads for the methods run here
+    args.max_iter = None
+    args.cv = 3
+    args.gmm_components = [1, 2, 4, 8, 16, 32, 64]
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    run = run_metadata("seeds", [str(seed) for seed in args.seeds])
+    print(f"Fit time on {run['cpu']}, {run['torch_num_threads']} thread(s)", flush=True)
+    start = time.perf_counter()
+    results = []
+    for seed in args.seeds:
+        scores = {}
+        for method in args.methods:
+            row, scores[method] = run_seed(method, seed, args)
+            print(
+                f"[seed {seed}] {method}: fit {row['fit_seconds']:.1f} s, test "
+                f"{row['test_log_likelihood']:.3f} (truth {row['true_test_log_likelihood']:.3f})",
+                flush=True,
+            )
+            results.append(row)
+        if "tf-default" in scores and "gmm" in scores:
+            difference = scores["tf-default"] - scores["gmm"]
+            results[-len(args.methods)]["minus_gmm"] = {
+                "mean": float(difference.mean()),
+                "se": float(difference.std(ddof=1) / math.sqrt(len(difference))),
+            }
+    run["wall_time_s"] = time.perf_counter() - start
+    run["load_average_end"] = load_average()
+    payload = {
+        "metadata": {
+            "settings": {"n_train": N_TRAIN, "n_test": N_TEST, "n_features": N_FEATURES},
+            "runs": [run],
+        },
+        "results": [{**row, "run": 0} for row in results],
+    }
+    write_results(
+        payload,
+        args.output,
+        "fit_time_cpu",
+        markdown_report,
+        merge=False,
+        order=[],
+        methods=METHODS,
+    )
+    print(f"Wrote {args.output / 'fit_time_cpu'}.json and .md", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
