@@ -34,7 +34,7 @@ paired over the test rows.
 
 Usage (from the repository root; one thread)::
 
-    python benchmarks/bench_fit_time.py                 # 3 seeds: ~15 min
+    python benchmarks/bench_fit_time.py                 # 3 seeds: about 11 min
     python benchmarks/bench_fit_time.py --seeds 0 --methods tf-default
 
 Writes ``fit_time_cpu.json`` and ``fit_time_cpu.md`` into ``--output``
