@@ -63,7 +63,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import format_value, load_average, run_metadata, write_results
-from bench_density import make_method
+from bench_density import _mean_se, make_method
 from sklearn.exceptions import ConvergenceWarning
 
 import sktt_flow.estimator._density as density_module
@@ -182,8 +182,7 @@ def run_seed(method: str, seed: int, args: argparse.Namespace) -> tuple[dict, np
         row["best_params"] = dict(model.best_params_)
         fitted = model.best_estimator_
     scores = np.asarray(fitted.score_samples(test), dtype=float) + log_jacobian
-    row["test_log_likelihood"] = float(scores.mean())
-    row["test_log_likelihood_se"] = float(scores.std(ddof=1) / math.sqrt(len(scores)))
+    row["test_log_likelihood"], row["test_log_likelihood_se"] = _mean_se(scores)
     row["true_test_log_likelihood"] = float(truth.mean())
     row["minus_truth"] = paired(scores, truth)
     return row, scores
@@ -191,11 +190,8 @@ def run_seed(method: str, seed: int, args: argparse.Namespace) -> tuple[dict, np
 
 def paired(scores: np.ndarray, reference: np.ndarray) -> dict[str, float]:
     """Mean of ``scores - reference`` over the test rows, with its standard error."""
-    difference = scores - reference
-    return {
-        "mean": float(difference.mean()),
-        "se": float(difference.std(ddof=1) / math.sqrt(len(difference))),
-    }
+    mean, se = _mean_se(scores - reference)
+    return {"mean": mean, "se": se}
 
 
 def markdown_report(payload: dict[str, Any]) -> str:

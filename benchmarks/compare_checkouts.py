@@ -49,8 +49,6 @@ CONFIGURATIONS = (
     (32, 8, 16, 10_000, "float64"),
     (32, 8, 16, 100_000, "float64"),
 )
-BOX = 3.0
-SEED = 0
 REPOSITORY = Path(__file__).resolve().parent.parent
 
 
@@ -63,33 +61,25 @@ def worker(source: Path, configuration: Sequence, operation: str, repeats: int) 
 
     if Path(sktt_flow.__file__).resolve().parent.parent != source.resolve():
         raise SystemExit(f"imported sktt_flow from {sktt_flow.__file__}, not from {source}")
-    from sktt_flow.tt.distribution import TTDistribution
+    # imported after the checkout is first on the path, so that it builds its
+    # train and points with that checkout's sktt_flow
+    from bench_tt_distribution import SEED, points, random_tt
 
     torch.set_num_threads(1)
     d, tt_rank, n_basis, n_points, dtype = configuration
-    dtype = getattr(torch, dtype)
-    generator = torch.Generator().manual_seed(SEED)
-    ranks = [1] + [tt_rank] * (d - 1) + [1]
-    cores = [
-        torch.randn(ranks[k], n_basis, ranks[k + 1], generator=generator, dtype=torch.float64)
-        for k in range(d)
-    ]
-    distribution = TTDistribution(cores, [[-BOX, BOX]] * d, tail_weight=1e-3)
-    distribution.canonicalize_()
-    distribution = distribution.to(dtype=dtype)
+    device, dtype = torch.device("cpu"), getattr(torch, dtype)
+    distribution = random_tt(d, tt_rank, n_basis, device, dtype)
     if operation == "sample":
 
         def call():
             return distribution.sample(n_points, generator=torch.Generator().manual_seed(SEED))
 
     else:
-        points_generator = torch.Generator().manual_seed(SEED + 1)
-        points = (2.0 * torch.rand(n_points, d, generator=points_generator) - 1.0) * BOX
-        points = points.to(dtype)
+        rows = points(n_points, d, device, dtype)
 
         def call():
             with torch.no_grad():
-                return distribution.log_prob(points)
+                return distribution.log_prob(rows)
 
     call()  # warm-up
     times = []
@@ -178,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.baseline is None:
         parser.error("--baseline is required")
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from _common import cpu_name, run_metadata, write_results
+    from _common import run_metadata, write_results
 
     run = run_metadata("configurations", [str(c) for c in CONFIGURATIONS])
     results = []
@@ -209,9 +199,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             "baseline_commit": git_commit(args.baseline),
             "candidate": str(args.candidate),
             "candidate_commit": git_commit(args.candidate),
-            "cpu": cpu_name(),
-            "settings": {"operation": args.operation},
-            "runs": [],
         },
         "results": results,
     }
