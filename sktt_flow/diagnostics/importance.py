@@ -57,7 +57,7 @@ def importance_diagnostics(
 
     Parameters
     ----------
-    log_target, log_proposal : tensors of shape (N,), N >= 2
+    log_target, log_proposal : tensors of shape (N,), N >= 2, on one device
         ``log h`` may be ``-inf`` (zero weight; the ELBO is then ``-inf``);
         ``log q`` must be finite, as it is at samples of ``q``.
 
@@ -67,6 +67,11 @@ def importance_diagnostics(
     """
     log_target = torch.as_tensor(log_target).detach().double().reshape(-1)
     log_proposal = torch.as_tensor(log_proposal).detach().double().reshape(-1)
+    if log_target.device != log_proposal.device:
+        raise ValueError(
+            f"log_target and log_proposal must be on the same device, got "
+            f"{log_target.device} and {log_proposal.device}."
+        )
     if log_target.shape != log_proposal.shape:
         raise ValueError(
             f"log_target and log_proposal must have the same length, got "

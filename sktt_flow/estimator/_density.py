@@ -1884,7 +1884,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # model is the float64 one (_finalize), whatever inference_dtype
         x, log_q = self._sample_and_log_prob(model, N_DIAGNOSTIC_SAMPLES, draw)
         diagnostics = importance_diagnostics(
-            evaluate(torch.from_numpy(x).to(device)), torch.from_numpy(log_q)
+            evaluate(torch.from_numpy(x).to(device)), torch.from_numpy(log_q).to(device)
         )
         fitted.update(
             n_features_in_=n_features,

@@ -118,6 +118,8 @@ def test_a_zero_weight_makes_the_elbo_minus_infinity():
         (torch.zeros(2), torch.tensor([0.0, math.nan]), "log_proposal must be finite"),
         (torch.zeros(2), torch.tensor([0.0, math.inf]), "log_proposal must be finite"),
         (torch.full((3,), -math.inf), torch.zeros(3), "Every importance weight is zero"),
+        # tensors on two devices (the meta device stands for a GPU here)
+        (torch.zeros(2, device="meta"), torch.zeros(2), "same device"),
     ],
 )
 def test_invalid_inputs_are_value_errors(log_target, log_proposal, message):

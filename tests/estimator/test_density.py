@@ -485,9 +485,19 @@ def test_fits_scores_and_samples_on_cuda(data, tmp_path):
     X, X_test = data
     model = TensorizingFlowDensity(**{**SMALL, "device": "cuda"}).fit(X)
     assert model.tt_.low.device.type == "cuda"
+    # the default base="auto" keeps a companion flow on a Gaussian mixture:
+    # its sampler and log-density run on the GPU too (sample_and_score below)
+    companion = model.flow_.companion
+    assert isinstance(companion.q0, GaussianMixtureBase) and companion.q0.means.is_cuda
+    assert 0.0 < model.companion_weight_ < 1.0
     assert np.isfinite(model.score(X_test))
     samples, log_density = model.sample_and_score(1000, random_state=0)
+    # float32 evaluation by default (inference_dtype=None): float32 rounding
+    np.testing.assert_allclose(log_density, model.score_samples(samples), rtol=1e-5, atol=1e-5)
+    model.set_params(inference_dtype="float64")
+    samples, log_density = model.sample_and_score(1000, random_state=0)
     np.testing.assert_allclose(log_density, model.score_samples(samples), atol=1e-8)
+    model.set_params(inference_dtype=None)
     path = tmp_path / "cuda.joblib"
     joblib.dump(model, path)
     loaded = joblib.load(path)

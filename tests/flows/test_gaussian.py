@@ -14,6 +14,7 @@ import torch
 from sklearn.mixture import GaussianMixture
 
 from sktt_flow.flows import GaussianMixtureBase
+from tests.conftest import requires_cuda
 
 
 def fitted_mixture(n_features=3, seed=0):
@@ -108,6 +109,27 @@ def test_forward_returns_the_log_density_of_its_draws():
     base = as_base(mixture)
     z, log_q = base(500, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(log_q, base.log_prob(z), rtol=0, atol=0)
+
+
+@requires_cuda
+def test_cuda_matches_cpu():
+    """On a GPU: scikit-learn's log-density, draws on the GPU's generator with
+    the component frequencies of the mixture (the chi-square test above)."""
+    mixture, rows = fitted_mixture(seed=1)
+    base = as_base(mixture).to("cuda")
+    assert base.means.is_cuda and base.cholesky.is_cuda
+    np.testing.assert_allclose(
+        base.log_prob(torch.as_tensor(rows, device="cuda")).cpu().numpy(),
+        mixture.score_samples(rows),
+        rtol=1e-12,
+        atol=1e-10,
+    )
+    n_samples = 60_000
+    z, log_q = base(n_samples, generator=torch.Generator("cuda").manual_seed(0))
+    assert z.is_cuda and log_q.is_cuda
+    counts = np.bincount(mixture.predict(z.cpu().numpy()), minlength=3)
+    expected = mixture.weights_ * n_samples
+    assert ((counts - expected) ** 2 / expected).sum() < 13.8
 
 
 def test_weights_are_normalised():

@@ -26,7 +26,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sktt_flow.flows import TemperedTTBase, fit_tempered_base
 from sktt_flow.targets import Banana
 from sktt_flow.tt import TTDistribution
-from tests.conftest import random_cores
+from tests.conftest import random_cores, requires_cuda
 
 N_SAMPLES = 40_000
 SIGNIFICANCE = 1e-3
@@ -84,6 +84,10 @@ def test_forward_log_density_equals_log_prob(base):
 
 
 def test_whitened_marginals_pass_kolmogorov_smirnov(quadrature, whitened_samples):
+    assert_marginals_pass_kolmogorov_smirnov(quadrature, whitened_samples)
+
+
+def assert_marginals_pass_kolmogorov_smirnov(quadrature, whitened_samples):
     """The KS statistic over the panel breaks, where the quadrature gives the
     CDF exactly: a lower bound of the full statistic, so the p-value of
     ``kstwo`` is conservative (a correct sampler fails less often than 0.001),
@@ -116,6 +120,28 @@ def test_two_dimensional_law_passes_chi_square(quadrature, whitened_samples):
     shuffled[:, 1] = np.random.default_rng(0).permutation(shuffled[:, 1])
     counts, _, _ = np.histogram2d(*shuffled.T, bins=[CELL_EDGES, CELL_EDGES])
     assert stats.chisquare(counts.ravel(), probabilities.ravel() * N_SAMPLES).pvalue < 1e-12
+
+
+@requires_cuda
+def test_cuda_matches_cpu(base, quadrature):
+    """Moved to a GPU, the layered base gives the CPU's log-density and draws
+    of the same law (the panel KS test above, on the GPU's own generator)."""
+    on_gpu = TemperedTTBase(
+        [random_cores((1, 3, 1), 8, seed=seed) for seed in (1, 2)],
+        SHIFT,
+        MATRIX,
+        defensive_weight=0.05,
+    ).to("cuda")
+    assert on_gpu.shift.is_cuda and on_gpu.layers[0].core_0.is_cuda
+    x = base.sample(2000, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(
+        on_gpu.log_prob(x.cuda()).cpu(), base.log_prob(x), rtol=1e-10, atol=1e-10
+    )
+    z, log_q = on_gpu.forward(N_SAMPLES, generator=torch.Generator("cuda").manual_seed(0))
+    assert z.is_cuda and log_q.is_cuda
+    torch.testing.assert_close(log_q.cpu(), base.log_prob(z.cpu()), rtol=1e-9, atol=1e-9)
+    whitened = ((z.cpu() - SHIFT) @ torch.linalg.inv(MATRIX).T).numpy()
+    assert_marginals_pass_kolmogorov_smirnov(quadrature, whitened)
 
 
 def test_without_layers_it_is_the_outer_gaussian():

@@ -30,7 +30,7 @@ from sktt_flow.tt.sampling import (
     rosenblatt_right_orthogonal,
     sample_right_orthogonal,
 )
-from tests.conftest import random_cores, random_distribution
+from tests.conftest import random_cores, random_distribution, requires_cuda
 from tests.tt.reference import brute_force_tt_density, cells, product_rule, tail_density
 
 N_SAMPLES = 40_000
@@ -173,6 +173,34 @@ def test_float32_sampling_does_not_overflow_with_a_large_norm():
     assert bool(torch.isfinite(draws).all())
     expected = plain.sample(2000, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(draws, expected, rtol=0.0, atol=1e-4)
+
+
+@requires_cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cuda_draws_pass_the_same_tests(distribution, dtype):
+    """The sampler on a GPU (its own kernels and generator, the float32 path
+    with its clamped first Newton steps included) draws the same law: the
+    marginal KS tests and the 2-D chi-square tests at the CPU's thresholds."""
+    on_gpu = copy.deepcopy(distribution).to(device="cuda", dtype=dtype)
+    draws = on_gpu.sample(N_SAMPLES, generator=torch.Generator("cuda").manual_seed(0))
+    assert draws.is_cuda and draws.dtype == dtype
+    samples = draws.double().cpu()
+    assert bool(torch.isfinite(samples).all())
+    for k in range(distribution.n_features):
+        cdf, _ = marginal_cdf(distribution, k)
+        result = stats.kstest(samples[:, k].numpy(), cdf)
+        assert result.pvalue > SIGNIFICANCE, (k, result)
+    for dims in ((0, 1), (1, 2)):
+        edges, probabilities = cell_probabilities(distribution, dims, bins=6)
+        pvalue = chi_square_pvalue(samples[:, list(dims)].numpy(), edges, probabilities)
+        assert pvalue > SIGNIFICANCE, (dims, pvalue)
+    # the float64 log q on the GPU is the CPU's
+    with torch.no_grad():
+        float64_on_gpu = copy.deepcopy(distribution).to("cuda")
+        on_gpu_log_q = float64_on_gpu.log_prob(samples[:2000].cuda()).cpu()
+        torch.testing.assert_close(
+            on_gpu_log_q, distribution.log_prob(samples[:2000]), rtol=1e-10, atol=1e-10
+        )
 
 
 def test_the_same_tests_reject_wrong_samplers(distribution, samples):
