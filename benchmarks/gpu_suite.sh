@@ -1,26 +1,41 @@
 #!/usr/bin/env bash
-# The GPU evidence of issue 6 in one run (under 5 minutes on one H200):
+# The GPU evidence of issues 6 and 15 in one run (about 8 minutes on one H200),
+# most important first, so that a run cut short still says the most:
 #
-#   1. the speed suite on CUDA (tensorizing flow against the same flow on a
+#   1. the CUDA tests of the package (they skip without a GPU elsewhere):
+#          python -m pytest -k cuda tests          -> cuda_tests.txt
+#   2. the TT distribution's log_prob and exact sampler on CUDA, float32 and
+#      float64, against normflows' DiagGaussian:
+#          python benchmarks/bench_tt_distribution.py --device cuda --output $OUT
+#   3. one VI benchmark, GinzburgLandau1D(16), fitted on the GPU with the TT
+#      base and with a Gaussian base (same flow, same steps):
+#          python benchmarks/gpu_vi_check.py --output $OUT
+#   4. the speed suite on CUDA (tensorizing flow against the same flow on a
 #      Gaussian base; the TT base's log_prob against an 8-layer RealNVP's at
 #      d = 64, N = 1e6, float32):
 #          python benchmarks/bench_speed.py --device cuda --output $OUT
-#   2. one VI benchmark, GinzburgLandau1D(16), fitted on the GPU with the TT
-#      base and with a Gaussian base (same flow, same steps):
-#          python benchmarks/gpu_vi_check.py --output $OUT
-#   3. the CUDA tests of the package (they skip without a GPU elsewhere):
-#          python -m pytest -m "not slow" -k cuda -q
 #
-# Run from anywhere; results go to $OUT (default: benchmarks/results/). The
-# checkout is put on PYTHONPATH; torch with CUDA, scikit-learn, normflows,
-# scipy and pytest must be installed.
-set -euo pipefail
+# A failing step does not stop the later ones; the exit status is 1 if any
+# failed. STEP_TIMEOUT (seconds, default none) bounds each step, for leases of
+# limited time. Run from anywhere; results go to $OUT (default:
+# benchmarks/results/). The checkout is put on PYTHONPATH; torch with CUDA,
+# scikit-learn, normflows, scipy and pytest must be installed.
+set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT="${OUT:-benchmarks/results}"
 PYTHON="${PYTHON:-$(command -v python3 || command -v python)}"
+STEP_TIMEOUT="${STEP_TIMEOUT:-0}"  # 0: no limit (coreutils' timeout)
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 mkdir -p "$OUT"
-"$PYTHON" benchmarks/bench_speed.py --device cuda --output "$OUT"
-"$PYTHON" benchmarks/gpu_vi_check.py --output "$OUT"
-"$PYTHON" -m pytest -q -p no:cacheprovider -k cuda tests 2>&1 | tee "$OUT/cuda_tests.txt"
+status=0
+step() {
+    echo "=== $* ($(date -u +%H:%M:%S))"
+    timeout "$STEP_TIMEOUT" "$@" || { echo "=== step failed (exit $?): $*"; status=1; }
+}
+step "$PYTHON" -m pytest -q -p no:cacheprovider -rs -k cuda tests > "$OUT/cuda_tests.txt" 2>&1
+tail -n 30 "$OUT/cuda_tests.txt"
+step "$PYTHON" benchmarks/bench_tt_distribution.py --device cuda --output "$OUT"
+step "$PYTHON" benchmarks/gpu_vi_check.py --output "$OUT"
+step "$PYTHON" benchmarks/bench_speed.py --device cuda --output "$OUT"
+exit "$status"
