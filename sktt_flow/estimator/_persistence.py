@@ -58,6 +58,7 @@ from sklearn.utils.validation import check_is_fitted
 
 from sktt_flow.flows import (
     FixedAffine,
+    FixedBoundsMap,
     FixedLinearAffine,
     GaussianBase,
     GaussianMixtureBase,
@@ -352,6 +353,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "output_layer": _output_layer_kind(model, mode),
         # data mode: a FixedLinearAffine (whitening) before the standardisation
         "whitening": _has_whitening(model, mode == "data"),
+        # data mode: a FixedBoundsMap (feature_bounds) after the standardisation
+        "bounds_map": _has_bounds_map(model),
         "defensive_weight": model.defensive_weight,
         # data mode: the model on the Gaussian next to the one on the TT, its
         # tensors in the state as companion.*; None for the others
@@ -628,25 +631,43 @@ def _stored_selection(metadata: dict, where: str) -> dict | None:
     }
 
 
+def _has_bounds_map(model: TensorizingFlow) -> bool:
+    """Whether a model ends with the map onto bounded features (``feature_bounds``)."""
+    return len(model.flows) >= 1 and isinstance(model.flows[-1], FixedBoundsMap)
+
+
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     """Whether a data-mode model whitens: a FixedLinearAffine just before its
-    standardisation (``preconditioner_ == "full"``)."""
-    return data_mode and len(model.flows) >= 2 and isinstance(model.flows[-2], FixedLinearAffine)
+    standardisation (``preconditioner_ == "full"``), which the map onto
+    bounded features may follow."""
+    flows = list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
+    return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
+
+
+def _stored_data_mode_flag(metadata: dict, where: str, name: str) -> bool:
+    """The metadata's flag ``name`` of a layer only a data-mode model has
+    (``whitening``, ``bounds_map``); False in files that predate it."""
+    flag = metadata.get(name, False)
+    if not isinstance(flag, bool):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid {name!r}."
+        )
+    if flag and metadata["mode"] != "data":
+        raise ValueError(
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} ({name} in "
+            f"{metadata['mode']} mode)."
+        )
+    return flag
 
 
 def _stored_whitening(metadata: dict, where: str) -> bool:
-    """The metadata's ``whitening`` flag (absent in files that predate it)."""
-    whitening = metadata.get("whitening", False)
-    if not isinstance(whitening, bool):
-        raise ValueError(
-            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'whitening'."
-        )
-    if whitening and metadata["mode"] != "data":
-        raise ValueError(
-            f"{where}: the architecture cannot be rebuilt from {_METADATA} (whitening in "
-            f"{metadata['mode']} mode)."
-        )
-    return whitening
+    """The metadata's ``whitening`` flag."""
+    return _stored_data_mode_flag(metadata, where, "whitening")
+
+
+def _stored_bounds_map(metadata: dict, where: str) -> bool:
+    """The metadata's ``bounds_map`` flag (``feature_bounds``)."""
+    return _stored_data_mode_flag(metadata, where, "bounds_map")
 
 
 def _stored_gaussian_components(metadata: dict, where: str) -> int:
@@ -1027,7 +1048,8 @@ def _check_architecture(
         whitening = 0
         if _stored_whitening(metadata, where):
             whitening = 2 * n_features**2 + 2 * n_features + 1
-        needed = layers_size + to_unit_box + output_size + whitening
+        bounds = 2 * n_features if _stored_bounds_map(metadata, where) else 0
+        needed = layers_size + to_unit_box + output_size + whitening + bounds
         held = sum(tensor.numel() for key, tensor in state.items() if key.startswith("flows."))
         if held != needed:
             raise mismatch(
@@ -1139,6 +1161,22 @@ def _build_single_model(
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
         elif output == "linear":
             layers.append(FixedLinearAffine(torch.zeros_like(ones), torch.diag(ones)))
+        if _stored_bounds_map(metadata, where):
+            # Built from the stored bounds themselves (FixedBoundsMap checks
+            # them), which must be those of the parameter feature_bounds.
+            index = len(layers)
+            low, high = (state.get(f"flows.{index}.{name}") for name in ("low", "high"))
+            if low is None or high is None:
+                raise ValueError(f"the bounds of flows.{index} are missing")
+            layers.append(FixedBoundsMap(low, high))
+            expected = estimator._bounds_map(n_features)
+            if expected is None or not (
+                torch.equal(expected.low, low.double())
+                and torch.equal(expected.high, high.double())
+            ):
+                raise ValueError("the stored feature bounds are not those of feature_bounds")
+        elif estimator.feature_bounds is not None:
+            raise ValueError("feature_bounds is set, but the model has no bounds")
         model = TensorizingFlow(
             base, layers, defensive_weight=_stored_defensive_weight(metadata, where)
         ).to(dtype=torch.float64)
@@ -1257,6 +1295,9 @@ def load_estimator(
             stacklevel=3,
         )
     params = dict(metadata["params"])
+    # infinite bounds are stored as the strings "inf" and "-inf"
+    if params.get("feature_bounds") is not None:
+        params["feature_bounds"] = _from_json_number(params["feature_bounds"])
     # Files written before inference_dtype existed hold models that were
     # evaluated in float64: they keep their scores and samples.
     params.setdefault("inference_dtype", "float64")

@@ -8,7 +8,13 @@ from sktt_flow.flows.builders import (
 )
 from sktt_flow.flows.coordinates import coordinate_layers, pull_back
 from sktt_flow.flows.gaussian import GaussianBase, GaussianMixtureBase
-from sktt_flow.flows.layers import AffineAutoregressive, FixedAffine, FixedLinearAffine
+from sktt_flow.flows.layers import (
+    FIXED_LAYERS,
+    AffineAutoregressive,
+    FixedAffine,
+    FixedBoundsMap,
+    FixedLinearAffine,
+)
 from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
 from sktt_flow.flows.tempered import (
@@ -19,10 +25,12 @@ from sktt_flow.flows.tempered import (
 )
 
 __all__ = [
+    "FIXED_LAYERS",
     "FLOW_NAMES",
     "SPLINE_MARGIN",
     "AffineAutoregressive",
     "FixedAffine",
+    "FixedBoundsMap",
     "FixedLinearAffine",
     "GaussianBase",
     "GaussianMixtureBase",

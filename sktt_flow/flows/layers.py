@@ -10,10 +10,17 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from normflows.flows import Flow
 from normflows.nets.made import MADE
 
-__all__ = ["AffineAutoregressive", "FixedAffine", "FixedLinearAffine"]
+__all__ = [
+    "FIXED_LAYERS",
+    "AffineAutoregressive",
+    "FixedAffine",
+    "FixedBoundsMap",
+    "FixedLinearAffine",
+]
 
 
 class FixedAffine(Flow):
@@ -152,6 +159,127 @@ class FixedLinearAffine(Flow):
         else:
             z = torch.linalg.lu_solve(self.lu, self.pivots, centred)
         return z.T, -self._log_det(x)
+
+
+class FixedBoundsMap(Flow):
+    r"""The fixed map from :math:`\mathbb{R}^d` onto the open box
+    ``(low, high)``, feature by feature, without parameters.
+
+    It lets a model of unbounded coordinates ``z`` describe features with a
+    bounded or half-bounded support, exactly: for each feature
+
+    - ``low`` and ``high`` finite: :math:`x = \mathrm{low} + (\mathrm{high} -
+      \mathrm{low})\,\sigma(z)` (the logistic map; its inverse
+      :math:`z = \log(x - \mathrm{low}) - \log(\mathrm{high} - x)`);
+    - only ``low`` finite: :math:`x = \mathrm{low} + e^z`;
+    - only ``high`` finite: :math:`x = \mathrm{high} - e^z`;
+    - neither: :math:`x = z`.
+
+    The log-determinants are exact. A density that piles up against a bound
+    (:math:`p(x) \to \infty` there, as for ``tanh`` of a Gaussian) becomes
+    a density with Gaussian-like tails in ``z``, which polynomials on a box
+    and flows describe well.
+
+    Domain: :meth:`inverse` of a point on or outside the box (in any
+    feature) returns ``z = 0`` for that row and ``log |det| = -inf``, so the
+    model's log-density there is ``-inf``. Conversely, :meth:`forward` of a
+    ``z`` so large that the bound is nearer than the dtype resolves returns
+    the bound itself, whose log-density is then ``-inf``: far beyond the
+    data in float64 (``|z| > 36`` for a two-sided feature).
+
+    Parameters
+    ----------
+    low, high : tensors of shape (d,)
+        ``low < high`` in every feature; ``-inf`` and ``inf`` mark a missing
+        bound. Buffers: they follow ``.to()`` and are saved in the
+        ``state_dict`` but are never trained.
+
+    Raises
+    ------
+    ValueError
+        On shapes other than (d,), NaN, or ``low >= high`` in a feature.
+    """
+
+    def __init__(self, low: torch.Tensor, high: torch.Tensor):
+        super().__init__()
+        low = torch.as_tensor(low)
+        if not low.is_floating_point():
+            low = low.to(torch.get_default_dtype())
+        high = torch.as_tensor(high, dtype=low.dtype, device=low.device)
+        if low.ndim != 1 or high.shape != low.shape:
+            raise ValueError(
+                "low and high must be 1-D tensors of the same shape; got "
+                f"{tuple(low.shape)} and {tuple(high.shape)}."
+            )
+        if bool(torch.isnan(low).any() | torch.isnan(high).any()):
+            raise ValueError("low and high must not be NaN (use -inf or inf for no bound).")
+        empty = torch.nonzero(~(low < high)).flatten().tolist()
+        if empty:
+            raise ValueError(
+                f"low must be below high in every feature; it is not in feature(s) {empty[:10]}."
+            )
+        self.register_buffer("low", low.clone())
+        self.register_buffer("high", high.clone())
+
+    def _kinds(self):
+        """Masks (d,) of the two-sided, lower-only and upper-only features,
+        and the bounds with finite stand-ins where there is none (so that no
+        branch of ``torch.where`` computes inf or NaN for another kind)."""
+        has_low, has_high = torch.isfinite(self.low), torch.isfinite(self.high)
+        two_sided = has_low & has_high
+        low = torch.where(has_low, self.low, torch.zeros_like(self.low))
+        high = torch.where(has_high, self.high, torch.zeros_like(self.high))
+        width = torch.where(two_sided, high - low, torch.ones_like(low))
+        return two_sided, has_low & ~has_high, has_high & ~has_low, low, high, width
+
+    def forward(self, z: torch.Tensor):
+        two_sided, lower_only, upper_only, low, high, width = self._kinds()
+        one_sided = lower_only | upper_only
+        exponential = torch.exp(torch.where(one_sided, z, torch.zeros_like(z)))
+        # each side of the logistic map from its own bound: x near high keeps
+        # its digits as high - width * sigmoid(-z)
+        logistic = torch.where(
+            z > 0, high - width * torch.sigmoid(-z), low + width * torch.sigmoid(z)
+        )
+        x = torch.where(
+            two_sided,
+            logistic,
+            torch.where(
+                lower_only, low + exponential, torch.where(upper_only, high - exponential, z)
+            ),
+        )
+        log_det = torch.where(
+            two_sided,
+            torch.log(width) + F.logsigmoid(z) + F.logsigmoid(-z),
+            torch.where(one_sided, z, torch.zeros_like(z)),
+        )
+        return x, log_det.sum(dim=1)
+
+    def inverse(self, x: torch.Tensor):
+        two_sided, lower_only, upper_only, low, high, width = self._kinds()
+        above_low = torch.where(two_sided | lower_only, x - low, torch.ones_like(x))
+        below_high = torch.where(two_sided | upper_only, high - x, torch.ones_like(x))
+        inside = ((above_low > 0) & (below_high > 0)).all(dim=1)
+        # rows outside give NaN here, replaced below
+        log_above, log_below = torch.log(above_low), torch.log(below_high)
+        z = torch.where(
+            two_sided,
+            log_above - log_below,
+            torch.where(lower_only, log_above, torch.where(upper_only, log_below, x)),
+        )
+        log_det = torch.where(
+            two_sided,
+            torch.log(width) - log_above - log_below,
+            torch.where(lower_only, -log_above, torch.where(upper_only, -log_below, 0.0)),
+        ).sum(dim=1)
+        z = torch.where(inside[:, None], z, torch.zeros_like(z))
+        log_det = torch.where(inside, log_det, torch.full_like(log_det, -math.inf))
+        return z, log_det
+
+
+#: The layers without parameters: kept by a model's defensive component, and
+#: kept in float64 around a float32 flow when they come last.
+FIXED_LAYERS = (FixedAffine, FixedLinearAffine, FixedBoundsMap)
 
 
 class AffineAutoregressive(Flow):

@@ -11,13 +11,11 @@ import normflows as nf
 import torch
 
 from sktt_flow.flows.gaussian import GaussianBase
-from sktt_flow.flows.layers import FixedAffine, FixedLinearAffine
+from sktt_flow.flows.layers import FIXED_LAYERS
 from sktt_flow.tt.distribution import TTDistribution
 
 __all__ = ["TensorizingFlow", "defensive_mixture_log_prob"]
 
-#: Layers without parameters, kept by the defensive component.
-_FIXED_LAYERS = (FixedAffine, FixedLinearAffine)
 
 
 def _floating_dtype(layer: torch.nn.Module) -> torch.dtype | None:
@@ -90,14 +88,14 @@ class TensorizingFlow(nf.NormalizingFlow):
         q(x) = (1 - \delta)\, q_{flow}(x) + \delta\, q_{fixed}(x),
 
     where ``q_fixed`` is the base pushed through the fixed layers alone
-    (:class:`~sktt_flow.flows.FixedAffine`,
-    :class:`~sktt_flow.flows.FixedLinearAffine`: the standardisation and
-    the preconditioner), skipping the trained ones. Density and sampling stay
-    exact. It bounds what a flow can do to points unlike its training data:
-    an affine coupling network extrapolates, and a held-out row beyond the
-    training range can be sent so far into the base's tail that its
-    log-density is -1e7 (seen on ``load_breast_cancer``), where ``q_fixed``
-    gives -75. It costs at most ``-log(1 - delta)`` per point elsewhere.
+    (:data:`~sktt_flow.flows.FIXED_LAYERS`: the standardisation, the
+    preconditioner and the map onto bounded features), skipping the trained
+    ones. Density and sampling stay exact. It bounds what a flow can do to
+    points unlike its training data: an affine coupling network
+    extrapolates, and a held-out row beyond the training range can be sent
+    so far into the base's tail that its log-density is -1e7 (seen on
+    ``load_breast_cancer``), where ``q_fixed`` gives -75. It costs at most
+    ``-log(1 - delta)`` per point elsewhere.
 
     With a ``companion`` model ``q_c`` of weight ``a`` the model is the
     mixture of two whole models, ``(1 - a) q + a q_c``, each with its own base,
@@ -161,11 +159,11 @@ class TensorizingFlow(nf.NormalizingFlow):
     def _is_defended(self) -> bool:
         """Whether the defensive component is there and differs from the flow."""
         return self.defensive_weight > 0.0 and any(
-            not isinstance(flow, _FIXED_LAYERS) for flow in self.flows
+            not isinstance(flow, FIXED_LAYERS) for flow in self.flows
         )
 
     def _fixed_layers(self) -> list[nf.flows.Flow]:
-        return [flow for flow in self.flows if isinstance(flow, _FIXED_LAYERS)]
+        return [flow for flow in self.flows if isinstance(flow, FIXED_LAYERS)]
 
     def _fixed_suffix_start(self) -> int | None:
         """Index of the first of the fixed layers when they all come last
@@ -176,9 +174,9 @@ class TensorizingFlow(nf.NormalizingFlow):
         on the way.
         """
         start = len(self.flows)
-        while start > 0 and isinstance(self.flows[start - 1], _FIXED_LAYERS):
+        while start > 0 and isinstance(self.flows[start - 1], FIXED_LAYERS):
             start -= 1
-        if any(isinstance(flow, _FIXED_LAYERS) for flow in self.flows[:start]):
+        if any(isinstance(flow, FIXED_LAYERS) for flow in self.flows[:start]):
             return None
         return start
 

@@ -1,4 +1,4 @@
-"""The package's own flow layers: FixedAffine and AffineAutoregressive.
+"""The package's own flow layers: the fixed maps and AffineAutoregressive.
 
 Log-determinants are checked against ``torch.autograd.functional.jacobian`` on
 single points in float64, where both sides agree to round-off (1e-10 leaves
@@ -10,9 +10,16 @@ import math
 import pytest
 import torch
 
-from sktt_flow.flows import AffineAutoregressive, FixedAffine, FixedLinearAffine, GaussianBase
+from sktt_flow.flows import (
+    FIXED_LAYERS,
+    AffineAutoregressive,
+    FixedAffine,
+    FixedBoundsMap,
+    FixedLinearAffine,
+    GaussianBase,
+)
 from sktt_flow.flows.model import TensorizingFlow
-from tests.flows.reference import jacobian_at, perturb
+from tests.flows.reference import jacobian_at, log_abs_det_jacobian, perturb
 
 
 # ----------------------------------------------------------------- FixedAffine
@@ -68,9 +75,7 @@ def _matrices(d: int, seed: int) -> dict[str, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["cholesky", "general"])
-@pytest.mark.parametrize(
-    ("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-4)]
-)
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.float64, 1e-12), (torch.float32, 1e-4)])
 def test_fixed_linear_affine_round_trip_and_log_dets(kind, dtype, tolerance):
     """x = shift + M z; inverse(forward(z)) = z; the log-dets are opposite and
     equal to slogdet(M) and to autograd's Jacobian. Catches x = shift + M^T z
@@ -163,6 +168,108 @@ def test_fixed_linear_affine_accepts_in_float64_what_float32_cannot_hold():
     matrix = torch.diag(torch.tensor([1.0, 1e-8], dtype=torch.float64))
     layer = FixedLinearAffine(torch.zeros(2, dtype=torch.float64), matrix)
     assert float(layer.log_abs_det) == pytest.approx(math.log(1e-8))
+
+
+# -------------------------------------------------------------- FixedBoundsMap
+#: One feature of each kind: two bounds, a lower bound, an upper bound, none.
+BOUNDS_LOW = torch.tensor([-1.0, 2.0, -math.inf, -math.inf], dtype=torch.float64)
+BOUNDS_HIGH = torch.tensor([3.0, math.inf, 0.5, math.inf], dtype=torch.float64)
+
+
+def test_bounds_map_round_trip_and_log_dets_match_autograd():
+    """The four kinds of feature in one layer: x inside its bounds, the
+    inverse recovers z, and both log-dets are those of the Jacobian by
+    autograd (diagonal here), one the negative of the other."""
+    layer = FixedBoundsMap(BOUNDS_LOW, BOUNDS_HIGH)
+    z = 3.0 * torch.randn(50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x, log_det = layer(z)
+    assert bool(((x > BOUNDS_LOW) & (x < BOUNDS_HIGH)).all())
+    torch.testing.assert_close(x[:, 3], z[:, 3], rtol=0, atol=0)
+    back, inverse_log_det = layer.inverse(x)
+    torch.testing.assert_close(back, z, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(inverse_log_det, -log_det, rtol=1e-12, atol=1e-12)
+    for row in range(5):
+        point = z[row : row + 1]
+        assert float(log_det[row]) == pytest.approx(
+            log_abs_det_jacobian(lambda p: layer(p)[0], point), abs=1e-10
+        )
+        assert float(inverse_log_det[row]) == pytest.approx(
+            log_abs_det_jacobian(lambda p: layer.inverse(p)[0], x[row : row + 1]), abs=1e-10
+        )
+    assert list(layer.parameters()) == []
+    assert set(layer.state_dict()) == {"low", "high"}
+    assert isinstance(layer, FIXED_LAYERS)
+
+
+@pytest.mark.parametrize(
+    "low, high, grid",
+    [
+        (-1.0, 3.0, torch.linspace(-1.0, 3.0, 200_001, dtype=torch.float64)[1:-1]),
+        (2.0, math.inf, 2.0 + torch.logspace(-12, 3, 200_001, dtype=torch.float64)),
+        (-math.inf, 0.5, 0.5 - torch.logspace(-12, 3, 200_001, dtype=torch.float64)),
+    ],
+)
+def test_a_gaussian_pushed_onto_the_bounds_is_normalised(low, high, grid):
+    """A N(0.3, 0.8^2) base through the map has total mass 1 on the open
+    support, by the trapezoid rule on a grid of x (fine enough that its
+    error is below 1e-6): catches a wrong log-det of the inverse, which
+    scores the grid, by more than the tolerance."""
+    layer = FixedBoundsMap(torch.tensor([low], dtype=torch.float64), torch.tensor([high]))
+    base = torch.distributions.Normal(0.3, 0.8)
+    z, log_det = layer.inverse(grid[:, None])
+    density = torch.exp(base.log_prob(z[:, 0]) + log_det)
+    mass = float(torch.trapezoid(density, grid).abs())
+    assert mass == pytest.approx(1.0, abs=1e-5)
+
+
+def test_points_on_or_outside_the_bounds_have_no_density():
+    layer = FixedBoundsMap(BOUNDS_LOW, BOUNDS_HIGH)
+    inside = torch.tensor([0.0, 3.0, 0.0, 7.0], dtype=torch.float64)
+    rows = inside.repeat(6, 1)
+    rows[0, 0] = -1.0  # on the lower bound
+    rows[1, 0] = 3.5  # above the upper bound
+    rows[2, 1] = 2.0  # on the lower bound of a half-line
+    rows[3, 2] = 0.6  # above an upper bound
+    rows[4, 3] = -1e300  # a free feature takes any value
+    z, log_det = layer.inverse(rows)
+    assert log_det[:4].tolist() == [-math.inf] * 4
+    assert bool((z[:4] == 0).all()), "rows outside go on as zeros, not NaN"
+    assert bool(torch.isfinite(log_det[4:]).all())
+
+
+def test_bounds_map_keeps_the_digits_near_either_bound():
+    """x a trillionth from a bound comes back from z with its distance to
+    that bound to 1e-12 relative: each side of the logistic map is computed
+    from its own bound (low + width * sigmoid(z) alone loses 4 digits at the
+    upper one)."""
+    layer = FixedBoundsMap(torch.tensor([-1.0]), torch.tensor([1.0])).double()
+    x = torch.tensor([[-1.0 + 1e-12], [1.0 - 1e-12]], dtype=torch.float64)
+    z, _ = layer.inverse(x)
+    back, _ = layer(z)
+    distance = torch.tensor([1e-12, 1e-12], dtype=torch.float64)
+    to_bound = torch.stack([back[0, 0] + 1.0, 1.0 - back[1, 0]])
+    torch.testing.assert_close(
+        to_bound / distance, torch.ones(2, dtype=torch.float64), rtol=1e-4, atol=0
+    )
+    # exactly: the recovered distance is the float64 one of x itself
+    torch.testing.assert_close(
+        to_bound, torch.stack([x[0, 0] + 1.0, 1.0 - x[1, 0]]), rtol=1e-12, atol=0
+    )
+
+
+@pytest.mark.parametrize(
+    "low, high, match",
+    [
+        ([0.0, 1.0], [1.0], "same shape"),
+        ([[0.0]], [[1.0]], "1-D"),
+        ([0.0, math.nan], [1.0, 2.0], "NaN"),
+        ([0.0, 2.0], [1.0, 2.0], r"feature\(s\) \[1\]"),
+        ([math.inf], [math.inf], "below"),
+    ],
+)
+def test_bounds_map_rejects_bad_bounds(low, high, match):
+    with pytest.raises(ValueError, match=match):
+        FixedBoundsMap(torch.tensor(low), torch.tensor(high))
 
 
 # -------------------------------------------------------- AffineAutoregressive
