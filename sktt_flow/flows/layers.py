@@ -185,7 +185,8 @@ class FixedBoundsMap(Flow):
     model's log-density there is ``-inf``. Conversely, :meth:`forward` of a
     ``z`` so large that the bound is nearer than the dtype resolves returns
     the bound itself, whose log-density is then ``-inf``: far beyond the
-    data in float64 (``|z| > 36`` for a two-sided feature).
+    data in float64 (``|z|`` above about 37 for a bound of magnitude 1 and
+    a width of order 1; a bound at 0 resolves ``|z|`` up to about 700).
 
     Parameters
     ----------
