@@ -547,6 +547,20 @@ def _split_standardization(
     return TensorizingFlow(model.q0, layers), last, bounds_map
 
 
+def _check_same_bounds(bounds_map: FixedBoundsMap | None, fitted: FixedBoundsMap | None):
+    """A warm start keeps the map onto the bounds of the fitted model."""
+    same = (bounds_map is None) == (fitted is None)
+    if same and bounds_map is not None:
+        same = torch.equal(bounds_map.low, fitted.low.cpu().double()) and torch.equal(
+            bounds_map.high, fitted.high.cpu().double()
+        )
+    if not same:
+        raise ValueError(
+            "warm_start=True continues the fitted model, which was fitted with other "
+            "feature_bounds: set them back, or set warm_start=False to start over."
+        )
+
+
 def _off_bounds(points: np.ndarray, bounds_map: FixedBoundsMap, name: str):
     """``points`` (float64, (n, d)) mapped off their bounds onto the real line
     (the inverse of ``bounds_map``) and ``log |dz/dx|`` per row; a
@@ -709,7 +723,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         small Gaussian component covers the outside), but mass is only
         modelled finely inside.
     feature_bounds : array-like of shape (n_features, 2) or (2,), default=None
-        Data mode: the open support ``(low, high)`` of each feature, known in
+        The open support ``(low, high)`` of each feature, known in
         advance (a proportion in (0, 1), a positive quantity in (0, inf));
         ``-inf`` and ``inf`` mark a missing bound, and one pair applies to
         every feature. The model is then fitted to the features mapped onto
@@ -722,7 +736,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         mixture score 22-24 nats per row better with ``feature_bounds=(-1,
         1)`` (``benchmarks/bench_fit_time.py``). Every training value must
         lie strictly inside; an explicit ``domain`` is in the original units
-        and inside the bounds too. ``None``: no bounds.
+        and inside the bounds too. In variational mode it is the support of
+        ``log_target`` (a positive scale, a probability): the fit works on
+        ``z -> log_target(x(z)) + log |dx/dz|``, so ``log_target`` is only
+        evaluated inside the bounds, and the model ends with the same map;
+        ``domain`` and ``mode_starts`` are given in the target's coordinates.
+        Not with ``symmetry``. ``None``: no bounds.
     preconditioner : {"auto", "none", "diagonal", "full"}, default="auto"
         Variational mode with an automatic box: the coordinates ``y`` of the
         TT base, ``x = shift + matrix y``. ``"none"``: the target's own;
@@ -1129,13 +1148,6 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         "under the group), not for fitting to data: set symmetry=None, or "
                         "set log_target."
                     )
-                if self.log_target is not None and self.feature_bounds is not None:
-                    raise ValueError(
-                        "feature_bounds is for fitting to data (the support of the features "
-                        "of X): in variational inference, write log_target in unbounded "
-                        "coordinates (the logarithm of a positive parameter, say) with the "
-                        "log-Jacobian of that change added, and set feature_bounds=None."
-                    )
                 if self.log_target is None and self.base == "tempered":
                     raise ValueError(
                         'base="tempered" builds its layers from log_target (variational '
@@ -1147,9 +1159,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 else:
                     fitted = self._fit_variational(X)
         except BaseException:
+            self.__dict__.pop("_fit_bounds", None)
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
+        self.__dict__.pop("_fit_bounds", None)
         fitted["fit_time_"] = time.perf_counter() - started
         # Attributes of an earlier fit in the other mode must not survive
         # (elbo_ after a refit on data, feature_names_in_ after a VI refit).
@@ -1262,18 +1276,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         n_samples, n_features = X.shape
         bounds_map = self._bounds_map(n_features)
         if warm:
-            fitted_bounds = _split_standardization(self.flow_)[2]
-            if (bounds_map is None) != (fitted_bounds is None) or (
-                bounds_map is not None
-                and not (
-                    torch.equal(bounds_map.low, fitted_bounds.low.cpu())
-                    and torch.equal(bounds_map.high, fitted_bounds.high.cpu())
-                )
-            ):
-                raise ValueError(
-                    "warm_start=True continues the fitted model, which was fitted with other "
-                    "feature_bounds: set them back, or set warm_start=False to start over."
-                )
+            _check_same_bounds(bounds_map, _split_standardization(self.flow_)[2])
         # The model is fitted to the features mapped off their bounds; its
         # log-density gains log |dz/dx| per row (in the scores reported below).
         bounds_log_det = np.zeros(n_samples)
@@ -1826,6 +1829,19 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
             low, high = check_domain(self.domain, self.n_features)
             n_features = low.shape[0]
+        # With feature_bounds the fit works in the coordinates off the bounds
+        # (_fit_log_target); the map onto them ends the model.
+        bounds_map = self._fit_bounds = self._bounds_map(n_features)
+        if bounds_map is not None and self.symmetry is not None:
+            raise ValueError(
+                "symmetry and feature_bounds cannot be combined: the group acts on the "
+                "target's coordinates, not on those off the bounds. Set one of them to None."
+            )
+        if not automatic:
+            if bounds_map is not None:
+                ends, _ = _off_bounds(np.stack([low, high]), bounds_map, "domain")
+                # a feature with only an upper bound reverses its order
+                low, high = ends.min(axis=0), ends.max(axis=0)
             check_domain_resolution(low, high, train_dtype)
             if self.preconditioner not in ("auto", "none"):
                 raise ValueError(
@@ -1864,7 +1880,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             if isinstance(self.flow_.q0, SymmetrizedBase):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()
-            model = copy.deepcopy(self.flow_).to(device=device, dtype=train_dtype)
+            model = copy.deepcopy(self.flow_)
+            fitted_bounds = None
+            if len(model.flows) and isinstance(model.flows[-1], FixedBoundsMap):
+                fitted_bounds = model.flows[-1]
+                del model.flows[-1]
+            _check_same_bounds(bounds_map, fitted_bounds)
+            model = model.to(device=device, dtype=train_dtype)
             # the base and its coordinates are kept: so is what was measured of them
             kept = [name for name in _BASE_CHECK_ATTRIBUTES if hasattr(self, name)]
             fitted.update({name: getattr(self, name) for name in kept})
@@ -1992,6 +2014,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 raise RuntimeError("The symmetrised base's group changed during training.")
             model.q0.matrices = exact_group.to(device=device)
             model.q0.center = exact_center.to(device=device)
+        if bounds_map is not None:
+            model.flows.append(copy.deepcopy(bounds_map).to(device))
+            # the diagnostics below score the model's own draws, in x
+            evaluate = self._log_target_evaluator(
+                n_features, train_dtype, device, counter, own=True
+            )
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
         # model is the float64 one (_finalize), whatever inference_dtype
@@ -2055,12 +2083,33 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             verbose=self.verbose,
         )
 
-    def _log_target_evaluator(self, n_features: int, dtype, device, counter):
+    def _fit_log_target(self):
+        """``log_target`` in the coordinates a variational fit works in: its
+        own, or, with ``feature_bounds``, those of the features mapped off
+        their bounds, ``z -> log_target(x(z)) + log |dx/dz|`` (computed in
+        float64, so that no point rounds onto a bound)."""
+        bounds_map = getattr(self, "_fit_bounds", None)
+        if bounds_map is None:
+            return self.log_target
+        copies: dict = {}
+        log_target = self.log_target
+
+        def log_target_off_bounds(z: torch.Tensor) -> torch.Tensor:
+            layer = copies.get(z.device)
+            if layer is None:
+                layer = copies[z.device] = copy.deepcopy(bounds_map).to(z.device)
+            x, log_det = layer(z.double())
+            return (torch.as_tensor(log_target(x)).to(x) + log_det).to(z.dtype)
+
+        return log_target_off_bounds
+
+    def _log_target_evaluator(self, n_features: int, dtype, device, counter, *, own=False):
         """``log_target`` in ``dtype`` on ``device``, in one batch per call,
         its evaluations added to ``counter`` (shared by every evaluator of a
-        fit, so that ``n_target_evaluations_`` counts them all)."""
+        fit, so that ``n_target_evaluations_`` counts them all); in the fit's
+        coordinates (:meth:`_fit_log_target`), or its own with ``own``."""
         return LogDensityEvaluator(
-            self.log_target,
+            self.log_target if own else self._fit_log_target(),
             n_features,
             batch_size=1 << 62,
             dtype=dtype,
@@ -2167,6 +2216,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         ]
         if self.mode_starts is not None:
             given = np.asarray(self.mode_starts, dtype=np.float64)
+            if getattr(self, "_fit_bounds", None) is not None:
+                # given in the target's coordinates, searched off the bounds
+                given, _ = _off_bounds(given, self._fit_bounds, "mode_starts")
             starts.insert(0, torch.as_tensor(given, device=device))
         near_starts = starts[0] if self.mode_starts is None else torch.cat(starts[:2])
         starts = torch.cat([rows.double() for rows in starts]) if starts else None
@@ -2419,7 +2471,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 center = _group_center(group, shift, matrix)
                 if not one_orbit:
                     box = _symmetric_box(box, group, center)
-            log_target = pull_back(self.log_target, shift, matrix, dtype, device)
+            log_target = pull_back(self._fit_log_target(), shift, matrix, dtype, device)
             # The warnings of a candidate that is not kept would only confuse:
             # only the kept one's are shown.
             with warnings.catch_warnings(record=True) as caught:

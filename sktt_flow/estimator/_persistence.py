@@ -556,9 +556,11 @@ def _has_gaussian_base(metadata: dict, estimator) -> bool:
 def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     """What the last layer of a model is, for :func:`_build_model` (see
     :data:`_OUTPUT_LAYERS`)."""
-    if mode == "data" or not len(model.flows):
-        return "diagonal" if len(model.flows) else "none"
-    last = model.flows[-1]
+    # the map onto feature_bounds, if any, follows the output layer
+    flows = list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
+    if mode == "data" or not flows:
+        return "diagonal" if flows else "none"
+    last = flows[-1]
     if isinstance(last, FixedLinearAffine):
         return "linear"
     if isinstance(last, FixedAffine):
@@ -644,30 +646,30 @@ def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
 
 
-def _stored_data_mode_flag(metadata: dict, where: str, name: str) -> bool:
-    """The metadata's flag ``name`` of a layer only a data-mode model has
-    (``whitening``, ``bounds_map``); False in files that predate it."""
-    flag = metadata.get(name, False)
-    if not isinstance(flag, bool):
+def _stored_whitening(metadata: dict, where: str) -> bool:
+    """The metadata's ``whitening`` flag (absent in files that predate it)."""
+    whitening = metadata.get("whitening", False)
+    if not isinstance(whitening, bool):
         raise ValueError(
-            f"{where} is truncated or corrupted: {_METADATA} has an invalid {name!r}."
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'whitening'."
         )
-    if flag and metadata["mode"] != "data":
+    if whitening and metadata["mode"] != "data":
         raise ValueError(
-            f"{where}: the architecture cannot be rebuilt from {_METADATA} ({name} in "
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} (whitening in "
             f"{metadata['mode']} mode)."
         )
-    return flag
-
-
-def _stored_whitening(metadata: dict, where: str) -> bool:
-    """The metadata's ``whitening`` flag."""
-    return _stored_data_mode_flag(metadata, where, "whitening")
+    return whitening
 
 
 def _stored_bounds_map(metadata: dict, where: str) -> bool:
-    """The metadata's ``bounds_map`` flag (``feature_bounds``)."""
-    return _stored_data_mode_flag(metadata, where, "bounds_map")
+    """The metadata's ``bounds_map`` flag (``feature_bounds``, either mode;
+    absent in files that predate it)."""
+    bounds_map = metadata.get("bounds_map", False)
+    if not isinstance(bounds_map, bool):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'bounds_map'."
+        )
+    return bounds_map
 
 
 def _stored_gaussian_components(metadata: dict, where: str) -> int:

@@ -182,11 +182,12 @@ class FixedBoundsMap(Flow):
 
     Domain: :meth:`inverse` of a point on or outside the box (in any
     feature) returns ``z = 0`` for that row and ``log |det| = -inf``, so the
-    model's log-density there is ``-inf``. Conversely, :meth:`forward` of a
-    ``z`` so large that the bound is nearer than the dtype resolves returns
-    the bound itself, whose log-density is then ``-inf``: far beyond the
-    data in float64 (``|z|`` above about 37 for a bound of magnitude 1 and
-    a width of order 1; a bound at 0 resolves ``|z|`` up to about 700).
+    model's log-density there is ``-inf``. Conversely, :meth:`forward` never
+    returns a bound: a ``z`` so large that the bound is nearer than the
+    dtype resolves gives the nearest representable value inside (with the
+    log-determinant at ``z``). That is far beyond the data in float64
+    (``|z|`` above about 37 for a bound of magnitude 1 and a width of order
+    1; a bound at 0 resolves ``|z|`` up to about 700).
 
     Parameters
     ----------
@@ -254,7 +255,11 @@ class FixedBoundsMap(Flow):
             torch.log(width) + F.logsigmoid(z) + F.logsigmoid(-z),
             torch.where(one_sided, z, torch.zeros_like(z)),
         )
-        return x, log_det.sum(dim=1)
+        # A z too large for the dtype to resolve the distance to a bound
+        # gives the nearest value inside, never the bound itself.
+        inside_low = torch.nextafter(self.low, torch.full_like(self.low, math.inf))
+        inside_high = torch.nextafter(self.high, torch.full_like(self.high, -math.inf))
+        return torch.clamp(x, inside_low, inside_high), log_det.sum(dim=1)
 
     def inverse(self, x: torch.Tensor):
         two_sided, lower_only, upper_only, low, high, width = self._kinds()

@@ -237,6 +237,19 @@ def test_points_on_or_outside_the_bounds_have_no_density():
     assert bool(torch.isfinite(log_det[4:]).all())
 
 
+def test_bounds_map_never_returns_a_bound():
+    """z beyond what float64 resolves next to a bound (sigmoid(40) rounds to
+    1, exp(-800) to 0) gives the nearest value inside."""
+    layer = FixedBoundsMap(BOUNDS_LOW, BOUNDS_HIGH)
+    z = torch.tensor([[40.0, -800.0, -800.0, 0.0], [-800.0, 0.0, 0.0, 0.0]], dtype=torch.float64)
+    x, log_det = layer(z)
+    assert bool(((x > BOUNDS_LOW) & (x < BOUNDS_HIGH)).all())
+    assert x[0, 0] == torch.nextafter(
+        torch.tensor(3.0, dtype=torch.float64), torch.tensor(0.0, dtype=torch.float64)
+    )
+    assert bool(torch.isfinite(log_det).all())
+
+
 def test_bounds_map_keeps_the_digits_near_either_bound():
     """x a trillionth from a bound comes back from z with its distance to
     that bound to 1e-12 relative: each side of the logistic map is computed
