@@ -2099,7 +2099,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             if layer is None:
                 layer = copies[z.device] = copy.deepcopy(bounds_map).to(z.device)
             x, log_det = layer(z.double())
-            return (torch.as_tensor(log_target(x)).to(x) + log_det).to(z.dtype)
+            values = torch.as_tensor(log_target(x)).to(x)
+            if values.ndim == 2 and values.shape[1] == 1:  # the contract allows (m, 1)
+                values = values[:, 0]
+            return (values + log_det).to(z.dtype)
 
         return log_target_off_bounds
 

@@ -282,6 +282,28 @@ def test_variational_bounds_persist_and_warm_start(gamma_beta_model, tmp_path):
         loaded.set_params(feature_bounds=[[0.0, np.inf], [0.0, 2.0]]).fit()
 
 
+def test_variational_bounds_take_a_column_target_and_every_base():
+    """A log_target of shape (m, 1), as the contract allows, and the tempered
+    and Gaussian bases behind the bounds (measured: log Z off by 0.0000 and
+    0.004 +- 0.004)."""
+
+    def as_column(x: torch.Tensor) -> torch.Tensor:
+        return gamma_beta(x)[:, None]
+
+    for base in ("tempered", "gaussian"):
+        model = TensorizingFlowDensity(
+            log_target=as_column,
+            n_features=2,
+            feature_bounds=GAMMA_BETA_BOUNDS,
+            base=base,
+            flow="none",
+            random_state=0,
+        ).fit()
+        assert model.base_ == base
+        error = abs(model.log_normalizer_ - GAMMA_BETA_LOG_Z)
+        assert error < 5 * model.log_normalizer_std_error_ + 2e-3, base
+
+
 def test_variational_bounds_refuse_symmetry():
     with pytest.raises(ValueError, match="symmetry and feature_bounds"):
         TensorizingFlowDensity(
