@@ -223,6 +223,9 @@ class FixedBoundsMap(Flow):
         self.register_buffer("low", low.clone())
         self.register_buffer("high", high.clone())
 
+    def extra_repr(self) -> str:
+        return f"low={self.low.tolist()}, high={self.high.tolist()}"
+
     def _kinds(self):
         """Masks (d,) of the two-sided, lower-only and upper-only features,
         and the bounds with finite stand-ins where there is none (so that no

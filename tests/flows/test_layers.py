@@ -199,6 +199,7 @@ def test_bounds_map_round_trip_and_log_dets_match_autograd():
     assert list(layer.parameters()) == []
     assert set(layer.state_dict()) == {"low", "high"}
     assert isinstance(layer, FIXED_LAYERS)
+    assert repr(layer) == "FixedBoundsMap(low=[-1.0, 2.0, -inf, -inf], high=[3.0, inf, 0.5, inf])"
 
 
 @pytest.mark.parametrize(
