@@ -1159,7 +1159,6 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 else:
                     fitted = self._fit_variational(X)
         except BaseException:
-            self.__dict__.pop("_fit_bounds", None)
             self.__dict__.clear()
             self.__dict__.update(snapshot)
             raise
