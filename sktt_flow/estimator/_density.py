@@ -578,6 +578,14 @@ def _off_bounds(points: np.ndarray, bounds_map: FixedBoundsMap, name: str):
     return z.numpy(), log_det.numpy()
 
 
+def _box_off_bounds(low: np.ndarray, high: np.ndarray, bounds_map: FixedBoundsMap):
+    """A ``domain`` given in the features' units, ``[low, high]`` per
+    feature, mapped off ``bounds_map``: the box the base lives on."""
+    ends, _ = _off_bounds(np.stack([low, high]), bounds_map, "domain")
+    # a feature with only an upper bound reverses its order
+    return ends.min(axis=0), ends.max(axis=0)
+
+
 class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     r"""Tensorizing flow: a normalizing flow on a tensor-train base distribution.
 
@@ -1603,9 +1611,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if not _is_auto(self.domain):
             low, high = check_domain(self.domain, n_features)
             if bounds_map is not None:
-                ends, _ = _off_bounds(np.stack([low, high]), bounds_map, "domain")
-                # a feature with only an upper bound reverses its order
-                low, high = ends.min(axis=0), ends.max(axis=0)
+                low, high = _box_off_bounds(low, high, bounds_map)
             domain = np.stack([(low - mean) / scale, (high - mean) / scale], axis=1)
             if self.preconditioner == "full":
                 raise ValueError(
@@ -1838,9 +1844,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         if not automatic:
             if bounds_map is not None:
-                ends, _ = _off_bounds(np.stack([low, high]), bounds_map, "domain")
-                # a feature with only an upper bound reverses its order
-                low, high = ends.min(axis=0), ends.max(axis=0)
+                low, high = _box_off_bounds(low, high, bounds_map)
             check_domain_resolution(low, high, train_dtype)
             if self.preconditioner not in ("auto", "none"):
                 raise ValueError(

@@ -557,7 +557,7 @@ def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     """What the last layer of a model is, for :func:`_build_model` (see
     :data:`_OUTPUT_LAYERS`)."""
     # the map onto feature_bounds, if any, follows the output layer
-    flows = list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
+    flows = _flows_before_bounds_map(model)
     if mode == "data" or not flows:
         return "diagonal" if flows else "none"
     last = flows[-1]
@@ -638,11 +638,17 @@ def _has_bounds_map(model: TensorizingFlow) -> bool:
     return len(model.flows) >= 1 and isinstance(model.flows[-1], FixedBoundsMap)
 
 
+def _flows_before_bounds_map(model: TensorizingFlow) -> list:
+    """The model's layers without its last one if that is the map onto
+    bounded features: the layers whose kinds the metadata records."""
+    return list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
+
+
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     """Whether a data-mode model whitens: a FixedLinearAffine just before its
     standardisation (``preconditioner_ == "full"``), which the map onto
     bounded features may follow."""
-    flows = list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
+    flows = _flows_before_bounds_map(model)
     return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
 
 
