@@ -10,6 +10,7 @@ from sktt_flow.tt.algebra import (
     coefficients_to_nodal,
     left_orthogonalize,
     log_norm_squared,
+    log_norm_squared_by_tree,
     mode_energy_shares,
     nodal_to_coefficients,
     right_orthogonalize,
@@ -135,7 +136,13 @@ def test_round_tt_relative_tolerance_bounds_the_error():
     assert min(tt_ranks(tight)[1:-1]) == 6  # the perturbation is kept
 
 
-def test_log_norm_squared_matches_full_tensor_and_does_not_overflow():
+NORMALISERS = pytest.mark.parametrize(
+    "log_norm_squared", [log_norm_squared, log_norm_squared_by_tree], ids=["running", "tree"]
+)
+
+
+@NORMALISERS
+def test_log_norm_squared_matches_full_tensor_and_does_not_overflow(log_norm_squared):
     cores = random_cores((1, 3, 2, 4, 1), 5, seed=9)
     expected = np.log(float(tt_to_full(cores).square().sum()))
     assert float(log_norm_squared(cores)) == pytest.approx(expected, rel=1e-12)
@@ -181,7 +188,8 @@ def test_check_cores_names_the_problem(cores, message):
         check_cores(cores)
 
 
-def test_log_norm_squared_of_cores_with_huge_entries():
+@NORMALISERS
+def test_log_norm_squared_of_cores_with_huge_entries(log_norm_squared):
     """Cores of values of unknown scale (TT-cross before normalisation): entries
     of 1e200 square to inf in float64; the result must be the exact shift of
     the unscaled one, not NaN. Catches a log_norm_squared that takes norms
@@ -195,6 +203,22 @@ def test_log_norm_squared_of_cores_with_huge_entries():
     assert float(log_norm_squared(tiny)) == pytest.approx(
         reference - 2 * len(cores) * np.log(1e200), rel=1e-12
     )
+
+
+@pytest.mark.parametrize("ranks", [(1, 1), (1, 4, 1), (1, 2, 5, 3, 1), (1, *[3] * 8, 1)])
+def test_log_norm_squared_by_tree_has_the_running_gradient(ranks):
+    """The tree's normaliser and its gradient in every core equal the running
+    contraction's, for one core, odd and even numbers of them and ranks that
+    vary (zero padding): fails if a transfer matrix is transposed or padded
+    into the wrong corner."""
+    cores = [core.requires_grad_() for core in random_cores(ranks, 4, seed=12)]
+    value = log_norm_squared(cores)
+    gradients = torch.autograd.grad(value, cores)
+    tree_value = log_norm_squared_by_tree(cores)
+    tree_gradients = torch.autograd.grad(tree_value, cores)
+    torch.testing.assert_close(tree_value, value, rtol=1e-13, atol=1e-13)
+    for got, expected in zip(tree_gradients, gradients, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-11, atol=1e-12)
 
 
 def test_scale_to_unit_max_is_exact():

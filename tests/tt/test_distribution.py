@@ -9,7 +9,7 @@ from scipy import stats
 
 from sktt_flow import TTDistribution
 from sktt_flow.tt import distribution as distribution_module
-from sktt_flow.tt.algebra import tt_to_full
+from sktt_flow.tt.algebra import log_abs_chain_product, tt_to_full
 from sktt_flow.tt.basis import orthonormal_legendre
 from tests.conftest import random_cores, random_distribution, requires_cuda
 from tests.tt.reference import (
@@ -472,16 +472,29 @@ def test_canonicalize_rescales_cores_of_any_scale():
         )
 
 
-def test_log_prob_and_its_gradients_match_the_full_tensor_on_runs_of_cores():
+@pytest.fixture(params=["running", "tree"])
+def contraction(request, monkeypatch):
+    """Each way ``log_prob`` contracts a chunk: the running row vector (the
+    CPU's), and the binary tree of batched products (a GPU's), switched on
+    for the CPU here so that it is tested without one."""
+    if request.param == "tree":
+        monkeypatch.setattr(distribution_module, "TREE_CONTRACTION_DEVICES", ("cpu",))
+    return request.param
+
+
+def test_log_prob_and_its_gradients_match_the_full_tensor_on_runs_of_cores(contraction):
     """log p_TT and its gradients in the points and the cores, against a
     dense evaluation through the full coefficient tensor (float64, agreement
-    to round-off).
+    to round-off), by either contraction.
 
     The ranks (1, 3, 3, 3, 2, 2, 1) make three runs of cores of one shape and
     the 40 rows put several coordinates in one batched product: fails if a
     run's core values are paired with another coordinate's basis values, or
     if the scales divided out at every coordinate (constants to autograd)
-    leave a wrong gradient.
+    leave a wrong gradient. For the tree, the ranks differ along the train
+    (zero padding to the largest) and its six cores leave a factor over at
+    the second level: fails if padding misplaces a core's values, or if the
+    odd factor changes places in the product.
     """
     ranks = (1, 3, 3, 3, 2, 2, 1)
     cores = random_cores(ranks, 5, seed=11)
@@ -511,3 +524,94 @@ def test_log_prob_and_its_gradients_match_the_full_tensor_on_runs_of_cores():
     torch.testing.assert_close(z.grad, reference_z.grad, rtol=1e-8, atol=1e-10)
     for core, reference in zip(distribution.cores, reference_cores, strict=True):
         torch.testing.assert_close(core.grad, reference.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    "ranks",
+    [(1, 1), (1, 4, 1), (1, 2, 5, 3, 1), (1, 3, 3, 3, 3, 3, 3, 1), (1, *[6] * 12, 1)],
+)
+def test_tree_contraction_matches_the_running_vector(ranks, monkeypatch):
+    """The tree gives the running vector's values and gradients (float64, to
+    round-off) for one core, an odd and an even number of them and ranks
+    that vary along the train; a chunk over ``TREE_MAX_ELEMENTS`` or
+    ``TREE_MAX_POINTS`` falls back to the running vector, bit for bit."""
+    d = len(ranks) - 1
+    distribution = random_distribution(ranks, 6, [[-1.0, 2.0]] * d, seed=3, tail_weight=0.01)
+    generator = torch.Generator().manual_seed(5)
+    z = (3.0 * torch.rand(300, d, generator=generator, dtype=torch.float64) - 1.0).requires_grad_()
+
+    def values_and_gradients():
+        log_q = distribution.log_prob(z)
+        gradients = torch.autograd.grad(log_q.sum(), [z, *distribution.cores])
+        return log_q.detach(), gradients
+
+    running, running_gradients = values_and_gradients()
+    with torch.no_grad():
+        running_abs = distribution.log_abs_tt(z)
+    monkeypatch.setattr(distribution_module, "TREE_CONTRACTION_DEVICES", ("cpu",))
+    tree, tree_gradients = values_and_gradients()
+    torch.testing.assert_close(tree, running, rtol=1e-12, atol=1e-12)
+    for got, expected in zip(tree_gradients, running_gradients, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-10)
+    # the points' contraction alone (the normaliser is chosen apart)
+    calls = []
+
+    def counted(factors):
+        calls.append(factors.shape)
+        return log_abs_chain_product(factors)
+
+    monkeypatch.setattr(distribution_module, "log_abs_chain_product", counted)
+    with torch.no_grad():
+        distribution.log_abs_tt(z)
+        assert calls == [(d, 300, max(ranks), max(ranks))]
+        monkeypatch.setattr(distribution_module, "TREE_MAX_ELEMENTS", d * max(ranks) ** 2 * 299)
+        assert torch.equal(distribution.log_abs_tt(z), running_abs)
+        monkeypatch.setattr(distribution_module, "TREE_MAX_ELEMENTS", 1 << 28)
+        monkeypatch.setattr(distribution_module, "TREE_MAX_POINTS", 299)
+        assert torch.equal(distribution.log_abs_tt(z), running_abs)
+    assert len(calls) == 1
+
+
+def test_tree_contraction_rescales_every_level():
+    """Products that underflow float64 keep their logarithm: ``A = [[1, c],
+    [-1, -c]]`` has ``A^k = (1 - c)^(k - 1) A``, so 200 factors with
+    ``c = 0.999`` multiply to 1e-597 although every factor's largest entry is
+    1 (fails without the rescaling of each level), and the same factors times
+    1e-3 to 1e-1197 (fails without the rescaling of the factors)."""
+    c = 0.999
+    matrix = torch.tensor([[1.0, c], [-1.0, -c]], dtype=torch.float64)
+    factors = torch.stack([matrix, 1e-3 * matrix]).expand(200, 2, 2, 2)  # (d, 2 points, 2, 2)
+    got = log_abs_chain_product(factors)
+    log_contraction = 199 * math.log(1.0 - c)
+    expected = torch.tensor(
+        [log_contraction, log_contraction + 200 * math.log(1e-3)], dtype=torch.float64
+    )
+    # each product cancels to 1 - c, which magnifies its rounding a thousandfold
+    torch.testing.assert_close(got, expected, rtol=1e-11, atol=0)
+
+
+@requires_cuda
+@pytest.mark.parametrize("n_points", [4096, 200_000])
+def test_cuda_log_prob_by_either_contraction_matches_cpu_float64(n_points):
+    """On a GPU a chunk of up to ``TREE_MAX_POINTS`` rows goes through the
+    tree, a larger one through the running vector; both in float32 against
+    the CPU's float64, and the tree's gradients in float64 against the CPU's."""
+    ranks = (1, 4, *[8] * 28, 4, 1)
+    d = len(ranks) - 1
+    cpu = random_distribution(ranks, 16, [[-2.0, 2.0]] * d, seed=7)
+    cpu.canonicalize_()
+    z = cpu.sample(n_points, generator=torch.Generator().manual_seed(8))
+    uses_tree = n_points <= distribution_module.TREE_MAX_POINTS
+    assert uses_tree == (n_points == 4096)
+    single = copy.deepcopy(cpu).to("cuda", torch.float32)
+    with torch.no_grad():
+        expected = cpu.log_prob(z)
+        got = single.log_prob(z.cuda().float()).cpu().double()
+    torch.testing.assert_close(got, expected, rtol=0, atol=2e-5 * (1 + expected.abs().max()))
+    gpu = copy.deepcopy(cpu).to("cuda")
+    rows = z[:256].clone().requires_grad_()
+    gpu_rows = rows.detach().cuda().requires_grad_()
+    expected_gradients = torch.autograd.grad(cpu.log_prob(rows).sum(), [rows, *cpu.cores])
+    gradients = torch.autograd.grad(gpu.log_prob(gpu_rows).sum(), [gpu_rows, *gpu.cores])
+    for got_gradient, expected_gradient in zip(gradients, expected_gradients, strict=True):
+        torch.testing.assert_close(got_gradient.cpu(), expected_gradient, rtol=1e-9, atol=1e-9)
