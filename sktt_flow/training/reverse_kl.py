@@ -19,20 +19,25 @@ __all__ = ["STEPS_PER_ITERATION", "check_differentiable", "fit_reverse_kl"]
 STEPS_PER_ITERATION = 10
 
 #: Base draws per block of the pool of a frozen base (:class:`_BaseDrawPool`),
-#: 128 batches of the estimator's default 256. One call of the TT sampler costs
-#: a fixed part (orthogonalisation, operators, a Python loop over coordinates
-#: and solver iterations) plus a part per draw: at rank 8 and 16 basis
-#: functions, float32, on one CPU thread, draws with their ``log q0`` (one
-#: sweep, :meth:`~sktt_flow.TTDistribution.forward`) cost 60 ms per 256 draws
-#: in calls of 256, 6.9 ms in calls of 4096, 5.6 ms in calls of 8192 and 4.3 ms
-#: in calls of 32,768 (d = 30; 22, 2.5, 1.9 and 1.7 ms at d = 11). Blocks of
-#: 32,768 instead of 8192 made a variational step on TT bases of the suite's
-#: shapes 3% (d = 64) to 11% (d = 11, 256 basis functions) faster. The price
-#: is up to a block of draws never used when training stops early, and the
-#: sampler's workspace, ``(2 n_basis + 33) * block`` numbers (71 MB in float32
-#: at 256 basis functions). The block stays below the sampler's own chunk
-#: (65,536 rows on a CPU).
-POOL_SIZE = 32768
+#: per device type. On a CPU, 128 batches of the estimator's default 256. One
+#: call of the TT sampler costs a fixed part (orthogonalisation, operators, a
+#: Python loop over coordinates and solver iterations) plus a part per draw:
+#: at rank 8 and 16 basis functions, float32, on one CPU thread, draws with
+#: their ``log q0`` (one sweep, :meth:`~sktt_flow.TTDistribution.forward`)
+#: cost 60 ms per 256 draws in calls of 256, 6.9 ms in calls of 4096, 5.6 ms
+#: in calls of 8192 and 4.3 ms in calls of 32,768 (d = 30; 22, 2.5, 1.9 and
+#: 1.7 ms at d = 11). Blocks of 32,768 instead of 8192 made a variational step
+#: on TT bases of the suite's shapes 3% (d = 64) to 11% (d = 11, 256 basis
+#: functions) faster. On a GPU the sampler's time is its kernel launches, nearly
+#: the same for 32,768 draws as for 262,144 (H200, float32: 128 and 121 ms at
+#: d = 32; 469 and 529 ms at d = 64, rank 16, 54 basis functions), so its blocks
+#: are eight times larger. The price is up to a block of draws never used
+#: when training stops early, and the sampler's workspace, ``(2 n_basis + 33) *
+#: block`` numbers (71 MB in float32 at 256 basis functions and 32,768 draws).
+#: A block stays below the sampler's own chunk (65,536 rows on a CPU, 2^20 on
+#: a GPU).
+POOL_SIZE = {"cpu": 32768, "cuda": 1 << 18}
+
 
 #: Standard errors by which the trained state's ELBO must beat the starting
 #: state's on fresh common draws to be kept (one-sided, about 2% of truly
@@ -109,6 +114,11 @@ def _elbo_terms(
     with torch.no_grad():
         x, log_det = model.forward_and_log_det(z)
         return log_target(x) - (log_q0 - log_det)
+
+
+def _pool_size(device: torch.device) -> int:
+    """Draws per block of the pool on ``device`` (:data:`POOL_SIZE`)."""
+    return POOL_SIZE.get(device.type, POOL_SIZE["cpu"])
 
 
 class _BaseDrawPool:
@@ -243,7 +253,7 @@ def fit_reverse_kl(
         pool = _BaseDrawPool(
             model.q0,
             generator,
-            block_size=batch_size * max(1, POOL_SIZE // batch_size),
+            block_size=batch_size * max(1, _pool_size(generator.device) // batch_size),
             n_draws=max_iter * STEPS_PER_ITERATION * batch_size,
         )
 

@@ -80,6 +80,18 @@ __all__ = [
 #: saved. At least two: the check compares the last two iterates.
 UNCHECKED_ITERATIONS = 3
 
+#: Device types on which the solver evaluates the CDF and its density from a
+#: table of the Chebyshev polynomials at the iterates (one kernel per degree,
+#: :func:`_cdf_and_density_by_table`) instead of Clenshaw's recurrence (three
+#: per degree): on a GPU the host's kernel launches, not the arithmetic, set
+#: the sampler's time. On a CPU the recurrence, which keeps four rows in
+#: cache, is the faster.
+TABLE_DEVICES = ("cuda",)
+
+#: Largest ``2 n_basis x N`` table of the solver (``N`` the samples of a
+#: call); above it the recurrence, whose memory does not grow with the degree.
+TABLE_MAX_ELEMENTS = 1 << 26
+
 
 class ConditionalCDFOperators:
     """Fixed matrices that turn nodal values of a conditional into its CDF.
@@ -109,6 +121,10 @@ class ConditionalCDFOperators:
         ``cdf_coefficients`` above the map to ``F`` on the grid: both from the
         nodal values in one product. The row of ``F(-1)`` is exactly zero and
         the last row gives ``F(1)``.
+    value_and_derivative : tensor (4n, 2n)
+        Maps the Chebyshev coefficients of ``F`` (a column per sample) to
+        those of ``F`` and of ``F' / 2`` (the last row zero), each times the
+        signs of :func:`_cdf_and_density_by_table`.
     """
 
     def __init__(self, n: int, *, grid_size: int = 32, dtype=torch.float64, device=None):
@@ -132,6 +148,18 @@ class ConditionalCDFOperators:
         on_grid = torch.from_numpy(np.polynomial.chebyshev.chebvander(grid, 2 * n - 1))
         cdf_on_grid = on_grid @ cdf_chebyshev
         cdf_on_grid[0] = 0.0  # F(-1) = 0 exactly, not to rounding
+        # Signs (+, +, -, -, ...) turn the recurrence T_{j+1} = 2t T_j - T_{j-1}
+        # into one multiply-add per degree (see _cdf_and_density_by_table);
+        # the rows below give a series' coefficients with those signs and
+        # those of half its derivative, from its Chebyshev coefficients.
+        signs = np.where(np.arange(2 * n) // 2 % 2 == 0, 1.0, -1.0)
+        half_derivative = np.polynomial.chebyshev.chebder(np.eye(2 * n), axis=0) / 2.0
+        value_and_derivative = np.zeros((4 * n, 2 * n))
+        value_and_derivative[: 2 * n] = np.diag(signs)
+        value_and_derivative[2 * n : 4 * n - 1] = signs[: 2 * n - 1, None] * half_derivative
+        self.value_and_derivative = torch.from_numpy(value_and_derivative).to(
+            dtype=dtype, device=device
+        )
         self.cdf_coefficients = cdf_chebyshev.to(dtype=dtype, device=device)
         self.cdf_operator = torch.cat([cdf_chebyshev, cdf_on_grid]).to(dtype=dtype, device=device)
         self.node_basis = self.node_basis.to(dtype=dtype, device=device)
@@ -237,6 +265,31 @@ def _cdf_and_density(
     return cdf, half_density.sub_(b_following, alpha=0.5)
 
 
+def _cdf_and_density_by_table(
+    signed: torch.Tensor, t: torch.Tensor, table: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F(t)`` and ``F'(t) / 2`` of every sample, each (N,), as sums over a table.
+
+    ``signed`` (2, m, N) holds each sample's Chebyshev coefficients of ``F``
+    and of ``F' / 2`` (the last zero) times the signs ``s_j = (+, +, -, -,
+    ...)`` (``ConditionalCDFOperators.value_and_derivative``), and ``table``
+    (m, N) is written with ``Y_j = s_j T_j(t)``, which obey
+    ``Y_{j+1} = Y_{j-1} + 2t (-1)^j Y_j``: one multiply-add a degree
+    instead of the three of the recurrence of :func:`_cdf_and_density`, then
+    one product and one sum for both series. The same values to rounding
+    (``|T_j| <= 1`` on ``[-1, 1]``, where the recurrence is stable).
+    """
+    m = table.shape[0]
+    table[0].fill_(1.0)
+    table[1].copy_(t)
+    twice = 2.0 * t
+    factors = (twice, twice.neg())
+    for j in range(1, m - 1):
+        torch.addcmul(table[j - 1], factors[j % 2], table[j], out=table[j + 1])
+    cdf, half_density = (signed * table).sum(dim=1)
+    return cdf, half_density
+
+
 def _newton_has_converged(
     step: torch.Tensor,
     previous_step: torch.Tensor,
@@ -292,11 +345,20 @@ def _invert_cdf(
     # on a CPU. The last of them is checked: a sample is done if its Newton
     # step stayed in the cell and passes the test of _newton_has_converged,
     # the same test and the same step as in the safeguarded iterations.
-    coefficients = series.unbind(0)
+    n_samples = series.shape[1]
+    by_table = series.device.type in TABLE_DEVICES and m * n_samples <= TABLE_MAX_ELEMENTS
+    if by_table:
+        signed = (operators.value_and_derivative @ series).view(2, m, n_samples)
+        table = series.new_empty(m, n_samples)
+    else:
+        coefficients = series.unbind(0)
     step = density = converged = None
     for iteration in range(UNCHECKED_ITERATIONS):
         previous_step, previous_density = step, density
-        residual, density = _cdf_and_density(coefficients, t)
+        if by_table:
+            residual, density = _cdf_and_density_by_table(signed, t, table)
+        else:
+            residual, density = _cdf_and_density(coefficients, t)
         newton = torch.addcdiv(t, residual, density, value=-0.5)
         following = newton.nan_to_num(0.0).clamp_(low, high)
         if iteration + 2 >= UNCHECKED_ITERATIONS:
@@ -314,10 +376,16 @@ def _invert_cdf(
     # cell, which holds the root. ``rows`` maps the working set to the samples.
     t, low, high, step, density = (x[rows] for x in (t, low, high, step, density))
     # gather: a few times faster than indexing the columns of a matrix
-    series = series.gather(1, rows.expand(m, -1))
+    if by_table:
+        signed = signed.gather(2, rows.expand(2, m, -1))
+    else:
+        series = series.gather(1, rows.expand(m, -1))
     for _ in range(max_iter - UNCHECKED_ITERATIONS):
         previous_step, previous_density = step, density
-        residual, density = _cdf_and_density(series.unbind(0), t)
+        if by_table:
+            residual, density = _cdf_and_density_by_table(signed, t, table[:, : t.shape[0]])
+        else:
+            residual, density = _cdf_and_density(series.unbind(0), t)
         below = residual < 0
         low = torch.where(below, t, low)
         high = torch.where(below, high, t)
@@ -335,7 +403,10 @@ def _invert_cdf(
             break
         rows = rows[active]
         t, low, high, step, density = (x[active] for x in (t, low, high, step, density))
-        series = series.gather(1, active.expand(m, -1))
+        if by_table:
+            signed = signed.gather(2, active.expand(2, m, -1))
+        else:
+            series = series.gather(1, active.expand(m, -1))
     return solution.clamp(-1.0, 1.0)
 
 

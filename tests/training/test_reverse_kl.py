@@ -204,7 +204,7 @@ def test_a_frozen_base_serves_the_steps_from_a_pool_each_draw_once(base, monkeyp
     refilled when used up (one block), serves a draw twice or skips some (the
     concatenated steps differ from the blocks), draws from another generator,
     or pairs draws with other log-densities."""
-    monkeypatch.setattr(reverse_kl, "POOL_SIZE", 8192)
+    monkeypatch.setattr(reverse_kl, "POOL_SIZE", {"cpu": 8192})
     torch.manual_seed(0)
     model = TensorizingFlow(base, build_flow_layers("realnvp", 2, n_layers=2, hidden_units=8))
     model = model.double()
@@ -295,7 +295,7 @@ def test_training_from_the_pool_reaches_the_quality_of_fresh_draws(monkeypatch):
             return importance_diagnostics(two_modes(x), log_q)
 
     pooled = fitted_elbo()
-    monkeypatch.setattr(reverse_kl, "POOL_SIZE", 0)
+    monkeypatch.setattr(reverse_kl, "POOL_SIZE", {"cpu": 0})
     unpooled = fitted_elbo()
     assert pooled.elbo > -0.035 + 4 * pooled.elbo_std_error
     assert pooled.elbo == pytest.approx(unpooled.elbo, abs=0.01)

@@ -17,12 +17,14 @@ import torch
 from numpy.polynomial import chebyshev, legendre
 from scipy import stats
 
+from sktt_flow.tt import sampling as sampling_module
 from sktt_flow.tt.algebra import right_orthogonalize
 from sktt_flow.tt.basis import gauss_legendre
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.tt.sampling import (
     ConditionalCDFOperators,
     _cdf_and_density,
+    _cdf_and_density_by_table,
     _first_iterate,
     _newton_has_converged,
     conditional_cdf_operators,
@@ -35,6 +37,16 @@ from tests.tt.reference import brute_force_tt_density, cells, product_rule, tail
 
 N_SAMPLES = 40_000
 SIGNIFICANCE = 1e-3
+
+
+@pytest.fixture(params=["recurrence", "table"])
+def evaluator(request, monkeypatch):
+    """Each way the solver evaluates a conditional CDF: Clenshaw's recurrence
+    (the CPU's) and the table of Chebyshev polynomials (a GPU's), switched on
+    for the CPU here so that the solver's tests run on it without a GPU."""
+    if request.param == "table":
+        monkeypatch.setattr(sampling_module, "TABLE_DEVICES", ("cpu",))
+    return request.param
 
 
 @pytest.fixture(scope="module")
@@ -156,6 +168,24 @@ def assert_follow_the_law(distribution, samples):
         assert pvalue > SIGNIFICANCE, (dims, pvalue)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_draws_by_the_table_pass_the_same_tests(distribution, samples, dtype, monkeypatch):
+    """The solver with the table of Chebyshev polynomials (a GPU's), run on
+    the CPU: the same law by the KS and chi-square tests at the same
+    thresholds, and in float64 the same draws as by the recurrence to
+    rounding (the root is the same; a few ulps of the box, more only where a
+    rounding of an earlier coordinate moves a later conditional)."""
+    monkeypatch.setattr(sampling_module, "TABLE_DEVICES", ("cpu",))
+    train = copy.deepcopy(distribution).to(dtype)
+    draws = train.sample(N_SAMPLES, generator=torch.Generator().manual_seed(0)).double()
+    assert_follow_the_law(distribution, draws)
+    if dtype == torch.float64:
+        width = distribution.high - distribution.low
+        gap = ((draws - samples).abs() / width).amax(dim=1)
+        assert float(gap.median()) < 1e-14
+        assert float(gap.quantile(0.999)) < 1e-10
+
+
 def test_float32_and_float64_draws_of_one_generator_agree(distribution, samples, float32_samples):
     """The same uniforms, solved in two precisions: most draws agree to a few
     float32 ulps of the box (measured: median 8e-8, 99.9% within 2.2e-5 of
@@ -236,7 +266,7 @@ def first_coordinate_cdf(z0: torch.Tensor) -> torch.Tensor:
     return torch.einsum("nqr,nq,r->n", density, weights, rest_weights)
 
 
-def test_inversion_reaches_machine_precision():
+def test_inversion_reaches_machine_precision(evaluator):
     """Each coordinate solves F(z) = u F(b) to about 1e-13, checked with an
     independent Gauss quadrature of the conditional density from a to z."""
     cores = right_orthogonalize(random_cores((1, 3, 1), 12, seed=12))
@@ -251,7 +281,7 @@ def test_inversion_reaches_machine_precision():
     assert float(z[2, 0]) == pytest.approx(2.0, abs=1e-6)
 
 
-def test_float32_inversion_reaches_float32_precision():
+def test_float32_inversion_reaches_float32_precision(evaluator):
     """In float32 each conditional CDF is exact to its rounding: a degree-23
     Chebyshev series of terms at most F(b) each, about 24 eps = 3e-6 at worst
     (measured 3.5e-7), checked as above by float64 quadrature."""
@@ -268,7 +298,7 @@ def test_float32_inversion_reaches_float32_precision():
     np.testing.assert_allclose(cdf.numpy(), uniforms[:, 0].float().double().numpy(), atol=3e-6)
 
 
-def test_a_draw_does_not_depend_on_the_other_rows():
+def test_a_draw_does_not_depend_on_the_other_rows(evaluator):
     """Uniforms mapped in one call or in chunks of 704 and 1296 rows give the
     same points to rounding: which samples the root finder keeps working on,
     and when each stops, never depends on the rest of the chunk. Not bit for
@@ -353,7 +383,7 @@ def conditional_roots(cores, uniforms, t):
     return roots.astype(np.float64)
 
 
-def test_solver_matches_an_independent_high_precision_inversion():
+def test_solver_matches_an_independent_high_precision_inversion(evaluator):
     """Every coordinate of every sample is the root of its conditional CDF to a
     few ulps: the median error is about one ulp, the worst (at a low density,
     where the CDF is flat) below 1e-12. Rank 7 at n_basis 8 takes the two-step
@@ -421,7 +451,25 @@ def test_clenshaw_recurrence_matches_numpy():
     np.testing.assert_allclose(2.0 * half_density.numpy(), expected_density, rtol=0, atol=1e-11)
 
 
-def test_roots_at_a_double_zero_of_the_density_have_rounding_residuals():
+def test_chebyshev_table_matches_numpy():
+    """The CDF and half its derivative from the signed table, against numpy's
+    chebval of the series and of its chebder, at the ends of [-1, 1] too:
+    fails if a sign of the recurrence or of the coefficients is wrong."""
+    generator = torch.Generator().manual_seed(4)
+    t = 2.0 * torch.rand(500, generator=generator, dtype=torch.float64) - 1.0
+    t[:3] = torch.tensor([-1.0, 1.0, 1.0 - 1e-15], dtype=torch.float64)
+    coefficients = torch.randn(32, 500, generator=generator, dtype=torch.float64)
+    operators = conditional_cdf_operators(16)
+    signed = (operators.value_and_derivative @ coefficients).view(2, 32, 500)
+    cdf, half_density = _cdf_and_density_by_table(signed, t, t.new_empty(32, 500))
+    expected = chebyshev.chebval(t.numpy(), coefficients.numpy(), tensor=False)
+    derivative = chebyshev.chebder(coefficients.numpy(), axis=0)
+    expected_density = chebyshev.chebval(t.numpy(), derivative, tensor=False)
+    np.testing.assert_allclose(cdf.numpy(), expected, rtol=0, atol=1e-13)
+    np.testing.assert_allclose(2.0 * half_density.numpy(), expected_density, rtol=0, atol=1e-11)
+
+
+def test_roots_at_a_double_zero_of_the_density_have_rounding_residuals(evaluator):
     """The density (t - 0.3)^2 (t + 0.5)^2 vanishes to second order at 0.3 and
     -0.5, where F is flat to third order and Newton's method converges only
     linearly: about a fifth of these 1,042 samples go past the first check,
