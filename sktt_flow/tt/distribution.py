@@ -76,9 +76,13 @@ TREE_CONTRACTION_DEVICES = ("cuda",)
 TREE_MAX_POINTS = 1 << 15
 
 #: Largest ``d * R^2 * N`` (``R`` the largest rank, ``N`` the rows of a chunk)
-#: contracted by the tree: its temporaries are a few times this many numbers
-#: (1 GB in float32), so large trains fall back to the running vector.
-TREE_MAX_ELEMENTS = 1 << 28
+#: of a chunk contracted by the tree: the rows of a call are split into chunks
+#: of at most this many core values (256 MB in float32, the running vector's
+#: budget, :data:`LOG_PROB_CHUNK_ELEMENTS`), as the tree's temporaries are a
+#: few times this many numbers. (The timings above were taken with chunks of
+#: up to 2^28 values: at d = 64 and rank 16 a call of 10,000 rows is now three
+#: chunks.)
+TREE_MAX_ELEMENTS = 1 << 26
 
 #: Samples processed at once by :meth:`TTDistribution.sample`, per device
 #: type: it bounds memory (a peak of about 4 kB per sample at n_basis=16,
@@ -352,9 +356,20 @@ class TTDistribution(BaseDistribution):
             return z.new_zeros(0)
         core_matrices = self._core_matrices()
         chunk_size = log_prob_chunk_size(z.device, max(self.tt_ranks))
+        if self._contracts_by_tree(z.device, z.shape[0]):
+            # chunks whose tree stays within its memory budget
+            tree_rows = TREE_MAX_ELEMENTS // (self.n_features * max(self.tt_ranks) ** 2)
+            chunk_size = max(1, min(chunk_size, tree_rows))
         return torch.cat(
             [evaluate(rows.T.contiguous(), core_matrices) for rows in z.split(chunk_size)]
         )
+
+    def _contracts_by_tree(self, device: torch.device, n_points: int) -> bool:
+        """Whether ``n_points`` rows on ``device`` are contracted by the tree
+        (:data:`TREE_CONTRACTION_DEVICES`): the rows of a call, which
+        :meth:`_chunked` then splits so that each chunk's tree stays within
+        :data:`TREE_MAX_ELEMENTS`, or those of one such chunk."""
+        return device.type in TREE_CONTRACTION_DEVICES and n_points <= TREE_MAX_POINTS
 
     def _log_abs_tt_columns(
         self, columns: torch.Tensor, core_matrices: list[tuple[int, torch.Tensor]]
@@ -363,11 +378,7 @@ class TTDistribution(BaseDistribution):
         table = scaled_legendre_polynomials(reference.clamp(-1.0, 1.0), self.n_basis, dim=1)
         n_points = columns.shape[1]
         largest = max(self.tt_ranks)
-        if (
-            columns.device.type in TREE_CONTRACTION_DEVICES
-            and n_points <= TREE_MAX_POINTS
-            and self.n_features * largest**2 * n_points <= TREE_MAX_ELEMENTS
-        ):
+        if self._contracts_by_tree(columns.device, n_points):
             padded = padded_core_matrices(core_matrices, self.tt_ranks)  # (d, R^2, n)
             factors = torch.bmm(table.transpose(1, 2), padded.transpose(1, 2))  # (d, N, R^2)
             return log_abs_chain_product(factors.view(self.n_features, n_points, largest, largest))

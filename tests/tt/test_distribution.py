@@ -533,8 +533,9 @@ def test_log_prob_and_its_gradients_match_the_full_tensor_on_runs_of_cores(contr
 def test_tree_contraction_matches_the_running_vector(ranks, monkeypatch):
     """The tree gives the running vector's values and gradients (float64, to
     round-off) for one core, an odd and an even number of them and ranks
-    that vary along the train; a chunk over ``TREE_MAX_ELEMENTS`` or
-    ``TREE_MAX_POINTS`` falls back to the running vector, bit for bit."""
+    that vary along the train; a call over ``TREE_MAX_ELEMENTS`` core values
+    is split into chunks that are not, each by the tree, and one over
+    ``TREE_MAX_POINTS`` rows goes by the running vector, bit for bit."""
     d = len(ranks) - 1
     distribution = random_distribution(ranks, 6, [[-1.0, 2.0]] * d, seed=3, tail_weight=0.01)
     generator = torch.Generator().manual_seed(5)
@@ -561,15 +562,17 @@ def test_tree_contraction_matches_the_running_vector(ranks, monkeypatch):
         return log_abs_chain_product(factors)
 
     monkeypatch.setattr(distribution_module, "log_abs_chain_product", counted)
+    largest = max(ranks)
     with torch.no_grad():
-        distribution.log_abs_tt(z)
-        assert calls == [(d, 300, max(ranks), max(ranks))]
-        monkeypatch.setattr(distribution_module, "TREE_MAX_ELEMENTS", d * max(ranks) ** 2 * 299)
-        assert torch.equal(distribution.log_abs_tt(z), running_abs)
-        monkeypatch.setattr(distribution_module, "TREE_MAX_ELEMENTS", 1 << 28)
+        whole = distribution.log_abs_tt(z)
+        assert calls == [(d, 300, largest, largest)]
+        monkeypatch.setattr(distribution_module, "TREE_MAX_ELEMENTS", d * largest**2 * 120)
+        chunked = distribution.log_abs_tt(z)
+        assert calls[1:] == [(d, 120, largest, largest)] * 2 + [(d, 60, largest, largest)]
+        torch.testing.assert_close(chunked, whole, rtol=1e-13, atol=1e-13)
         monkeypatch.setattr(distribution_module, "TREE_MAX_POINTS", 299)
         assert torch.equal(distribution.log_abs_tt(z), running_abs)
-    assert len(calls) == 1
+    assert len(calls) == 4
 
 
 def test_tree_contraction_rescales_every_level():
