@@ -23,8 +23,9 @@ maps the outer products of all samples to the Chebyshev coefficients of their
 Each ``z_k`` solves ``F(z_k) = u F(b)`` for a uniform ``u``: the grid brackets
 the root in one cell, linear interpolation in the cell is the first iterate,
 then Newton's method, with ``F`` and ``F'`` evaluated together by Clenshaw's
-recurrence, runs until the error left after the last step is below rounding
-(see :func:`_newton_has_converged`), to a few ulps: its first steps kept in
+recurrence (on a GPU, from a table of the Chebyshev polynomials), runs until
+the error left after the last step is below rounding (see
+:func:`_newton_has_converged`), to a few ulps: its first steps kept in
 the cell by a clamp, the steps of the few samples not done by the first check
 safeguarded by bisection.
 Everything is vectorised over samples; the only loops are over coordinates and
@@ -60,6 +61,7 @@ from sktt_flow.tt.basis import (
     legendre_polynomials,
     orthonormal_legendre_scale,
     scaled_legendre_polynomials,
+    scaled_legendre_polynomials_into,
     to_reference_interval,
 )
 
@@ -502,6 +504,9 @@ class _PrefixSweep:
         self._outer = like.new_empty(largest, n_points)
         # the nodal densities, where they are computed on the way (two factors)
         self._nodal = like.new_empty(operators.node_basis.shape[0], n_points)
+        # the Legendre table at the drawn points, refilled at every coordinate
+        # (without gradient: scaled_legendre_polynomials_into)
+        self._table = like.new_empty(n, n_points)
         self._buffers = None
         if n_points > BROADCAST_MAX_POINTS:
             core_values = like.new_empty(max(c.shape[0] for c in self.core_matrices), n_points)
@@ -521,7 +526,11 @@ class _PrefixSweep:
     def advance(self, k: int, t: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
         """The prefix times ``scale`` (in place: the sweep's own, needed no
         more) through core ``k`` at the points ``t`` of ``[-1, 1]``."""
-        table = scaled_legendre_polynomials(t, self.n, dim=0)  # (n, N)
+        if torch.is_grad_enabled():
+            # a graph may keep the table: a fresh one per coordinate
+            table = scaled_legendre_polynomials(t, self.n, dim=0)  # (n, N)
+        else:
+            table = scaled_legendre_polynomials_into(t, self._table)
         self.prefix.mul_(scale)
         buffers = None
         if self._buffers is not None:

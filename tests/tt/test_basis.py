@@ -1,4 +1,5 @@
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from sktt_flow.tt.basis import (
     orthonormal_legendre_derivatives,
     orthonormal_legendre_scale,
     scaled_legendre_polynomials,
+    scaled_legendre_polynomials_into,
     to_reference_interval,
 )
 
@@ -118,6 +120,21 @@ def test_scaled_table_is_legendre_times_a_constant_per_degree(n):
     np.testing.assert_allclose(
         folded.numpy(), orthonormal_legendre(x, LOW[:1], HIGH[:1], n).numpy(), atol=1e-12 * n
     )
+
+
+@pytest.mark.parametrize("n", [1, 2, 16])
+def test_scaled_table_into_a_buffer_is_the_same_table(n):
+    """Refilling one buffer gives the table of scaled_legendre_polynomials bit
+    for bit, overwriting what was there; a point that requires gradient is
+    refused under autograd, as the buffer records none."""
+    t = torch.linspace(-1, 1, 301, dtype=torch.float64)
+    buffer = torch.full((n, 301), math.nan, dtype=torch.float64)
+    assert scaled_legendre_polynomials_into(t, buffer) is buffer
+    assert torch.equal(buffer, scaled_legendre_polynomials(t, n, dim=0))
+    scaled_legendre_polynomials_into(-t, buffer)
+    assert torch.equal(buffer, scaled_legendre_polynomials(-t, n, dim=0))
+    with pytest.raises(ValueError, match="gradients"):
+        scaled_legendre_polynomials_into(t.clone().requires_grad_(), buffer)
 
 
 @pytest.mark.parametrize("dim", [0, -1])
