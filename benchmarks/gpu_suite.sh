@@ -19,6 +19,10 @@
 #          python benchmarks/bench_speed.py --device cuda --quick --output $OUT
 #      SPEED_FULL=1 runs the full sweeps instead, which did not finish in
 #      170 s: more than a 15-minute lease leaves for the rest.
+#   5. the GPU's own code paths (tree contraction, table sampler, pool blocks)
+#      against the CPU's on the same GPU (not run on a GPU yet; the throwaway
+#      scripts it replaces took about 4 minutes in all):
+#          python benchmarks/bench_gpu_paths.py --device cuda --output $OUT
 #
 # A failing step does not stop the later ones; the exit status is 1 if any
 # failed. STEP_TIMEOUT (seconds, default none) bounds each step, for leases of
@@ -47,4 +51,5 @@ if [ "${SPEED_FULL:-0}" = 1 ]; then
 else
     step "$PYTHON" benchmarks/bench_speed.py --device cuda --quick --output "$OUT"
 fi
+step "$PYTHON" benchmarks/bench_gpu_paths.py --device cuda --output "$OUT"
 exit "$status"

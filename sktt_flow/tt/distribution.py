@@ -84,6 +84,13 @@ TREE_MAX_POINTS = 1 << 15
 #: chunks.)
 TREE_MAX_ELEMENTS = 1 << 26
 
+#: Most multiply-adds, ``d R^6``, of the normaliser by the tree on a device of
+#: :data:`TREE_CONTRACTION_DEVICES`: its transfer matrices are ``R^2 x R^2``,
+#: ``R^2 / n_basis`` times the arithmetic of the running contraction, which
+#: is negligible on a GPU up to ``tt_rank`` 16 at d = 64 (2^30: about 7 ms
+#: even at a consumer GPU's float64 rate) and is not beyond.
+TREE_NORMALISER_MAX_PRODUCTS = 1 << 30
+
 #: Samples processed at once by :meth:`TTDistribution.sample`, per device
 #: type: it bounds memory (a peak of about 4 kB per sample at n_basis=16,
 #: tt_rank=8) and, on a GPU, amortises the kernel launches of the
@@ -257,7 +264,7 @@ class TTDistribution(BaseDistribution):
         largest = max(self.tt_ranks)
         if (
             self.low.device.type in TREE_CONTRACTION_DEVICES
-            and self.n_features * largest**4 <= TREE_MAX_ELEMENTS
+            and self.n_features * largest**6 <= TREE_NORMALISER_MAX_PRODUCTS
         ):
             return log_norm_squared_by_tree(list(self.cores))
         return log_norm_squared(list(self.cores))

@@ -9,7 +9,7 @@ from scipy import stats
 
 from sktt_flow import TTDistribution
 from sktt_flow.tt import distribution as distribution_module
-from sktt_flow.tt.algebra import log_abs_chain_product, tt_to_full
+from sktt_flow.tt.algebra import log_abs_chain_product, log_norm_squared_by_tree, tt_to_full
 from sktt_flow.tt.basis import orthonormal_legendre
 from tests.conftest import random_cores, random_distribution, requires_cuda
 from tests.tt.reference import (
@@ -549,7 +549,26 @@ def test_tree_contraction_matches_the_running_vector(ranks, monkeypatch):
     running, running_gradients = values_and_gradients()
     with torch.no_grad():
         running_abs = distribution.log_abs_tt(z)
+    running_norm = distribution.log_norm_squared()
     monkeypatch.setattr(distribution_module, "TREE_CONTRACTION_DEVICES", ("cpu",))
+    # the normaliser by the tree within its budget of products, else as before
+    normaliser_calls = []
+
+    def counted_normaliser(cores):
+        normaliser_calls.append(len(cores))
+        return log_norm_squared_by_tree(cores)
+
+    monkeypatch.setattr(distribution_module, "log_norm_squared_by_tree", counted_normaliser)
+    products = d * max(ranks) ** 6
+    monkeypatch.setattr(distribution_module, "TREE_NORMALISER_MAX_PRODUCTS", products)
+    torch.testing.assert_close(
+        distribution.log_norm_squared(), running_norm, rtol=1e-13, atol=1e-13
+    )
+    assert normaliser_calls == [d]
+    monkeypatch.setattr(distribution_module, "TREE_NORMALISER_MAX_PRODUCTS", products - 1)
+    assert torch.equal(distribution.log_norm_squared(), running_norm)
+    assert normaliser_calls == [d]
+    monkeypatch.setattr(distribution_module, "TREE_NORMALISER_MAX_PRODUCTS", 1 << 30)
     tree, tree_gradients = values_and_gradients()
     torch.testing.assert_close(tree, running, rtol=1e-12, atol=1e-12)
     for got, expected in zip(tree_gradients, running_gradients, strict=True):
