@@ -26,7 +26,6 @@ the CPU's paths are the faster). Part of ``gpu_suite.sh``.
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 from pathlib import Path
 
@@ -38,14 +37,12 @@ from _common import (
     synchronize,
     write_atomically,
 )
-from bench_speed import smooth_random_train
+from bench_speed import median, reverse_kl_fit, smooth_random_train
 
 import sktt_flow.training.reverse_kl as reverse_kl
 import sktt_flow.tt.distribution as distribution
 import sktt_flow.tt.sampling as sampling
-from sktt_flow.flows import GaussianBase, TensorizingFlow
-from sktt_flow.flows.builders import build_flow_layers
-from sktt_flow.training import fit_reverse_kl
+from sktt_flow.flows import GaussianBase
 
 #: (d, tt_rank, n_basis) of the variational suite's shapes used here.
 SHAPES = ((32, 8, 16), (16, 8, 54), (11, 8, 256), (64, 16, 54))
@@ -65,7 +62,7 @@ def paired(call_a, call_b, device: torch.device, quick: bool) -> tuple[float, fl
         max_time=3.0 if quick else 10.0,
         max_repeats=20,
     )
-    return sorted(times_a)[len(times_a) // 2], sorted(times_b)[len(times_b) // 2]
+    return median(times_a), median(times_b)
 
 
 def once(call, device: torch.device) -> float:
@@ -88,13 +85,25 @@ def with_setting(module, name: str, value, call):
     return run
 
 
+def path_row(module, name: str, call, device: torch.device, quick: bool, **row) -> dict:
+    """``row`` with the seconds of ``call`` with ``module.name`` empty (the
+    CPU's path) and holding ``device``'s type (the GPU's), timed in turn."""
+    cpu_s, gpu_s = paired(
+        with_setting(module, name, (), call),
+        with_setting(module, name, (device.type,), call),
+        device,
+        quick,
+    )
+    return {**row, "cpu_path_s": cpu_s, "gpu_path_s": gpu_s}
+
+
 def log_prob_rows(device: torch.device, quick: bool) -> list[dict]:
     """``log_prob`` (no gradient) and a training batch's forward and backward,
     by the tree and by the running vector."""
     rows = []
-    tree = (device.type,)
     for d, rank, n_basis in SHAPES[::3] if quick else SHAPES:
         train = smooth_random_train(d, rank, n_basis).to(device, torch.float32)
+        shape = {"d": d, "tt_rank": rank, "n_basis": n_basis}
         for n_points in (256, 10_000) if quick else (256, 10_000, 32_768):
             z = train.sample(n_points, generator=torch.Generator(device).manual_seed(0))
 
@@ -102,22 +111,17 @@ def log_prob_rows(device: torch.device, quick: bool) -> list[dict]:
                 with torch.no_grad():
                     return train.log_prob(z)
 
-            running_s, tree_s = paired(
-                with_setting(distribution, "TREE_CONTRACTION_DEVICES", (), score),
-                with_setting(distribution, "TREE_CONTRACTION_DEVICES", tree, score),
-                device,
-                quick,
-            )
             rows.append(
-                {
-                    "d": d,
-                    "tt_rank": rank,
-                    "n_basis": n_basis,
-                    "n_points": n_points,
-                    "what": "log_prob",
-                    "cpu_path_s": running_s,
-                    "gpu_path_s": tree_s,
-                }
+                path_row(
+                    distribution,
+                    "TREE_CONTRACTION_DEVICES",
+                    score,
+                    device,
+                    quick,
+                    **shape,
+                    n_points=n_points,
+                    what="log_prob",
+                )
             )
         batch = z[:256].clone().requires_grad_()
 
@@ -126,22 +130,17 @@ def log_prob_rows(device: torch.device, quick: bool) -> list[dict]:
                 core.grad = None
             train.log_prob(batch).sum().backward()
 
-        running_s, tree_s = paired(
-            with_setting(distribution, "TREE_CONTRACTION_DEVICES", (), step),
-            with_setting(distribution, "TREE_CONTRACTION_DEVICES", tree, step),
-            device,
-            quick,
-        )
         rows.append(
-            {
-                "d": d,
-                "tt_rank": rank,
-                "n_basis": n_basis,
-                "n_points": 256,
-                "what": "log_prob forward and backward",
-                "cpu_path_s": running_s,
-                "gpu_path_s": tree_s,
-            }
+            path_row(
+                distribution,
+                "TREE_CONTRACTION_DEVICES",
+                step,
+                device,
+                quick,
+                **shape,
+                n_points=256,
+                what="log_prob forward and backward",
+            )
         )
     return rows
 
@@ -150,7 +149,6 @@ def sampler_rows(device: torch.device, quick: bool) -> list[dict]:
     """Draws with their log-density (``forward``, as the pool), by the table
     and by Clenshaw's recurrence."""
     rows = []
-    table = (device.type,)
     for d, rank, n_basis in SHAPES[::3] if quick else SHAPES:
         train = smooth_random_train(d, rank, n_basis).to(device, torch.float32)
         for n_draws in (10_000,) if quick else (10_000, 32_768, 262_144):
@@ -159,22 +157,19 @@ def sampler_rows(device: torch.device, quick: bool) -> list[dict]:
                 with torch.no_grad():
                     return train.forward(n_draws, generator=torch.Generator(device).manual_seed(0))
 
-            recurrence_s, table_s = paired(
-                with_setting(sampling, "TABLE_DEVICES", (), draw),
-                with_setting(sampling, "TABLE_DEVICES", table, draw),
-                device,
-                quick,
-            )
             rows.append(
-                {
-                    "d": d,
-                    "tt_rank": rank,
-                    "n_basis": n_basis,
-                    "n_points": n_draws,
-                    "what": "forward (draws and log q)",
-                    "cpu_path_s": recurrence_s,
-                    "gpu_path_s": table_s,
-                }
+                path_row(
+                    sampling,
+                    "TABLE_DEVICES",
+                    draw,
+                    device,
+                    quick,
+                    d=d,
+                    tt_rank=rank,
+                    n_basis=n_basis,
+                    n_points=n_draws,
+                    what="forward (draws and log q)",
+                )
             )
     return rows
 
@@ -188,29 +183,12 @@ def pool_rows(device: torch.device, quick: bool) -> list[dict]:
     n_steps = max_iter * reverse_kl.STEPS_PER_ITERATION
     rows = []
     for d, rank, n_basis in SHAPES[1:2] if quick else SHAPES[1:]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            layers = build_flow_layers("realnvp", d, n_layers=8, hidden_units=64)
 
-        def fit(base, block, layers=layers):
-            model = TensorizingFlow(base, copy.deepcopy(layers)).to(device, torch.float32)
-            model.q0.requires_grad_(False)
-            parameters = [p for p in model.parameters() if p.requires_grad]
-
-            def run():
-                fit_reverse_kl(
-                    model,
-                    lambda x: -0.5 * x.square().sum(dim=1),
-                    parameters=parameters,
-                    max_iter=max_iter,
-                    batch_size=256,
-                    learning_rate=1e-4,
-                    n_iter_no_change=max_iter,
-                    generator=torch.Generator(device).manual_seed(0),
-                )
-
+        def fit(base, block, d=d):
             pool = dict(reverse_kl.POOL_SIZE, **{device.type: block})
-            return with_setting(reverse_kl, "POOL_SIZE", pool, run)
+            return with_setting(
+                reverse_kl, "POOL_SIZE", pool, reverse_kl_fit(base, d, device, max_iter)
+            )
 
         train = smooth_random_train(d, rank, n_basis)
         gaussian = GaussianBase(torch.zeros(d), torch.ones(d))
