@@ -46,6 +46,7 @@ from sktt_flow.flows import (
     pull_back,
     sign_flip_group,
     spline_tail_bound,
+    split_bounds_map,
 )
 from sktt_flow.flows.symmetric import images_bounding_box
 from sktt_flow.geometry import (
@@ -537,11 +538,8 @@ def _split_standardization(
     """A fitted data-mode model as the model in standardised coordinates, the
     fixed map back to the (unbounded) features and the map onto bounded
     features (``feature_bounds``; None without)."""
-    *layers, last = model.flows
-    bounds_map = None
-    if isinstance(last, FixedBoundsMap):
-        bounds_map = last
-        *layers, last = layers
+    layers, bounds_map = split_bounds_map(model.flows)
+    *layers, last = layers
     if not isinstance(last, FixedAffine):
         raise TypeError("A model of the data ends with its FixedAffine standardisation.")
     return TensorizingFlow(model.q0, layers), last, bounds_map
@@ -1884,9 +1882,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()
             model = copy.deepcopy(self.flow_)
-            fitted_bounds = None
-            if len(model.flows) and isinstance(model.flows[-1], FixedBoundsMap):
-                fitted_bounds = model.flows[-1]
+            fitted_bounds = split_bounds_map(model.flows)[1]
+            if fitted_bounds is not None:
                 del model.flows[-1]
             _check_same_bounds(bounds_map, fitted_bounds)
             model = model.to(device=device, dtype=train_dtype)

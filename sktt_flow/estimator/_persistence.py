@@ -67,6 +67,7 @@ from sktt_flow.flows import (
     TensorizingFlow,
     build_flow_layers,
     spline_tail_bound,
+    split_bounds_map,
 )
 from sktt_flow.flows.tempered import OUTER_MAPS
 from sktt_flow.tt.distribution import TTDistribution
@@ -354,7 +355,7 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         # data mode: a FixedLinearAffine (whitening) before the standardisation
         "whitening": _has_whitening(model, mode == "data"),
         # data mode: a FixedBoundsMap (feature_bounds) after the standardisation
-        "bounds_map": _has_bounds_map(model),
+        "bounds_map": split_bounds_map(model.flows)[1] is not None,
         "defensive_weight": model.defensive_weight,
         # data mode: the model on the Gaussian next to the one on the TT, its
         # tensors in the state as companion.*; None for the others
@@ -557,7 +558,8 @@ def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     """What the last layer of a model is, for :func:`_build_model` (see
     :data:`_OUTPUT_LAYERS`)."""
     # the map onto feature_bounds, if any, follows the output layer
-    flows = _flows_before_bounds_map(model)
+    # the layers whose kinds the metadata records: not the map onto bounds
+    flows, _ = split_bounds_map(model.flows)
     if mode == "data" or not flows:
         return "diagonal" if flows else "none"
     last = flows[-1]
@@ -633,22 +635,11 @@ def _stored_selection(metadata: dict, where: str) -> dict | None:
     }
 
 
-def _has_bounds_map(model: TensorizingFlow) -> bool:
-    """Whether a model ends with the map onto bounded features (``feature_bounds``)."""
-    return len(model.flows) >= 1 and isinstance(model.flows[-1], FixedBoundsMap)
-
-
-def _flows_before_bounds_map(model: TensorizingFlow) -> list:
-    """The model's layers without its last one if that is the map onto
-    bounded features: the layers whose kinds the metadata records."""
-    return list(model.flows)[: len(model.flows) - _has_bounds_map(model)]
-
-
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     """Whether a data-mode model whitens: a FixedLinearAffine just before its
     standardisation (``preconditioner_ == "full"``), which the map onto
     bounded features may follow."""
-    flows = _flows_before_bounds_map(model)
+    flows, _ = split_bounds_map(model.flows)
     return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
 
 

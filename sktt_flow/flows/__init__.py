@@ -14,6 +14,7 @@ from sktt_flow.flows.layers import (
     FixedAffine,
     FixedBoundsMap,
     FixedLinearAffine,
+    split_bounds_map,
 )
 from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
@@ -46,4 +47,5 @@ __all__ = [
     "pull_back",
     "sign_flip_group",
     "spline_tail_bound",
+    "split_bounds_map",
 ]

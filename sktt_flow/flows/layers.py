@@ -20,6 +20,7 @@ __all__ = [
     "FixedAffine",
     "FixedBoundsMap",
     "FixedLinearAffine",
+    "split_bounds_map",
 ]
 
 
@@ -289,6 +290,16 @@ class FixedBoundsMap(Flow):
 #: The layers without parameters: kept by a model's defensive component, and
 #: kept in float64 around a float32 flow when they come last.
 FIXED_LAYERS = (FixedAffine, FixedLinearAffine, FixedBoundsMap)
+
+
+def split_bounds_map(layers) -> tuple[list, FixedBoundsMap | None]:
+    """``layers`` (a model's flows, in order) as the layers before a last
+    :class:`FixedBoundsMap` and that map, or all the layers and None when
+    the last is no such map (a model fitted without ``feature_bounds``)."""
+    layers = list(layers)
+    if layers and isinstance(layers[-1], FixedBoundsMap):
+        return layers[:-1], layers[-1]
+    return layers, None
 
 
 class AffineAutoregressive(Flow):

@@ -17,6 +17,7 @@ from sktt_flow.flows import (
     FixedBoundsMap,
     FixedLinearAffine,
     GaussianBase,
+    split_bounds_map,
 )
 from sktt_flow.flows.model import TensorizingFlow
 from tests.flows.reference import jacobian_at, log_abs_det_jacobian, perturb
@@ -333,3 +334,16 @@ def test_autoregressive_log_scale_is_bounded():
         _, log_det = layer(z)
     assert torch.isfinite(log_det).all()
     assert float(log_det.abs().max()) <= 3 * 2.0
+
+
+def test_split_bounds_map_takes_only_a_last_bounds_map():
+    """The map onto the bounds is split off where it ends the layers, as a
+    model fitted with feature_bounds has it, and nowhere else: fails if a map
+    in another place is taken, or a last one left in."""
+    bounds = FixedBoundsMap(BOUNDS_LOW, BOUNDS_HIGH)
+    affine = FixedAffine(torch.zeros(4, dtype=torch.float64), torch.ones(4, dtype=torch.float64))
+    assert split_bounds_map([affine, bounds]) == ([affine], bounds)
+    assert split_bounds_map([bounds, affine]) == ([bounds, affine], None)
+    assert split_bounds_map([]) == ([], None)
+    layers, found = split_bounds_map(torch.nn.ModuleList([bounds]))
+    assert layers == [] and found is bounds
