@@ -347,20 +347,28 @@ def _invert_cdf(
     # on a CPU. The last of them is checked: a sample is done if its Newton
     # step stayed in the cell and passes the test of _newton_has_converged,
     # the same test and the same step as in the safeguarded iterations.
+    # The coefficients each sample's evaluation reads: the series, or on a
+    # device of TABLE_DEVICES its signed value and derivative series; the
+    # last axis is the samples' in both.
     n_samples = series.shape[1]
-    by_table = series.device.type in TABLE_DEVICES and m * n_samples <= TABLE_MAX_ELEMENTS
-    if by_table:
-        signed = (operators.value_and_derivative @ series).view(2, m, n_samples)
+    if series.device.type in TABLE_DEVICES and m * n_samples <= TABLE_MAX_ELEMENTS:
+        coefficients = (operators.value_and_derivative @ series).view(2, m, n_samples)
         table = series.new_empty(m, n_samples)
+
+        def evaluator(coefficients):
+            return lambda t: _cdf_and_density_by_table(coefficients, t, table[:, : t.shape[0]])
     else:
-        coefficients = series.unbind(0)
+        coefficients = series
+
+        def evaluator(coefficients):
+            rows = coefficients.unbind(0)  # the views once per working set
+            return lambda t: _cdf_and_density(rows, t)
+
+    evaluate = evaluator(coefficients)
     step = density = converged = None
     for iteration in range(UNCHECKED_ITERATIONS):
         previous_step, previous_density = step, density
-        if by_table:
-            residual, density = _cdf_and_density_by_table(signed, t, table)
-        else:
-            residual, density = _cdf_and_density(coefficients, t)
+        residual, density = evaluate(t)
         newton = torch.addcdiv(t, residual, density, value=-0.5)
         following = newton.nan_to_num(0.0).clamp_(low, high)
         if iteration + 2 >= UNCHECKED_ITERATIONS:
@@ -378,16 +386,10 @@ def _invert_cdf(
     # cell, which holds the root. ``rows`` maps the working set to the samples.
     t, low, high, step, density = (x[rows] for x in (t, low, high, step, density))
     # gather: a few times faster than indexing the columns of a matrix
-    if by_table:
-        signed = signed.gather(2, rows.expand(2, m, -1))
-    else:
-        series = series.gather(1, rows.expand(m, -1))
+    coefficients = coefficients.gather(-1, rows.expand(*coefficients.shape[:-1], -1))
     for _ in range(max_iter - UNCHECKED_ITERATIONS):
         previous_step, previous_density = step, density
-        if by_table:
-            residual, density = _cdf_and_density_by_table(signed, t, table[:, : t.shape[0]])
-        else:
-            residual, density = _cdf_and_density(series.unbind(0), t)
+        residual, density = evaluator(coefficients)(t)
         below = residual < 0
         low = torch.where(below, t, low)
         high = torch.where(below, high, t)
@@ -405,10 +407,7 @@ def _invert_cdf(
             break
         rows = rows[active]
         t, low, high, step, density = (x[active] for x in (t, low, high, step, density))
-        if by_table:
-            signed = signed.gather(2, active.expand(2, m, -1))
-        else:
-            series = series.gather(1, active.expand(m, -1))
+        coefficients = coefficients.gather(-1, active.expand(*coefficients.shape[:-1], -1))
     return solution.clamp(-1.0, 1.0)
 
 
