@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
@@ -47,6 +47,7 @@ from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.validation import check_domain, check_positive_int, check_samples
 
 __all__ = [
+    "ALL_ROWS_LEARNING_RATE_FACTOR",
     "MAX_N_BASIS_ALL_ROWS",
     "N_BASIS_CANDIDATES",
     "SEARCH_FIT_MAX_STEPS",
@@ -116,6 +117,30 @@ SEARCH_FIT_MAX_STEPS = 100
 #: A size is tried only while the train is unresolved and kept only if it
 #: scores higher, so the cap costs time only where resolution pays.
 MAX_N_BASIS_ALL_ROWS = 128
+
+
+#: Factor of ``learning_rate`` for the fits to all rows after a search on a
+#: subsample (the final fit and the larger bases after it). They go on from a
+#: fitted train, and Adam's first steps move every coefficient by about the
+#: learning rate whatever its gradient: on 10,000 rows of 30 features
+#: (``tanh30`` of ``benchmarks/bench_fit_time.py``, seed 0) the first pass
+#: at 1e-3 lowered the held-out score from -7.59 to -8.12 per row, and the
+#: fit stopped five passes later at its start. The TT alone scored per test
+#: row, on seeds 0, 1 and 2 (its fit's seconds):
+#:
+#: - factor 1: 1.15 (25 s) on seed 0;
+#: - factor 0.5: 4.96, 5.55, 5.40 (75, 48, 54 s);
+#: - factor 0.25: 5.29, 5.72, 5.49 (55, 59, 68 s).
+#:
+#: Where the search's train is far from what all the rows support, a lower
+#: rate is slower: with ``feature_bounds=(-1, 1)`` (seed 1, whose search chose
+#: 8 functions) the TT alone took 37, 54 and 108 s at factors 1, 0.5 and
+#: 0.25, for 24.168, 24.157 and 24.151 per row. A half keeps most of the gain
+#: at half the cost there. The fits of the search keep the full rate: a
+#: quarter for its fits that go on from a fitted train (along the penalty
+#: path, in a larger basis) lost up to 0.4 nats per test row on single
+#: splits of the real tables (diabetes: 0.04 to 0.21 on all three).
+ALL_ROWS_LEARNING_RATE_FACTOR = 0.5
 
 
 @dataclass
@@ -412,9 +437,11 @@ def _fit_on_subsample(
     """:func:`_search` on at most :data:`SEARCH_MAX_ROWS` training rows, each
     fit at most :data:`SEARCH_FIT_MAX_STEPS` steps with its patience counted
     in steps, then the chosen setting fitted to all of them as any fit is
-    (patience in passes, at most ``max_iter`` of them). With ``n_basis``
-    "auto" the basis then grows on all the rows as in the search
-    (:func:`_refine_resolution`), up to :data:`MAX_N_BASIS_ALL_ROWS`.
+    (patience in passes, at most ``max_iter`` of them), at
+    :data:`ALL_ROWS_LEARNING_RATE_FACTOR` times the learning rate. With
+    ``n_basis`` "auto" the basis then grows on all the rows as in the search
+    (:func:`_refine_resolution`), up to :data:`MAX_N_BASIS_ALL_ROWS`, at the
+    same rate.
 
     The final fit starts from the subsample's best fit, or from the start of
     the chosen setting on all the rows where that scores higher on the
@@ -440,6 +467,14 @@ def _fit_on_subsample(
     start = fitter.start(chosen.n_basis, chosen.tt_rank)
     if fitter.held_out_scores(start).mean() > fitter.held_out_scores(cores).mean():
         cores = start
+    # The same problem and records (``tried`` is shared), at a lower rate.
+    fitter = replace(
+        fitter,
+        options={
+            **fitter.options,
+            "learning_rate": fitter.options["learning_rate"] * ALL_ROWS_LEARNING_RATE_FACTOR,
+        },
+    )
     # Uncapped, with its patience in passes: a final fit capped at 200 steps
     # lost 0.02 to 0.06 nats per test row on 10,000 rows of 30 correlated
     # features and 0.006 on 50,000 moons rows; as any other fit it gained
@@ -535,7 +570,9 @@ def fit_samples(
     batch_size : int, default=512
     learning_rate : float, default=1e-3
         Adam's initial step size; halved whenever the held-out score
-        stalls for half of ``n_iter_no_change`` epochs.
+        stalls for half of ``n_iter_no_change`` epochs. The fits to all rows
+        after a search on a subsample, which go on from a fitted train, start
+        at :data:`ALL_ROWS_LEARNING_RATE_FACTOR` times it.
     validation_fraction : float, default=0.1
         Held-out fraction for early stopping and the automatic choices, in
         [0, 1); 0 uses the training log-likelihood instead (then no choice

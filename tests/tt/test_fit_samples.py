@@ -248,18 +248,20 @@ def test_on_all_rows_the_basis_grows_beyond_what_the_subsample_supports(monkeypa
     :data:`N_BASIS_CANDIDATES` up to :data:`MAX_N_BASIS_ALL_ROWS`. Here the
     candidates end at 8, far too few for a 4 x 4 checkerboard. Fails if the
     growth on all rows is left out (the subsample's size comes back), if it
-    stops at the largest candidate, passes the cap, or keeps a size that
-    scores lower on the held-out rows."""
+    stops at the largest candidate, passes the cap, keeps a size that
+    scores lower on the held-out rows, or runs at another rate than the
+    final fit."""
     monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 200)
     monkeypatch.setattr(fit_samples_module, "N_BASIS_CANDIDATES", (4, 6, 8))
     monkeypatch.setattr(fit_samples_module, "MAX_N_BASIS_ALL_ROWS", 32)
     real_fit = fit_samples_module._MaximumLikelihood.fit
-    all_rows = []
+    all_rows, rates = [], set()
 
     def fit(self, cores, tt_rank, smoothness):
         result = real_fit(self, cores, tt_rank, smoothness)
         if self.train.shape[0] == 3000:
             all_rows.append((result.n_basis, result.mean))
+            rates.add(self.options["learning_rate"])
         return result
 
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
@@ -282,6 +284,8 @@ def test_on_all_rows_the_basis_grows_beyond_what_the_subsample_supports(monkeypa
     assert scores[fitted.n_basis] == max(scores.values())
     assert scores[fitted.n_basis] > scores[sizes[0]] + 0.05
     assert fitted.selection["n_basis"] == fitted.n_basis
+    # the larger bases go on from a fitted train, at the final fit's rate
+    assert rates == {1e-3 * fit_samples_module.ALL_ROWS_LEARNING_RATE_FACTOR}
 
 
 def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypatch):
@@ -320,18 +324,22 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
     that many training and held-out rows, then the chosen setting is fitted
     once more to all rows, from the better on the held-out rows of the
     search's fit and the start of that setting on all rows, and that fit is
-    returned and recorded. Fails if the search fits all rows, if the final
-    fit is left out or sees a subsample, if it starts from neither of the
-    two (or from the worse), if ``selection`` does not describe the returned
-    train, or if the subsample does not come from ``random_state``."""
+    returned and recorded. The search's fits run at ``learning_rate``, the
+    final one, which goes on from a fitted train, at
+    ``ALL_ROWS_LEARNING_RATE_FACTOR`` times it. Fails if the search fits all
+    rows, if the final fit is left out or sees a subsample, if it starts
+    from neither of the two (or from the worse), if either runs at the
+    other's rate, if ``selection`` does not describe the returned train, or
+    if the subsample does not come from ``random_state``."""
     monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 100)
     real_fit = fit_samples_module._MaximumLikelihood.fit
     real_start = fit_samples_module._MaximumLikelihood.start
-    fits, starts = [], []
+    fits, starts, rates = [], [], []
 
     def fit(self, cores, tt_rank, smoothness):
         result = real_fit(self, cores, tt_rank, smoothness)
         fits.append((self.train.shape[0], self.validation.shape[0], result))
+        rates.append(self.options["learning_rate"])
         return result
 
     def start(self, n_basis, tt_rank, seed=None):
@@ -342,10 +350,19 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "start", start)
     X, validation = correlated_gaussian(400, 11), correlated_gaussian(150, 21)
-    options = {"tt_rank": "auto", "n_basis": 8, "smoothness": "auto", "max_iter": 10}
+    options = {
+        "tt_rank": "auto",
+        "n_basis": 8,
+        "smoothness": "auto",
+        "max_iter": 10,
+        "learning_rate": 2e-3,
+    }
     distribution = fit_samples(X, validation=validation, random_state=0, **options)
     *search, (final_rows, final_validation_rows, final) = fits
     assert len(search) >= 2  # the penalty path ran on the subsample
+    *search_rates, final_rate = rates
+    assert search_rates == [2e-3] * len(search)
+    assert final_rate == pytest.approx(2e-3 * fit_samples_module.ALL_ROWS_LEARNING_RATE_FACTOR)
     assert all(rows == 100 and held_out == 100 for rows, held_out, _ in search)
     assert (final_rows, final_validation_rows) == (400, 150)
     assert distribution is final.distribution
