@@ -603,6 +603,48 @@ def test_a_failed_mixture_fit_is_skipped(data, monkeypatch):
     assert isinstance(model.flow_.companion.q0, GaussianMixtureBase)
 
 
+def test_the_kept_mixture_is_em_continued_to_the_default_threshold(data, monkeypatch):
+    """The companion's candidate mixtures stop EM at ``COMPANION_EM_TOL``
+    (their choice is made on held-out rows), and only the kept one goes on
+    to scikit-learn's default threshold, from where it stopped: the same
+    iterations, within the same budget of iterations, as one run of EM at
+    that threshold, whose mixture the companion then holds. Fails if the
+    candidates run EM to the default threshold (the cost this saves), if
+    the kept mixture is not continued, is restarted or gets a budget of its
+    own, or if the companion keeps the stopped one."""
+    fits = []
+
+    class RecordingMixture(GaussianMixture):
+        def fit(self, X, y=None):
+            fits.append((self, self.get_params(), int(getattr(self, "n_iter_", 0)), X))
+            return super().fit(X, y)
+
+    monkeypatch.setattr(density_module, "GaussianMixture", RecordingMixture)
+    model = TensorizingFlowDensity(**SMALL).fit(data[0][:2000])
+    companion = model.flow_.companion.q0
+    assert isinstance(companion, GaussianMixtureBase)
+    *search, (kept, params, iterations_before, rows) = fits
+    assert len(search) >= 4
+    for _, search_params, _, _ in search:
+        assert search_params["tol"] == density_module.COMPANION_EM_TOL
+        assert not search_params["warm_start"]
+    assert params["warm_start"] and params["tol"] == density_module.COMPANION_EM_FINAL_TOL
+    assert any(kept is candidate for candidate, *_ in search)
+    assert iterations_before > 0  # it was fitted in the search, and goes on
+    # within one run's budget of iterations
+    assert params["max_iter"] == GaussianMixture().max_iter - iterations_before
+    one_run = GaussianMixture(
+        params["n_components"],
+        covariance_type=params["covariance_type"],
+        random_state=params["random_state"],
+    ).fit(rows)
+    assert one_run.n_iter_ > iterations_before  # the threshold stopped the search's EM
+    np.testing.assert_allclose(kept.means_, one_run.means_, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(
+        companion.means.double().cpu().numpy(), one_run.means_, rtol=1e-6, atol=1e-6
+    )
+
+
 def test_each_flow_stops_where_its_mixture_is_best(data, monkeypatch):
     """Each flow is trained for its part in a mixture. The flow on the TT is
     scored by its mixture with the base through the fixed layers, at the
