@@ -78,6 +78,17 @@ one split unless ``--splits`` says otherwise, every method but ``tf-grid``
 unless ``--methods`` says otherwise; the report adds the scoring time per
 10^4 rows of each method and its ratio to KDE's. It writes its own files.
 
+``--peer-settings FILE`` (a result JSON of the same settings) fits ``gmm``
+and ``kde`` with the hyper-parameters their grid searches chose in ``FILE``
+for the same dataset and split, instead of searching again: the data are
+the same (fixed seeds), and so is the search, so the refitted peer is the
+one the search would give. Its row keeps the search's choice, cross-validated
+scores and fit seconds from ``FILE`` (the seconds a user pays), with the
+refit's own seconds in its notes. KDE's bandwidth search on 50,000 rows takes
+about 14 min per dataset, while the tensorizing flow changes from one commit
+to the next: this is how the large-sample report is rerun with every method
+in one invocation, which the paired standard errors need.
+
 Usage (from the repository root; times on one shared core)::
 
     python benchmarks/bench_density.py --quick          # smoke test: ~1.5 min
@@ -86,6 +97,8 @@ Usage (from the repository root; times on one shared core)::
     python benchmarks/bench_density.py --only mog8d --merge
     python benchmarks/bench_density.py --large          # 5 datasets at 50,000 rows: ~2-3 h
     python benchmarks/bench_density.py --large --only moons --merge   # ~25 min
+    python benchmarks/bench_density.py --large \
+        --peer-settings benchmarks/results/density_large_partial/density_cpu_large.json
 
 The full-size times are estimates: the default one from the earlier
 one-split runs (about 25 min per split, most of it tf-grid's search), the
@@ -104,6 +117,7 @@ method and keeps the others).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -406,6 +420,37 @@ def make_method(method: str, train: np.ndarray, split: int, args: argparse.Names
     raise ValueError(f"unknown method {method!r}")
 
 
+#: Methods whose grid-searched settings ``--peer-settings`` can reuse.
+PEER_METHODS = ("gmm", "kde")
+
+
+def peer_with_settings(method: str, split: int, params: dict[str, Any]) -> Any:
+    """The estimator of ``gmm`` or ``kde`` with the settings its grid search chose."""
+    if method == "gmm":
+        return GaussianMixture(random_state=split, **params)
+    if method == "kde":
+        return KernelDensity(**params)
+    raise ValueError(f"--peer-settings refits only {PEER_METHODS}, not {method!r}")
+
+
+def load_peer_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int, str], dict]:
+    """The ``gmm`` and ``kde`` rows of the result file ``path``, by (dataset,
+    split, method), with the date of their run; the file must have the same
+    sizes, grids and splits as this invocation."""
+    payload = json.loads(path.read_text())
+    earlier, now = payload["metadata"]["settings"], settings(args)
+    compared = ("n_train", "n_test", "cv_folds", "gmm_components_grid", "kde_bandwidth_grid")
+    differing = [name for name in compared if earlier.get(name) != now.get(name)]
+    if differing:
+        raise SystemExit(f"--peer-settings {path}: other settings ({', '.join(differing)})")
+    dates = [run["date"] for run in payload["metadata"]["runs"]]
+    return {
+        (row["key"], row["split"], row["method"]): {**row, "date": dates[row["run"]]}
+        for row in payload["results"]
+        if row["method"] in PEER_METHODS and row["status"] == "ok" and row["best_params"]
+    }
+
+
 def run_method(
     dataset: Dataset,
     method: str,
@@ -434,11 +479,26 @@ def run_method(
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            model = make_method(method, train, split, args)
+            earlier = args.peer_rows.get((dataset.key, split, method))
+            model = (
+                make_method(method, train, split, args)
+                if earlier is None
+                else peer_with_settings(method, split, earlier["best_params"])
+            )
             start = time.perf_counter()
             model.fit(train)
             result.fit_seconds = time.perf_counter() - start
-            if isinstance(model, GridSearchCV):
+            if earlier is not None:
+                result.notes.append(
+                    f"settings of the grid search in {args.peer_settings.name} (run "
+                    f"{earlier['date']}), refitted here in {result.fit_seconds:.3g} s; "
+                    "fit s: that search's"
+                )
+                result.fit_seconds = earlier["fit_seconds"]
+                result.best_params = earlier["best_params"]
+                result.cv_scores = earlier["cv_scores"]
+                fitted = model
+            elif isinstance(model, GridSearchCV):
                 result.best_params = {k: _plain(v) for k, v in model.best_params_.items()}
                 result.cv_scores = {
                     _param_text(p): float(s)
@@ -1087,6 +1147,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=None,
         help="max_iter of the tensorizing flows (default: the estimator's, quick 20)",
     )
+    parser.add_argument(
+        "--peer-settings",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="fit gmm and kde with the settings their grid searches chose in this result "
+        "JSON (same data and settings) instead of searching again",
+    )
     args = parser.parse_args(argv)
     if args.large:
         outside = [key for key in args.only or () if key not in LARGE_KEYS]
@@ -1108,6 +1176,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.tt_ranks = [2, 8] if args.quick else [2, 4, 8, 16]
     args.gmm_components = [1, 4, 16] if args.quick else [1, 2, 4, 8, 16, 32, 64]
     args.n_bandwidths = 6 if args.quick else 12
+    args.peer_rows = {} if args.peer_settings is None else load_peer_rows(args.peer_settings, args)
     return args
 
 
