@@ -234,9 +234,9 @@ def merge_results(
         cases = [c for c in old["cases"] if c["key"] not in new_keys] + payload["cases"]
         merged["cases"] = sorted(cases, key=lambda c: order.index(c["key"]))
     new_pairs = {(row["key"], row["method"]) for row in payload["results"]}
-    results = [
-        r for r in old["results"] if (r["key"], r["method"]) not in new_pairs
-    ] + payload["results"]
+    results = [r for r in old["results"] if (r["key"], r["method"]) not in new_pairs] + payload[
+        "results"
+    ]
     merged["results"] = sorted(
         results, key=lambda r: (order.index(r["key"]), methods.index(r["method"]))
     )

@@ -49,7 +49,7 @@ recorded as failed with its error message, and the suite goes on.
 Usage (from the repository root)::
 
     python benchmarks/bench_vi.py --quick                 # smoke test, a few minutes
-    python benchmarks/bench_vi.py                         # full suite, about 13 minutes on one core
+    python benchmarks/bench_vi.py                         # full suite, about 13 min on one core
     python benchmarks/bench_vi.py --only gl1d-16 mog2d-40 # some targets
     python benchmarks/bench_vi.py --only funnel-10 --merge  # add rows to an earlier run
     python benchmarks/bench_vi.py --quick --only logreg-wine eight-schools --output /tmp

@@ -226,21 +226,31 @@ def plot_vi(report_path: Path, output: Path, title: str) -> Path:
                 modes_axes.text(0.02, y, status, va="center", fontsize=7, color=colour)
                 continue
             shown = min(max(value, KL_FLOOR), KL_CEILING)
-            kl_axes.barh(y, shown - KL_FLOOR * 0.999, left=KL_FLOOR * 0.999, height=bar_height,
-                         color=colour)
+            kl_axes.barh(
+                y, shown - KL_FLOOR * 0.999, left=KL_FLOOR * 0.999, height=bar_height, color=colour
+            )
             if value < KL_FLOOR:
                 kl_axes.text(KL_FLOOR * 1.3, y, f"< {KL_FLOOR:g}", va="center", fontsize=6.5)
             elif value > KL_CEILING:
-                kl_axes.text(KL_CEILING * 0.8, y, f"{_short_number(value)} >", va="center",
-                             ha="right", fontsize=6.5, color="white", fontweight="bold")
+                kl_axes.text(
+                    KL_CEILING * 0.8,
+                    y,
+                    f"{_short_number(value)} >",
+                    va="center",
+                    ha="right",
+                    fontsize=6.5,
+                    color="white",
+                    fontweight="bold",
+                )
             else:
                 kl_axes.text(shown * 1.15, y, _short_number(value), va="center", fontsize=6.5)
             found, groups = row["modes_found"], row["n_mode_groups"]
             if found is None or not groups:
                 continue
             modes_axes.barh(y, found / groups, height=bar_height, color=colour)
-            modes_axes.text(min(found / groups, 1.0) + 0.02, y, f"{found}/{groups}",
-                            va="center", fontsize=6.5)
+            modes_axes.text(
+                min(found / groups, 1.0) + 0.02, y, f"{found}/{groups}", va="center", fontsize=6.5
+            )
     labels = [VI_LABELS.get(case["key"], case["name"]) for case in cases]
     kl_axes.set_yticks(range(len(cases)), labels, fontsize=8)
     kl_axes.set_ylim(len(cases) - 0.5, -0.5)
@@ -262,13 +272,24 @@ def plot_vi(report_path: Path, output: Path, title: str) -> Path:
         for m in methods
     ]
     figure.suptitle(title, fontsize=10, y=1 - 0.12 / height)
-    figure.legend(handles=handles, loc="upper center", ncol=len(methods), fontsize=8.5,
-                  frameon=False, bbox_to_anchor=(0.5, 1 - 0.38 / height))
+    figure.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=len(methods),
+        fontsize=8.5,
+        frameon=False,
+        bbox_to_anchor=(0.5, 1 - 0.38 / height),
+    )
     if any(as_float(case["log_normalizer"]) is None for case in cases):
-        figure.text(0.01, 0.06 / height, "* log Z unknown: reverse KL minus the best "
-                    "method's (ELBO below the best ELBO).", fontsize=7.5)
-    figure.subplots_adjust(left=0.25, right=0.985, top=1 - top_inches / height,
-                           bottom=bottom_inches / height)
+        figure.text(
+            0.01,
+            0.06 / height,
+            "* log Z unknown: reverse KL minus the best method's (ELBO below the best ELBO).",
+            fontsize=7.5,
+        )
+    figure.subplots_adjust(
+        left=0.25, right=0.985, top=1 - top_inches / height, bottom=bottom_inches / height
+    )
     return _save(figure, output)
 
 
@@ -315,15 +336,36 @@ def _density_panel(
             mean, se = difference["mean"], difference["se"] or 0.0
             low, high = limits
             if low <= mean <= high:
-                axes.errorbar(mean, y, xerr=se, fmt="o", color=colour, markersize=4,
-                              elinewidth=1.2, capsize=2)
+                axes.errorbar(
+                    mean,
+                    y,
+                    xerr=se,
+                    fmt="o",
+                    color=colour,
+                    markersize=4,
+                    elinewidth=1.2,
+                    capsize=2,
+                )
                 continue
             edge = low if mean < low else high
             inward = 1 if mean < low else -1
-            axes.plot(edge, y, marker="<" if mean < low else ">", color=colour,
-                      markersize=6, clip_on=False)
-            axes.text(edge + inward * 0.02 * (high - low), y, f"{mean:+.2f}", color=colour,
-                      va="center", ha="left" if inward > 0 else "right", fontsize=7)
+            axes.plot(
+                edge,
+                y,
+                marker="<" if mean < low else ">",
+                color=colour,
+                markersize=6,
+                clip_on=False,
+            )
+            axes.text(
+                edge + inward * 0.02 * (high - low),
+                y,
+                f"{mean:+.2f}",
+                color=colour,
+                va="center",
+                ha="left" if inward > 0 else "right",
+                fontsize=7,
+            )
     axes.set_yticks(range(len(keys)), labels, fontsize=7.5)
     axes.set_ylim(len(keys) - 0.5, -0.5)
     axes.axvline(0.0, color="black", linewidth=0.8)
@@ -364,22 +406,38 @@ def plot_density(toys_path: Path, real_path: Path, output: Path) -> Path:
     # Limits that show the tensorizing flow's margins; larger gaps are labelled.
     _density_panel(toy_axes, toys, methods, (-0.1, 0.03))
     _density_panel(real_axes, real, methods, (-2.5, 2.5))
-    toy_axes.set_title("2-D toys and an 8-D mixture: 5,000 train / 5,000 test, 3 draws",
-                       fontsize=8.5)
+    toy_axes.set_title(
+        "2-D toys and an 8-D mixture: 5,000 train / 5,000 test, 3 draws", fontsize=8.5
+    )
     real_axes.set_title("real tables, standardised: three 70/30 splits", fontsize=8.5)
     for axes in (toy_axes, real_axes):
-        axes.set_xlabel("held-out log-likelihood minus the best tuned peer's\n"
-                        "(nats per point; > 0: ahead of it)", fontsize=8)
+        axes.set_xlabel(
+            "held-out log-likelihood minus the best tuned peer's\n"
+            "(nats per point; > 0: ahead of it)",
+            fontsize=8,
+        )
     handles = [
-        plt.Line2D([], [], marker="o", linestyle="", color=METHOD_STYLE[m][0],
-                   label=METHOD_STYLE[m][1])
+        plt.Line2D(
+            [], [], marker="o", linestyle="", color=METHOD_STYLE[m][0], label=METHOD_STYLE[m][1]
+        )
         for m in ("tf-default", "tt-alone", "gaussian-flow", "gmm", "kde")
     ]
-    figure.legend(handles=handles, loc="upper center", ncol=5, fontsize=8, frameon=False,
-                  bbox_to_anchor=(0.5, 0.995))
-    figure.text(0.5, 0.005, "bars: standard error of the difference, paired over the three "
-                "splits; the best tuned peer of each dataset is the vertical line at 0",
-                ha="center", fontsize=7.5)
+    figure.legend(
+        handles=handles,
+        loc="upper center",
+        ncol=5,
+        fontsize=8,
+        frameon=False,
+        bbox_to_anchor=(0.5, 0.995),
+    )
+    figure.text(
+        0.5,
+        0.005,
+        "bars: standard error of the difference, paired over the three "
+        "splits; the best tuned peer of each dataset is the vertical line at 0",
+        ha="center",
+        fontsize=7.5,
+    )
     figure.subplots_adjust(left=0.13, right=0.985, top=0.88, bottom=0.16)
     return _save(figure, output)
 
@@ -418,8 +476,15 @@ def plot_speed(speed_path: Path, tt_path: Path, output: Path) -> Path:
     ]
     for label, seconds, count, method, style in lines:
         rates = [r[count] / r[seconds] for r in rows]
-        estimator_axes.plot(dims, rates, style, marker="o", markersize=4,
-                            color=METHOD_STYLE[method][0], label=label)
+        estimator_axes.plot(
+            dims,
+            rates,
+            style,
+            marker="o",
+            markersize=4,
+            color=METHOD_STYLE[method][0],
+            label=label,
+        )
     meta = speed["metadata"]
     estimator_axes.set_title(
         f"TensorizingFlowDensity, RealNVP 8 x 64, tt_rank 8, float32\n"
@@ -434,18 +499,31 @@ def plot_speed(speed_path: Path, tt_path: Path, output: Path) -> Path:
             for r in results
             if r["model"] == "tt" and r["sweep"] == "d" and r["operation"] == operation
         )
-        base_axes.plot([p[0] for p in points], [p[1] for p in points], style, marker="o",
-                       markersize=4, color=METHOD_STYLE["tt-alone"][0],
-                       label=f"TT base {operation}")
+        base_axes.plot(
+            [p[0] for p in points],
+            [p[1] for p in points],
+            style,
+            marker="o",
+            markersize=4,
+            color=METHOD_STYLE["tt-alone"][0],
+            label=f"TT base {operation}",
+        )
         gaussian = [
-            r for r in results
-            if r["model"] == "diag_gaussian" and r["operation"] == operation
+            r
+            for r in results
+            if r["model"] == "diag_gaussian"
+            and r["operation"] == operation
             and r["dtype"] == "float32"
         ]
         for row in gaussian:
-            base_axes.plot(row["d"], row["points_per_s"], marker="s" if operation == "log_prob"
-                           else "D", linestyle="", color=METHOD_STYLE["gaussian-flow"][0],
-                           label=f"DiagGaussian {operation}")
+            base_axes.plot(
+                row["d"],
+                row["points_per_s"],
+                marker="s" if operation == "log_prob" else "D",
+                linestyle="",
+                color=METHOD_STYLE["gaussian-flow"][0],
+                label=f"DiagGaussian {operation}",
+            )
     tt_meta = tt["metadata"]
     reference = tt_meta["reference"]
     base_axes.set_title(
@@ -472,23 +550,41 @@ def plot_speed(speed_path: Path, tt_path: Path, output: Path) -> Path:
 def main(argv: Sequence[str] | None = None) -> int:
     """Draw every figure; print the paths written."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--output", type=Path, default=DEFAULT_OUTPUT,
-                        help="folder of the PNG files (default: docs/_static/benchmarks)")
-    parser.add_argument("--results", type=Path, default=RESULTS,
-                        help="folder of the JSON reports (default: benchmarks/results)")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        default=DEFAULT_OUTPUT,
+        help="folder of the PNG files (default: docs/_static/benchmarks)",
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=RESULTS,
+        help="folder of the JSON reports (default: benchmarks/results)",
+    )
     args = parser.parse_args(argv)
     results, output = args.results, args.output
     written = [
-        plot_vi(results / "vi_auto_partial" / "vi_cpu_auto.json", output / "vi_auto.png",
-                "Variational inference, every setting on \"auto\" (no box given), "
-                "100 training iterations"),
-        plot_vi(results / "vi_full_partial" / "vi_cpu.json", output / "vi_tuned.png",
-                "Variational inference on each target's own box, tt_rank and n_basis "
-                "chosen by hand, 300 training iterations"),
-        plot_density(results / "density_auto_toys" / "density_cpu.json",
-                     results / "density_auto" / "density_cpu.json", output / "density.png"),
-        plot_speed(results / "speed_cpu.json", results / "tt_distribution_cpu.json",
-                   output / "speed.png"),
+        plot_vi(
+            results / "vi_auto_partial" / "vi_cpu_auto.json",
+            output / "vi_auto.png",
+            'Variational inference, every setting on "auto" (no box given), '
+            "100 training iterations",
+        ),
+        plot_vi(
+            results / "vi_full_partial" / "vi_cpu.json",
+            output / "vi_tuned.png",
+            "Variational inference on each target's own box, tt_rank and n_basis "
+            "chosen by hand, 300 training iterations",
+        ),
+        plot_density(
+            results / "density_auto_toys" / "density_cpu.json",
+            results / "density_auto" / "density_cpu.json",
+            output / "density.png",
+        ),
+        plot_speed(
+            results / "speed_cpu.json", results / "tt_distribution_cpu.json", output / "speed.png"
+        ),
     ]
     for path in written:
         print(f"{path} ({math.ceil(path.stat().st_size / 1024)} KB)")

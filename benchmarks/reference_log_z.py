@@ -365,9 +365,7 @@ def logistic_reference(dataset: str, n_draws: int, n_pilot: int, seed: int) -> d
     box = np.column_stack([mode - half, mode + half])
     rng = np.random.default_rng(seed)
     first = t_proposal(mode, covariance, PILOT_INFLATION)
-    proposal, pilots, mean, moment_covariance = adapted_t_proposal(
-        log_target, first, rng, n_pilot
-    )
+    proposal, pilots, mean, moment_covariance = adapted_t_proposal(log_target, first, rng, n_pilot)
     summary, _, _ = run_importance_sampling(log_target, proposal, n_draws, rng, box=box)
     return {
         "model": "logistic_regression",
@@ -420,9 +418,7 @@ def eight_schools_reference(
             return np.column_stack([top, rest]), log_q
 
         description = dict(head.description)
-        description["rest"] = (
-            "theta_j | mu, tau ~ N(mu, tau^2)" if centered else "eta_j ~ N(0, 1)"
-        )
+        description["rest"] = "theta_j | mu, tau ~ N(mu, tau^2)" if centered else "eta_j ~ N(0, 1)"
         return Proposal(draw, description)
 
     first = joint(t_proposal(np.array([4.0, 1.0]), np.diag([25.0, 2.25]), 1.0))
@@ -542,9 +538,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.n_draws is None:
         args.n_draws = 200_000 if args.quick else N_DRAWS
     if args.output is None:
-        args.output = (
-            Path("/tmp") if args.quick else Path(__file__).resolve().parent / "results"
-        )
+        args.output = Path("/tmp") if args.quick else Path(__file__).resolve().parent / "results"
     return args
 
 
@@ -564,17 +558,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         for dataset in ("breast_cancer", "wine"):
             key = f"logreg-{dataset}"
             targets[key] = logistic_reference(dataset, args.n_draws, args.n_pilot, seeds[key])
-            print(f"{key}: log Z {targets[key]['log_z']:.5f} +- {targets[key]['std_error']:.1e}"
-                  f" (ESS {targets[key]['ess_fraction']:.3f}, {targets[key]['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"{key}: log Z {targets[key]['log_z']:.5f} +- {targets[key]['std_error']:.1e}"
+                f" (ESS {targets[key]['ess_fraction']:.3f}, {targets[key]['seconds']:.0f} s)",
+                flush=True,
+            )
         quadrature = eight_schools_quadrature()
         for key, centered in (("eight-schools", True), ("eight-schools-noncentered", False)):
             targets[key] = eight_schools_reference(
                 centered, quadrature, args.n_draws, args.n_pilot, seeds[key]
             )
-            print(f"{key}: log Z {targets[key]['log_z']:.5f} +- {targets[key]['std_error']:.1e}"
-                  f" (quadrature {quadrature['log_z']:.10f}; {targets[key]['seconds']:.0f} s)",
-                  flush=True)
+            print(
+                f"{key}: log Z {targets[key]['log_z']:.5f} +- {targets[key]['std_error']:.1e}"
+                f" (quadrature {quadrature['log_z']:.10f}; {targets[key]['seconds']:.0f} s)",
+                flush=True,
+            )
     payload = {
         "metadata": {
             "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),

@@ -111,12 +111,9 @@ laplace_check = importance_diagnostics(
 
 header = f"{'wine posterior':<22}{'ELBO':>9}{'ESS':>7}{'log Z':>19}{'evals':>11}{'fit (s)':>9}"
 print(header)
-estimate = (
-    f"{laplace_check.log_normalizer:.4f} ± {laplace_check.log_normalizer_std_error:.4f}"
-)
+estimate = f"{laplace_check.log_normalizer:.4f} ± {laplace_check.log_normalizer_std_error:.4f}"
 print(
-    f"{'Laplace at the MAP':<22}{laplace_check.elbo:>9.4f}{laplace_check.ess:>7.3f}"
-    f"{estimate:>19}"
+    f"{'Laplace at the MAP':<22}{laplace_check.elbo:>9.4f}{laplace_check.ess:>7.3f}{estimate:>19}"
 )
 for name, model in wine_models.items():
     estimate = f"{model.log_normalizer_:.4f} ± {model.log_normalizer_std_error_:.4f}"
@@ -305,9 +302,7 @@ ax.plot(
 )
 ax.axvline(wine.map_estimate[skewed], color="k", linestyle=":", label="MAP")
 ax.set_xlabel(f"coefficient of {wine.feature_names[skewed]!r}")
-ax.set_title(
-    f"Wine: mean {shift_in_std[skewed]:+.2f} Laplace std from the MAP", fontsize=10
-)
+ax.set_title(f"Wine: mean {shift_in_std[skewed]:+.2f} Laplace std from the MAP", fontsize=10)
 ax.legend(fontsize=8)
 
 ax = axes[0, 1]
@@ -322,9 +317,7 @@ log_weights["Gaussian-base flow"] = (
 )
 bins = np.linspace(-4, 1.5, 80)
 for name, values in log_weights.items():
-    ax.hist(
-        values - WINE_REFERENCE_LOG_Z, bins=bins, histtype="step", linewidth=1.5, label=name
-    )
+    ax.hist(values - WINE_REFERENCE_LOG_Z, bins=bins, histtype="step", linewidth=1.5, label=name)
 ax.set_xlabel("log w - log Z (reference)")
 ax.set_title("Wine: log importance weights", fontsize=10)
 ax.legend(fontsize=8)
@@ -348,8 +341,13 @@ ax = axes[1, 1]
 bins = np.linspace(-9, 6, 76)
 ax.hist(exact_schools[:, 1], bins=bins, density=True, color="0.5", alpha=0.5, label="exact")
 ax.hist(
-    model_schools[:, 1], bins=bins, density=True, histtype="step", linewidth=1.5,
-    color="C0", label="tensorizing flow",
+    model_schools[:, 1],
+    bins=bins,
+    density=True,
+    histtype="step",
+    linewidth=1.5,
+    color="C0",
+    label="tensorizing flow",
 )
 for k, side in enumerate(found_box[1]):
     ax.axvline(side, color="C3", linestyle="--", label="box found" if k == 0 else None)

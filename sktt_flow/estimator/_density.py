@@ -1728,7 +1728,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # gains are noise (seen on wine, 12 held-out rows: whitening
                 # ahead by 0.5-0.8 nats there and behind by 0.1-0.8 on test).
                 candidate = (
-                    scores, base, whitening, history, kind, spline_tail_bound(base, fit_rows)
+                    scores,
+                    base,
+                    whitening,
+                    history,
+                    kind,
+                    spline_tail_bound(base, fit_rows),
                 )
                 if best is None or clearly_better(scores, best[0], CONFIRMATION_STANDARD_ERRORS):
                     best = candidate

@@ -1086,8 +1086,7 @@ def _build_model(
         model.companion_weight = float(metadata["companion"]["weight"])
     elif companion_state:
         raise ValueError(
-            f"{where}: {_STATE} holds a companion model's tensors, but {_METADATA} describes "
-            "none."
+            f"{where}: {_STATE} holds a companion model's tensors, but {_METADATA} describes none."
         )
     return model
 

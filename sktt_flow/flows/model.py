@@ -17,7 +17,6 @@ from sktt_flow.tt.distribution import TTDistribution
 __all__ = ["TensorizingFlow", "defensive_mixture_log_prob"]
 
 
-
 def _floating_dtype(layer: torch.nn.Module) -> torch.dtype | None:
     """The dtype of a layer's first floating-point parameter or buffer; None
     for a layer without one (a permutation).

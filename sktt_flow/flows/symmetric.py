@@ -118,9 +118,7 @@ def _as_matrices(group, n_features: int) -> torch.Tensor:
 def _as_center(center, n_features: int) -> torch.Tensor:
     """``center`` as a float64 CPU tensor of shape (d,), checked."""
     try:
-        array = np.asarray(
-            center.detach().cpu() if isinstance(center, torch.Tensor) else center
-        )
+        array = np.asarray(center.detach().cpu() if isinstance(center, torch.Tensor) else center)
         if array.dtype.kind not in "iuf":
             raise TypeError(f"dtype {array.dtype}")
     except (TypeError, ValueError) as error:

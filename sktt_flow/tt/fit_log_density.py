@@ -326,9 +326,7 @@ def _cross_auto_n_basis(run, max_evals: int | None, max_n_basis: int):
         # (ESS 0.002: a gain of 3,000 nats is within it); the best score
         # decides, with one size of patience.
         poor = best_check is not None and best_check.ess < POOR_BASE_ESS
-        if size >= max_n_basis or not (
-            (unresolved and improved) or (poor and n_since_best < 2)
-        ):
+        if size >= max_n_basis or not ((unresolved and improved) or (poor and n_since_best < 2)):
             break
         size = min(max_n_basis, math.ceil(AUTO_N_BASIS_GROWTH * size))
     nodal_cores, report = best

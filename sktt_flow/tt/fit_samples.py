@@ -419,9 +419,7 @@ def _refine_resolution(
         # each step a gain).
         larger = [size for size in N_BASIS_CANDIDATES if size >= 2 * best.n_basis]
         size = min(min(larger) if larger else 2 * best.n_basis, max_n_basis)
-        candidate = fitter.fit(
-            _padded(list(best.distribution.cores), size), rank, best.smoothness
-        )
+        candidate = fitter.fit(_padded(list(best.distribution.cores), size), rank, best.smoothness)
         if candidate.mean <= best.mean + MIN_IMPROVEMENT:
             break
         best = candidate

@@ -62,9 +62,7 @@ def standard_normal_log_target(x: torch.Tensor) -> torch.Tensor:
         ([1e200, 1.0], [3e201, 0.0]),  # beyond float32's range
     ],
 )
-def test_affine_change_of_units_moves_the_model_exactly(
-    X, reference_scores, dtype, scale, offset
-):
+def test_affine_change_of_units_moves_the_model_exactly(X, reference_scores, dtype, scale, offset):
     """Catches standardisation in the training dtype (float32 collapses 1e9 +
     N(0, 1) onto a few values), squares that overflow (1e154), and raw values
     beyond float32's range refused as "NaN or infinity"."""
@@ -193,7 +191,7 @@ def test_a_log_target_without_gradient_is_named_and_keeps_its_cause(log_target):
     model = TensorizingFlowDensity(log_target=log_target, domain=BOX, **SMALL)
     with pytest.raises(ValueError, match="log_target must be differentiable") as info:
         model.fit()
-    assert "flow=\"none\"" in str(info.value)
+    assert 'flow="none"' in str(info.value)
     if log_target in (numpy_inside, scipy_inside):
         root = info.value
         while root.__cause__ is not None:

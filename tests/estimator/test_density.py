@@ -261,9 +261,7 @@ def test_automatic_base_settings_without_held_out_rows_are_fixed(data):
     ]
 
 
-def test_on_large_data_the_base_is_chosen_on_a_subsample_and_fitted_to_all_rows(
-    data, monkeypatch
-):
+def test_on_large_data_the_base_is_chosen_on_a_subsample_and_fitted_to_all_rows(data, monkeypatch):
     """Above ``SEARCH_MAX_ROWS`` training rows (lowered here to 200) the
     automatic choices of the base are made on that many rows and the chosen
     train is fitted once more to all of them; ``tt_.selection`` describes the

@@ -77,9 +77,7 @@ def test_sample_and_score_is_consistent(gaussian_model):
     samples, log_q = exact.sample_and_score(2000, random_state=0)
     np.testing.assert_allclose(log_q, exact.score_samples(samples), atol=1e-9)
     samples, log_q = gaussian_model.sample_and_score(2000, random_state=0)
-    np.testing.assert_allclose(
-        log_q, gaussian_model.score_samples(samples), rtol=1e-5, atol=1e-5
-    )
+    np.testing.assert_allclose(log_q, gaussian_model.score_samples(samples), rtol=1e-5, atol=1e-5)
     # 2000 samples: standard error of each covariance entry below 0.03
     np.testing.assert_allclose(np.cov(samples.T), COVARIANCE.numpy(), atol=0.12)
 

@@ -262,11 +262,7 @@ def test_hessian_against_a_closed_form_of_a_non_gaussian_target():
     (zero curvature), which must not be inverted into inf or NaN."""
 
     def log_h(x):
-        return (
-            -torch.cosh(x[:, 0] - 1)
-            - (x[:, 1] - x[:, 0]).square()
-            - (x[:, 2] - x[:, 1]).pow(4)
-        )
+        return -torch.cosh(x[:, 0] - 1) - (x[:, 1] - x[:, 0]).square() - (x[:, 2] - x[:, 1]).pow(4)
 
     # Without the quartic term first: a plain non-quadratic maximum.
     two = find_modes(lambda x: log_h(torch.cat([x, x[:, 1:]], 1)), 2, generator=0)

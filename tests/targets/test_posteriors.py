@@ -134,8 +134,10 @@ def test_logistic_pickle_round_trip(logistic):
     x = torch.from_numpy(_near_map(logistic, 4, seed=6))
     clone = pickle.loads(pickle.dumps(logistic))
     torch.testing.assert_close(clone.log_prob(x), logistic.log_prob(x))
-    assert repr(clone) == repr(logistic) == (
-        f"LogisticRegressionPosterior(dataset={logistic.dataset!r}, prior_scale=1.0)"
+    assert (
+        repr(clone)
+        == repr(logistic)
+        == (f"LogisticRegressionPosterior(dataset={logistic.dataset!r}, prior_scale=1.0)")
     )
 
 

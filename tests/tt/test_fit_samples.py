@@ -309,9 +309,7 @@ def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypat
 
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
     X = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    fitted = fit_samples(
-        X, tt_rank=2, n_basis=6, smoothness="auto", max_iter=2, random_state=0
-    )
+    fitted = fit_samples(X, tt_rank=2, n_basis=6, smoothness="auto", max_iter=2, random_state=0)
     start = fit_samples_module.SMOOTHNESS_START
     larger = min(p for p in SMOOTHNESS_CANDIDATES if p > start)
     smaller = max(p for p in SMOOTHNESS_CANDIDATES if p < start)

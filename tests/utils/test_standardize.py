@@ -33,9 +33,7 @@ def test_a_large_offset_keeps_the_spread():
     mean, scale = standardization(1e9 + unit)
     np.testing.assert_allclose(scale, unit.std(axis=0, ddof=1), rtol=1e-6)
     standardized = standardize(1e9 + unit, mean, scale)
-    np.testing.assert_allclose(
-        standardized, (unit - unit.mean()) / unit.std(ddof=1), atol=1e-6
-    )
+    np.testing.assert_allclose(standardized, (unit - unit.mean()) / unit.std(ddof=1), atol=1e-6)
 
 
 def test_constant_columns_and_single_rows_keep_unit_scale():
