@@ -436,7 +436,8 @@ def peer_with_settings(method: str, split: int, params: dict[str, Any]) -> Any:
 def load_peer_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int, str], dict]:
     """The ``gmm`` and ``kde`` rows of the result file ``path``, by (dataset,
     split, method), with the date of their run; the file must have the same
-    sizes, grids and splits as this invocation."""
+    sizes and grids as this invocation (a dataset or split it lacks is
+    searched as usual)."""
     payload = json.loads(path.read_text())
     earlier, now = payload["metadata"]["settings"], settings(args)
     compared = ("n_train", "n_test", "cv_folds", "gmm_components_grid", "kde_bandwidth_grid")
