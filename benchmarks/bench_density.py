@@ -438,7 +438,7 @@ def load_peer_rows(path: Path, args: argparse.Namespace) -> dict[tuple[str, int,
     split, method), with the date of their run; the file must have the same
     sizes and grids as this invocation (a dataset or split it lacks is
     searched as usual)."""
-    payload = json.loads(path.read_text())
+    payload = json.loads(path.read_text(encoding="utf-8"))
     earlier, now = payload["metadata"]["settings"], settings(args)
     compared = ("n_train", "n_test", "cv_folds", "gmm_components_grid", "kde_bandwidth_grid")
     differing = [name for name in compared if earlier.get(name) != now.get(name)]
