@@ -66,6 +66,7 @@ from sktt_flow.training import (
     fit_forward_kl,
     fit_mixture,
     fit_reverse_kl,
+    fit_variational_mixture_weight,
 )
 from sktt_flow.training.reverse_kl import CONFIRMATION_STANDARD_ERRORS
 from sktt_flow.tt.cross import LogDensityEvaluator
@@ -349,6 +350,16 @@ def _is_single_pair(domain) -> bool:
 def _is_auto(domain) -> bool:
     """Whether the variational box is to be found automatically."""
     return domain is None or (isinstance(domain, str) and domain == "auto")
+
+
+def _is_poor_cross(base) -> bool:
+    """Whether the TT-cross of a variational base on a given box (``base``: its
+    TT, or the :class:`~sktt_flow.flows.SymmetrizedBase` around it) scored a
+    self-check ESS below :data:`MIN_GOOD_BASE_ESS`; then ``base="auto"``
+    trains the flow on a Gaussian base too."""
+    train = base.base if isinstance(base, SymmetrizedBase) else base
+    report = getattr(train, "cross_report", None)
+    return report is not None and math.isfinite(report.ess) and report.ess < MIN_GOOD_BASE_ESS
 
 
 def _self_check(base, shift, matrix, evaluate, seed, device):
@@ -638,11 +649,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         with ``domain="auto"``, else centred on ``domain`` with a quarter of
         its width as standard deviation) to compare with an ordinary flow of
         the same architecture and training. ``"auto"``: in variational mode
-        with ``domain="auto"``, both bases get the flow, each model is scored
-        by its ELBO on 4096 fresh exact draws, and the better one is kept
-        (``base_`` says which), so the fit is never worse than the Laplace
-        Gaussian with the same flow, at the cost of training two; with an
-        explicit box, the TT. In data mode both bases are fitted in each
+        with ``domain="auto"``, and with an explicit box where TT-cross's
+        self-check is poor (ESS below 0.5), both bases get the flow and the
+        model is the mixture of the two trained models whose weight
+        maximises the ELBO on 4096 fresh exact draws of each
+        (:func:`~sktt_flow.training.fit_variational_mixture_weight`; kept
+        only where it beats the better model alone by two paired standard
+        errors, otherwise that model alone, ``base_`` says which;
+        ``companion_weight_`` is the Gaussian's weight; with ``symmetry``
+        the better model alone), so the fit is never worse than the same
+        flow on the Gaussian beyond the noise of that comparison, at the
+        cost of training two; with an explicit box and a good TT, the TT
+        alone. In data mode both bases are fitted in each
         candidate coordinates (see ``preconditioner``; in whitened ones the
         Gaussian is the full-covariance maximum-likelihood Gaussian), the TT
         in standardised coordinates is kept unless another is ahead on the
@@ -986,12 +1004,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Data mode: fitted by maximum likelihood on the held-out rows within
         [0.001, 0.5], 0.001 without held-out rows; variational mode: 0.
     companion_weight_ : float
-        Data mode with ``base="auto"``: the weight of the model on the
-        Gaussian or Gaussian mixture (``flow_.companion``, its base
-        ``flow_.companion.q0``) next to the model on the TT, fitted by
-        maximum likelihood on the held-out rows within [0.001, 0.999]; 0 when
-        there is no companion (the smallest weight was best, no held-out
-        rows, no flow, another ``base``, or variational mode).
+        With ``base="auto"``: the weight of the model on the Gaussian or
+        Gaussian mixture (``flow_.companion``, its base
+        ``flow_.companion.q0``) next to the model on the TT; in data mode
+        fitted by maximum likelihood on the held-out rows within [0.001,
+        0.999], in variational mode by the ELBO on fresh draws (see
+        ``base``). 0 when there is no companion (one model alone was best,
+        no held-out rows, no flow in data mode, another ``base``, or in
+        variational mode a good TT on an explicit box, or ``symmetry``).
     preconditioner_ : str
         The coordinates of the base that were kept (``"none"``,
         ``"diagonal"`` or ``"full"``; in data mode ``"diagonal"``, the
@@ -1930,6 +1950,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         fitted: dict = {}
         n_cross_evaluations = 0
+        # the model on the Gaussian next to the model on the TT, and its weight
+        # (_variational_mixture_weight)
+        companion, companion_weight = None, 0.0
         # a symmetrised base's group and centre in float64, put back after training
         exact_group = exact_center = None
         # likewise a tempered base, whose layers were built in float64
@@ -1939,6 +1962,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()
             model = copy.deepcopy(self.flow_)
+            # the companion is kept as it was, with its weight (as in data mode)
+            companion, companion_weight = model.companion, model.companion_weight
+            model.companion, model.companion_weight = None, 0.0
             fitted_bounds = split_bounds_map(model.flows)[1]
             if fitted_bounds is not None:
                 del model.flows[-1]
@@ -1993,7 +2019,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     exact_base = copy.deepcopy(placed[0])
                 name = "tempered" if self.base == "tempered" else "tt"
                 candidates.append((name, placed, checks))
-            if self.base == "gaussian" or (self.base == "auto" and automatic):
+            if self.base == "gaussian" or (
+                self.base == "auto" and (automatic or _is_poor_cross(candidates[0][1][0]))
+            ):
                 placed = self._gaussian_base(coordinates, device, train_dtype)
                 checks = None
                 if automatic:
@@ -2001,25 +2029,29 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         placed[0], *placed[3:], evaluate, diagnostic_seed, device
                     )
                 candidates.append(("gaussian", placed, checks))
-            best = None
+            trained = []
             for name, placed, checks in candidates:
                 model, output_layer = self._variational_model(
                     placed, layer_seed, train_dtype, device
                 )
                 history = self._train_variational(model, evaluate, generator, diagnostic_seed)
-                # Each candidate's model is scored on its own fresh exact
-                # draws; the ELBO orders models as their reverse KL does.
-                score = None
-                if len(candidates) > 1:
-                    with torch.no_grad():
-                        draw = torch_generator(diagnostic_seed + 3, device)
-                        x, log_q = model.sample(N_SELF_CHECK_SAMPLES, generator=draw)
-                        score = importance_diagnostics(evaluate(x), log_q.double()).elbo
-                    if self.verbose:
-                        print(f"base {name!r}: model ELBO {score:.4f} on fresh draws")
-                if best is None or score > best[0]:
-                    best = (score, name, placed, checks, model, output_layer, history)
-            _, name, placed, checks, model, output_layer, history = best
+                trained.append((name, placed, checks, model, output_layer, history))
+            name, placed, checks, model, output_layer, history = trained[0]
+            if len(trained) == 2:
+                weight = self._variational_mixture_weight(
+                    [entry[3] for entry in trained],
+                    evaluate,
+                    diagnostic_seed,
+                    device,
+                    ends_only=symmetry is not None,
+                )
+                if weight >= MAX_COMPANION_WEIGHT:
+                    name, placed, checks, model, output_layer, history = trained[1]
+                elif weight > MIN_COMPANION_WEIGHT:
+                    companion = trained[1][3]
+                    if trained[1][4] is not None:
+                        companion.flows[-1] = trained[1][4].to(device)
+                    companion_weight = weight
             _, kind, _, kept_shift, kept_matrix = placed
             if isinstance(model.q0, SymmetrizedBase):
                 exact_group = _symmetry_in_base_coordinates(symmetry.group, kept_matrix)
@@ -2073,9 +2105,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             model.q0.center = exact_center.to(device=device)
         if bounds_map is not None:
             model.flows.append(copy.deepcopy(bounds_map).to(device))
+            if companion is not None and not warm:
+                companion.flows.append(copy.deepcopy(bounds_map).to(device))
             # the diagnostics below score the model's own draws, in x
             evaluate = self._log_target_evaluator(
                 n_features, train_dtype, device, counter, own=True
+            )
+        if companion is not None:
+            model = TensorizingFlow(
+                model.q0,
+                list(model.flows),
+                companion=companion.to(device),
+                companion_weight=companion_weight,
             )
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
@@ -2458,6 +2499,33 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     f"{checks.elbo:.4f}, {checks.ess:.3f})"
                 )
         return (base, kind, box, shift, matrix), tempered_checks
+
+    def _variational_mixture_weight(self, models, evaluate, seed, device, *, ends_only):
+        """The weight of the second of two trained variational models (the one
+        on the Gaussian) in their mixture, by the ELBO on fresh exact draws of
+        each (:func:`~sktt_flow.training.fit_variational_mixture_weight`): a
+        mixture only where it beats the better model alone by
+        ``CONFIRMATION_STANDARD_ERRORS`` paired standard errors (two near-exact
+        models give a flat ELBO whose maximiser is noise); 0 or 1 with
+        ``ends_only`` (a symmetrised base, whose exact balance between
+        symmetric modes a mixture would lose): the better model alone."""
+        triples = []
+        with torch.no_grad():
+            for index, model in enumerate(models):
+                draw = torch_generator(seed + 3 + 10 * index, device)
+                x, log_q = model.sample(N_SELF_CHECK_SAMPLES, generator=draw)
+                log_other = models[1 - index].log_prob(x)
+                log_qs = (log_q, log_other) if index == 0 else (log_other, log_q)
+                triples.append((evaluate(x), *(values.double() for values in log_qs)))
+        weight, elbo = fit_variational_mixture_weight(
+            *triples, ends_only=ends_only, standard_errors=CONFIRMATION_STANDARD_ERRORS
+        )
+        if self.verbose:
+            print(
+                f"models on the TT and the Gaussian: ELBO {elbo:.4f} at the Gaussian's "
+                f"weight {weight:.3g} on fresh draws"
+            )
+        return weight
 
     @staticmethod
     def _gaussian_base(coordinates, device, dtype):

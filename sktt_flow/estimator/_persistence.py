@@ -196,18 +196,20 @@ def _json_params(estimator: TensorizingFlowDensity) -> tuple[dict, str | None]:
     return params, note
 
 
-def _companion_entry(model: TensorizingFlow) -> dict | None:
+def _companion_entry(model: TensorizingFlow, mode: str) -> dict | None:
     """What rebuilds a model's companion with :func:`_build_model`: a flow of
     the same architecture on a Gaussian base (standard, or a mixture of
-    ``gaussian_components`` Gaussians), with its own tail bound, whitening
-    and defensive weight, and its weight in the mixture."""
+    ``gaussian_components`` Gaussians), with its own tail bound, whitening,
+    output layer and defensive weight, and its weight in the mixture."""
     companion = model.companion
     if companion is None:
         return None
     return {
         "weight": model.companion_weight,
         "tail_bound": _tail_bound(companion),
-        "whitening": _has_whitening(companion, True),
+        "whitening": _has_whitening(companion, mode == "data"),
+        # variational mode: the map into the target's coordinates
+        "output_layer": _output_layer_kind(companion, mode),
         "defensive_weight": companion.defensive_weight,
         # 0: the standard Gaussian
         "gaussian_components": getattr(companion.q0, "n_components", 0),
@@ -215,9 +217,9 @@ def _companion_entry(model: TensorizingFlow) -> dict | None:
 
 
 def _companion_metadata(metadata: dict, where: str) -> dict | None:
-    """The metadata of the companion as a model of its own (a data-mode model
-    on a Gaussian base), from the ``companion`` entry; None when there is
-    none (files that predate it have none)."""
+    """The metadata of the companion as a model of its own (a model of the
+    same mode on a Gaussian base), from the ``companion`` entry; None when
+    there is none (files that predate it have none)."""
     entry = metadata.get("companion")
     if entry is None:
         return None
@@ -229,15 +231,12 @@ def _companion_metadata(metadata: dict, where: str) -> dict | None:
         and isinstance(entry.get("whitening"), bool)
         and _is_finite(entry.get("defensive_weight"))
         and _is_count(entry.get("gaussian_components", 0), minimum=0)
+        # files that predate variational companions have no output_layer
+        and entry.get("output_layer", "diagonal") in _OUTPUT_LAYERS
     ):
         raise ValueError(
             f"{where} is truncated or corrupted: {_METADATA} has an invalid 'companion' "
             f"({_preview(entry)})."
-        )
-    if metadata["mode"] != "data":
-        raise ValueError(
-            f"{where}: the architecture cannot be rebuilt from {_METADATA} (a companion "
-            f"model in {metadata['mode']} mode)."
         )
     return {
         **metadata,
@@ -247,7 +246,7 @@ def _companion_metadata(metadata: dict, where: str) -> dict | None:
         "symmetry_order": 0,
         "tempered": None,
         "tail_bound": entry["tail_bound"],
-        "output_layer": "diagonal",
+        "output_layer": entry.get("output_layer", "diagonal"),
         "whitening": entry["whitening"],
         "defensive_weight": entry["defensive_weight"],
         "companion": None,
@@ -357,9 +356,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         # data mode: a FixedBoundsMap (feature_bounds) after the standardisation
         "bounds_map": split_bounds_map(model.flows)[1] is not None,
         "defensive_weight": model.defensive_weight,
-        # data mode: the model on the Gaussian next to the one on the TT, its
-        # tensors in the state as companion.*; None for the others
-        "companion": _companion_entry(model),
+        # the model on the Gaussian next to the one on the TT, its tensors in
+        # the state as companion.*; None for the others
+        "companion": _companion_entry(model, mode),
         # torch.device("cpu:0") is the CPU: store the one name load accepts.
         "device": "cpu" if estimator.device_.type == "cpu" else str(estimator.device_),
         "fitted": {

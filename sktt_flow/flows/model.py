@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import itertools
 import math
 from collections.abc import Callable, Iterator, Sequence
@@ -42,6 +43,19 @@ def defensive_mixture_log_prob(
     """``log((1 - weight) q_flow + weight q_fixed)`` from the two
     log-densities (see :class:`TensorizingFlow`); ``0 < weight < 1``."""
     return torch.logaddexp(log_flow + math.log1p(-weight), log_fixed + math.log(weight))
+
+
+def _merge_rows(n_rows: int, *parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """``n_rows`` rows put together from ``(rows, values)`` parts that cover
+    them, in the wider dtype of the parts: two models of a mixture may end in
+    different precisions (a float32 train sampled in target coordinates
+    directly next to a Gaussian's model that ends in a float64 map)."""
+    dtype = functools.reduce(torch.promote_types, (values.dtype for _, values in parts))
+    first = parts[0][1]
+    merged = first.new_empty((n_rows, *first.shape[1:]), dtype=dtype)
+    for rows, values in parts:
+        merged = merged.index_put((rows,), values.to(dtype))
+    return merged
 
 
 def _push(layers, points: torch.Tensor, *, inverse: bool, log_det: torch.Tensor | None = None):
@@ -362,10 +376,8 @@ class TensorizingFlow(nf.NormalizingFlow):
         )
         log_own = self._with_companion(log_own, self.companion.log_prob(x_own))
         log_companion = self._with_companion(self._own_log_prob(x_companion), log_companion)
-        x = x_own.new_empty(num_samples, x_own.shape[1])
-        x = x.index_put((own_rows,), x_own).index_put((companion_rows,), x_companion)
-        log_q = log_own.new_empty(num_samples)
-        log_q = log_q.index_put((own_rows,), log_own).index_put((companion_rows,), log_companion)
+        x = _merge_rows(num_samples, (own_rows, x_own), (companion_rows, x_companion))
+        log_q = _merge_rows(num_samples, (own_rows, log_own), (companion_rows, log_companion))
         return x, log_q
 
     def _own_sample(
@@ -431,8 +443,7 @@ class TensorizingFlow(nf.NormalizingFlow):
             companion_mask,
             base_draws=z_companion[companion_rows],
         )
-        x = x_own.new_empty(num_samples, x_own.shape[1])
-        return x.index_put((own_rows,), x_own).index_put((companion_rows,), x_companion)
+        return _merge_rows(num_samples, (own_rows, x_own), (companion_rows, x_companion))
 
     def _own_points(
         self,

@@ -5,6 +5,7 @@ from sktt_flow.training.mixture_weight import (
     best_mixture_score,
     fit_defensive_weight,
     fit_mixture,
+    fit_variational_mixture_weight,
 )
 from sktt_flow.training.reverse_kl import STEPS_PER_ITERATION, check_differentiable, fit_reverse_kl
 
@@ -16,4 +17,5 @@ __all__ = [
     "fit_forward_kl",
     "fit_mixture",
     "fit_reverse_kl",
+    "fit_variational_mixture_weight",
 ]
