@@ -5,9 +5,14 @@ fits of :class:`sktt_flow.TensorizingFlowDensity` (``log_target=target.log_prob`
 ``domain`` = the target's own box) and a Laplace approximation:
 
 ``tt-flow``
-    The tensorizing flow: a TT base built by TT-cross on the box (``tt_rank``
-    and ``n_basis`` per target, as in ``bench_cross.py`` where the target is
-    there), then a RealNVP flow trained by reverse KL with the base frozen.
+    The tensorizing flow with the estimator's default ``base="auto"``: a TT
+    base built by TT-cross on the box (``tt_rank`` and ``n_basis`` per
+    target, as in ``bench_cross.py`` where the target is there), then a
+    RealNVP flow trained by reverse KL with the base frozen; where the
+    cross's self-check is poor (ESS below 0.5) the same flow is also trained
+    on the box's Gaussian, and the model is the mixture of the two with the
+    best ELBO (the weight is in the notes; before 2026-12-05 this row was
+    ``base="tt"``).
 ``gaussian-flow``
     The same flow, the same number of steps, batch size, optimiser, learning
     rate and early stopping, on a fixed diagonal Gaussian base
@@ -109,7 +114,7 @@ METHODS = ("tt-flow", "gaussian-flow", "tt-alone", "laplace", "tempered-flow")
 DEFAULT_METHODS = ("tt-flow", "gaussian-flow", "tt-alone", "laplace")
 #: Estimator parameters of each method (on top of the shared ones).
 METHOD_PARAMETERS: dict[str, dict[str, Any]] = {
-    "tt-flow": {"base": "tt", "flow": "realnvp"},
+    "tt-flow": {"base": "auto", "flow": "realnvp"},
     "gaussian-flow": {"base": "gaussian", "flow": "realnvp"},
     "tt-alone": {"base": "tt", "flow": "none"},
     "tempered-flow": {"base": "tempered", "flow": "realnvp"},
@@ -428,11 +433,10 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
     n_basis = case.n_basis
     if args.domain == "auto":
         # Everything on auto, as a user without a box would leave it: the
-        # resolution from the self-check, and for the tensorizing flow the
-        # base whose model scores the better ELBO (TT or Laplace Gaussian).
+        # resolution from the self-check (the tensorizing flow's base="auto"
+        # then also trains the flow on the Laplace Gaussian and keeps the
+        # ELBO-best mixture of the two models).
         n_basis = "auto"
-        if method == "tt-flow":
-            parameters["base"] = "auto"
     # the Gaussian and the tempered layers take no group
     symmetry = (
         symmetry_of(case, target, args.symmetry) if method in ("tt-flow", "tt-alone") else None
@@ -505,6 +509,11 @@ def run_method(
             if method == "tt-flow" and model.base_ != "tt":
                 result.notes.append(
                     f"base='auto' kept the {model.base_} base: its model scored the better ELBO"
+                )
+            elif method == "tt-flow" and model.companion_weight_ > 0:
+                result.notes.append(
+                    "base='auto': the mixture of the models on the TT and on the Gaussian, "
+                    f"the Gaussian's weight {model.companion_weight_:.3g} (the best ELBO)"
                 )
             if model.validation_scores_:
                 scores = model.validation_scores_
