@@ -41,7 +41,8 @@ about a minute on one CPU thread.
 # covariance), builds the base by TT-cross in each and keeps the one that
 # scores best on exact draws of itself. With ``base="auto"`` (the default) it then trains
 # the flow twice, on the TT base and on the Laplace Gaussian, and keeps the
-# model with the better ELBO: ``base_`` says which. To see what the Gaussian
+# mixture of the two models with the best ELBO, or one of them alone:
+# ``base_`` and ``companion_weight_`` say which. To see what the Gaussian
 # alternative scores, we also fit it on its own with ``base="gaussian"``.
 
 import argparse

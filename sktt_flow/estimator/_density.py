@@ -961,10 +961,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         keeps it.
     base_ : str
         The base of the fitted model, ``"tt"``, ``"gaussian"`` or
-        ``"tempered"`` (with ``base="auto"``: in variational mode, the one
-        whose model scored the better ELBO; in data mode, the base kept on
-        the held-out rows, whose model may have the Gaussian's as companion,
-        see ``companion_weight_``).
+        ``"tempered"`` (with ``base="auto"``: in variational mode, the TT
+        unless the Gaussian's model alone scored the best ELBO; in data
+        mode, the base kept on the held-out rows; in both, the model may
+        have the Gaussian's as companion, see ``companion_weight_``).
     flow_ : TensorizingFlow
         The fitted model, a :class:`normflows.NormalizingFlow` with ``q0 = tt_``
         whose ``log_prob`` and ``sample`` act on the original features, in
