@@ -249,9 +249,10 @@ def fit_variational_mixture_weight(
         return value if not math.isnan(value) else -math.inf
 
     ends = [(elbo(0.0), 0.0), (elbo(1.0), 1.0)]
+    # a tie goes to the first model (the TT's, in the estimator)
+    best_end_value, best_end = ends[1] if ends[1][0] > ends[0][0] else ends[0]
     if ends_only:
-        value, weight = max(ends)
-        return weight, value
+        return best_end, best_end_value
     ratio = (math.sqrt(5.0) - 1.0) / 2.0
     low, high = 0.0, 1.0
     left, right = high - ratio * (high - low), low + ratio * (high - low)
@@ -266,10 +267,11 @@ def fit_variational_mixture_weight(
             right = low + ratio * (high - low)
             right_value = elbo(right)
     middle = 0.5 * (low + high)
-    best_end_value, best_end = max(ends)
     value = elbo(middle)
     gain = value - best_end_value
-    if gain > 0.0 and gain > standard_errors * _paired_standard_error(
+    # below the round-off of the means, a gain is no gain (identical models)
+    rounding = 1e-12 * (1.0 + abs(best_end_value))
+    if gain > rounding and gain > standard_errors * _paired_standard_error(
         middle, best_end, first, second
     ):
         return middle, value

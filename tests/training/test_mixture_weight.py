@@ -169,12 +169,13 @@ def test_variational_weight_of_a_model_that_is_the_target():
 def test_variational_weight_needs_a_confirmed_gain_over_the_better_model():
     """The target is the first model, N(0, 1), and the second, N(0.05, 1),
     nearly so: any gain of a mixture over the first alone is Monte Carlo noise.
-    Without a threshold the maximiser is interior on most seeds (181 of 200
-    other seeds, measured); at 2 paired standard errors the first model alone
-    is kept on most (187 of those 200: a one-sided test maximised over the
-    weight). On these 40 seeds: at least 34 alone with the threshold (37.4
-    expected, binomial SD 1.6; 37 measured), at least 30 interior without
-    (34 measured). A real mixture (the target of
+    Without a threshold (``standard_errors=0``: any gain above round-off) the
+    maximiser is interior on about half the seeds (107 of 200 other seeds,
+    measured); at 2 paired standard errors the first model alone is kept on
+    most (187 of those 200: a one-sided test maximised over the weight). On
+    these 40 seeds: at least 34 alone with the threshold (37.4 expected,
+    binomial SD 1.6; 37 measured), at least 15 interior without (22
+    measured). A real mixture (the target of
     weight 0.3) keeps its weight."""
     first_model, second_model = (
         torch.distributions.Normal(0.0, 1.0),
@@ -190,10 +191,21 @@ def test_variational_weight_needs_a_confirmed_gain_over_the_better_model():
         ]
         alone += fit_variational_mixture_weight(*triples, standard_errors=2.0)[0] == 0.0
         interior += 0.0 < fit_variational_mixture_weight(*triples)[0] < 1.0
-    assert alone >= 34 and interior >= 30
+    assert alone >= 34 and interior >= 15
     first, second = elbo_triples(0.3, seed=0)
     weight, _ = fit_variational_mixture_weight(first, second, standard_errors=2.0)
     assert weight == pytest.approx(0.3, abs=2e-3)
+
+
+def test_variational_weight_of_two_identical_models_is_the_first():
+    """A tie between the two models alone goes to the first (the TT's model in
+    the estimator), with or without ends_only: every weight scores the same."""
+    first, _ = elbo_triples(0.0, seed=0)
+    twin = (first[0], first[1], first[1])
+    for ends_only in (False, True):
+        assert fit_variational_mixture_weight(
+            twin, twin, ends_only=ends_only, standard_errors=2.0
+        ) == (0.0, pytest.approx(0.0, abs=1e-12))
 
 
 def test_variational_weight_with_ends_only_picks_the_better_model():
