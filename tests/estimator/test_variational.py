@@ -791,3 +791,18 @@ def test_auto_base_on_a_box_fits_no_gaussian_where_the_train_is_good(monkeypatch
     assert model.tt_.cross_report.ess >= 0.5
     assert model.base_ == "tt" and model.flow_.companion is None
     assert model.companion_weight_ == 0.0
+
+
+@requires_cuda
+def test_the_mixed_model_on_cuda(mixed_model):
+    """device="cuda": the two models, their ELBO-best weight and the mixture's
+    sampling and scoring on the GPU (no GPU in CI: run by gpu_suite.sh) reach
+    the CPU fit's quality, and draws are scored as score_samples scores them."""
+    with pytest.warns(ConvergenceWarning, match="TT-cross base is poor"):
+        model = TensorizingFlowDensity(**WIDE_AND_BUMP, device="cuda").fit()
+    assert model.device_.type == "cuda" and model.flow_.companion is not None
+    assert 0.1 < model.companion_weight_ < 0.9
+    assert abs(model.log_normalizer_) < 5 * model.log_normalizer_std_error_ + 1e-3
+    assert abs(model.elbo_ - mixed_model.elbo_) < 0.05
+    samples, log_q = model.sample_and_score(2000, random_state=0)
+    np.testing.assert_allclose(log_q, model.score_samples(samples), rtol=1e-5, atol=1e-5)
