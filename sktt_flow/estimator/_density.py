@@ -357,8 +357,8 @@ def _is_poor_cross(base) -> bool:
     TT, or the :class:`~sktt_flow.flows.SymmetrizedBase` around it) scored a
     self-check ESS below :data:`MIN_GOOD_BASE_ESS`; then ``base="auto"``
     trains the flow on a Gaussian base too."""
-    train = base.base if isinstance(base, SymmetrizedBase) else base
-    report = getattr(train, "cross_report", None)
+    train = _tt_of(base)
+    report = None if train is None else train.cross_report
     return report is not None and math.isfinite(report.ess) and report.ess < MIN_GOOD_BASE_ESS
 
 
@@ -2048,9 +2048,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 if weight >= MAX_COMPANION_WEIGHT:
                     name, placed, checks, model, output_layer, history = trained[1]
                 elif weight > MIN_COMPANION_WEIGHT:
-                    companion = trained[1][3]
-                    if trained[1][4] is not None:
-                        companion.flows[-1] = trained[1][4].to(device)
+                    *_, companion, companion_output_layer, _ = trained[1]
+                    if companion_output_layer is not None:
+                        companion.flows[-1] = companion_output_layer.to(device)
                     companion_weight = weight
             _, kind, _, kept_shift, kept_matrix = placed
             if isinstance(model.q0, SymmetrizedBase):
