@@ -820,7 +820,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         ``(m, n_features)`` on the estimator's device and dtype and returns
         ``m`` values, differentiable in torch (reverse KL uses its gradient;
         with ``flow="none"`` no gradient is needed). ``-inf`` means zero
-        density; NaN and ``+inf`` are errors.
+        density; NaN and ``+inf`` are errors. Its integral over the real line
+        in every coordinate (over ``feature_bounds`` where given) must be
+        finite: an explicit ``domain`` places the base but does not truncate
+        the target, so a density that stays flat beyond the box (a uniform
+        prior written as a constant) needs ``feature_bounds``, or ``-inf``
+        outside; otherwise the flow spreads its mass far outside the box.
     cross_options : dict, default=None
         Variational mode: further keyword arguments of
         :meth:`TTDistribution.from_log_density <sktt_flow.TTDistribution.from_log_density>`

@@ -304,8 +304,9 @@ class _Target:
             raise ValueError(
                 "find_modes needs the gradient of log_target: it returned values that "
                 "carry no gradient with respect to its input (numpy inside, .item(), "
-                ".detach() or torch.no_grad()). Write it with torch operations, or give "
-                "the domain yourself."
+                ".detach() or torch.no_grad(), or values that do not depend on the "
+                "input, which have no mode to find). Write it with torch operations, or "
+                "give the domain yourself."
             )
         total = values[finite].sum()
         (gradient,) = torch.autograd.grad(total, leaf, create_graph=hessian)

@@ -75,7 +75,9 @@ def check_differentiable(
         raise ValueError(
             f"{name} must be differentiable in torch to train a flow by reverse KL: "
             "it returned values that carry no gradient with respect to its input "
-            "(numpy inside, .item(), .detach() or torch.no_grad()). " + remedy
+            "(numpy inside, .item(), .detach() or torch.no_grad(), or values that do "
+            "not depend on the input: a constant log-density c is written "
+            "c + 0.0 * x.sum(-1), on a bounded support given as feature_bounds). " + remedy
         )
 
 

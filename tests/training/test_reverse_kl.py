@@ -106,6 +106,10 @@ def test_check_differentiable():
         check_differentiable(numpy_log_target, points)
     with pytest.raises(ValueError, match="differentiable"):
         check_differentiable(lambda x: log_target(x).detach(), points)
+    # a constant carries no gradient either; the message says how to write one
+    with pytest.raises(ValueError, match=r"c \+ 0\.0 \* x\.sum\(-1\)"):
+        check_differentiable(lambda x: torch.zeros(x.shape[0], dtype=x.dtype), points)
+    assert check_differentiable(lambda x: 0.0 * x.sum(-1), points) is None
     assert check_differentiable(log_target, points) is None
     assert not points.requires_grad  # the probe is a copy
 
