@@ -559,9 +559,10 @@ def test_flow_on_the_gaussian_is_a_companion_with_a_held_out_weight(monkeypatch)
     within the noise of 133 test rows and moves with the hardware's float32
     rounding of the trainings: +0.42 nats per row in the measurement above
     (-8.49 against -8.91), +0.17 with a standard error of 0.18 on an Intel
-    Xeon with AVX-512 (2026-12-05), where a threshold of +0.2 failed. Fails without the second training,
-    without the companion in the final model, with the weight fitted the
-    wrong way round, or without the Gaussian mixture."""
+    Xeon with AVX-512 (2026-12-05), where a threshold of +0.2 failed. Fails
+    without the second training, without the companion in the final model,
+    with the weight fitted the wrong way round, or without the Gaussian
+    mixture."""
     train, test = diabetes_split(1)
     model = TensorizingFlowDensity(random_state=1).fit(train)
     tt_only = TensorizingFlowDensity(base="tt", random_state=1).fit(train)
