@@ -133,8 +133,9 @@ def test_draws_far_beyond_an_explicit_domain_are_warned_about():
     standard normal on a box that misses part of its mass, [-1, 1]^2 (0.5%
     of its mass beyond 3 in some coordinate; 0.4% of a fully trained
     model's draws, none after 50 steps), and the correlated Gaussian on its
-    box are not warned about. The default flow throughout: the small one of SMALL moved
-    too little in 50 steps to leave the box (none of its draws did)."""
+    box are not warned about. The default flow throughout: the small one of
+    SMALL moved too little in 50 steps to leave the box (none of its draws
+    did)."""
     settings = {"max_iter": 5, "random_state": 0}
     for improper in (
         lambda x: 0.0 * x.sum(-1),
