@@ -74,7 +74,7 @@ from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.device import resolve_device
 from sktt_flow.utils.random import torch_generator
 from sktt_flow.utils.standardize import standardization, standardize
-from sktt_flow.utils.threads import torch_threads_within_limits
+from sktt_flow.utils.threads import cpu_threads_within_limits, torch_threads_within_limits
 from sktt_flow.utils.validation import check_domain, check_domain_resolution
 
 __all__ = ["TensorizingFlowDensity"]
@@ -955,7 +955,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         identical data on CPU.
     n_jobs : int or None, default=None
         Threads of torch's CPU operations in ``fit``, ``score_samples`` and
-        ``sample``. None means 1 unless in a
+        ``sample``, and in ``fit`` of the BLAS and OpenMP libraries that numpy
+        and scikit-learn call (the Gaussian mixtures of the companion's
+        search), so that a fit uses that many cores. None means 1 unless in a
         :func:`joblib.parallel_backend` context; -1 means all processors
         (scikit-learn's convention). Never more than torch's own setting,
         ``OMP_NUM_THREADS`` or a threadpoolctl limit. Mini-batches of a few
@@ -1208,7 +1210,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # Training needs autograd even when the caller's code runs under
             # torch.no_grad() or torch.inference_mode() (whole scripts often do).
             with (
-                torch_threads_within_limits(self._n_threads()),
+                cpu_threads_within_limits(self._n_threads()),
                 torch.inference_mode(False),
                 torch.enable_grad(),
             ):

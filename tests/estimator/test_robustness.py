@@ -13,8 +13,9 @@ import scipy.sparse
 import torch
 from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
+from sklearn.mixture import GaussianMixture
 from sklearn.model_selection import GridSearchCV
-from threadpoolctl import threadpool_limits
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.flows import TensorizingFlow
@@ -328,3 +329,36 @@ def test_grid_search_on_a_dask_cluster(X):
         search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
     )
     assert clone(search.best_estimator_).get_params()["tt_rank"] in (1, 3)
+
+
+def test_fit_caps_the_blas_of_the_companions_mixture_search(X, monkeypatch):
+    """The Gaussian mixtures of the companion's search (numpy's BLAS, and
+    scikit-learn's OpenMP k-means for their starts) run with the estimator's
+    one thread, not one per core: n_jobs=None means one core for the whole
+    fit. Fails if fit caps torch alone."""
+    if (
+        thread_limit() < 2
+        or max(
+            (
+                library["num_threads"]
+                for library in threadpool_info()
+                if library["user_api"] == "blas"
+            ),
+            default=1,
+        )
+        < 2
+    ):
+        pytest.skip("the BLAS already runs one thread here")
+    seen = []
+    original_fit = GaussianMixture.fit
+
+    def recording_fit(self, *args, **kwargs):
+        seen.append({library["num_threads"] for library in threadpool_info()})
+        return original_fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(GaussianMixture, "fit", recording_fit)
+    rows = np.random.default_rng(1).normal(size=(400, 2))
+    rows[:200] += 4.0  # two clusters: the search fits mixtures
+    TensorizingFlowDensity(**{**SMALL, "max_iter": 1}).fit(rows)
+    assert seen, "the companion's mixture search did not run"
+    assert all(counts == {1} for counts in seen)
