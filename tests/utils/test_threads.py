@@ -3,7 +3,7 @@ and OpenMP libraries that numpy and scikit-learn call."""
 
 import pytest
 import torch
-from threadpoolctl import threadpool_info
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sktt_flow.utils.threads import cpu_threads_within_limits, thread_limit
 
@@ -16,14 +16,20 @@ def test_cpu_threads_cap_every_library_and_restore_them():
     """Inside the block torch and every BLAS and OpenMP library threadpoolctl
     sees run one thread; after it, each has its own setting back. Fails if
     the BLAS behind numpy keeps one thread per core (the oversubscription of
-    a fit's mixture search) or a limit leaks out of the block."""
-    before = library_threads()
-    torch_before = torch.get_num_threads()
-    if max(before.values(), default=1) < 2 or thread_limit() < 2:
-        pytest.skip("every library already runs one thread here")
-    with cpu_threads_within_limits(1) as threads:
-        assert threads == 1
-        assert torch.get_num_threads() == 1
-        assert set(library_threads().values()) == {1}
-    assert library_threads() == before
-    assert torch.get_num_threads() == torch_before
+    a fit's mixture search) or a limit leaks out of the block. Two threads
+    are set up first, as earlier tests may have left torch at one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(2):
+            before = library_threads()
+            if min(before.values(), default=1) < 2 or thread_limit() < 2:
+                pytest.skip("this machine runs its libraries on one thread")
+            with cpu_threads_within_limits(1) as threads:
+                assert threads == 1
+                assert torch.get_num_threads() == 1
+                assert set(library_threads().values()) == {1}
+            assert library_threads() == before
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(previous)
