@@ -317,14 +317,22 @@ def test_grid_search_on_a_dask_cluster(X):
     distributed = pytest.importorskip("dask.distributed")
     grid = {"tt_rank": [1, 3]}
     serial = GridSearchCV(TensorizingFlowDensity(**SMALL), grid, cv=2).fit(X)
-    with (
-        distributed.LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-        ) as cluster,
-        distributed.Client(cluster),
-        joblib.parallel_config(backend="dask"),
-    ):
-        search = GridSearchCV(TensorizingFlowDensity(**SMALL), grid, cv=2, n_jobs=-1).fit(X)
+    # The nanny sets OMP_NUM_THREADS=1 (and more) in this process's
+    # environment to pass it to its workers, and leaves it there: every later
+    # test would run with one thread.
+    environment = dict(os.environ)
+    try:
+        with (
+            distributed.LocalCluster(
+                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+            ) as cluster,
+            distributed.Client(cluster),
+            joblib.parallel_config(backend="dask"),
+        ):
+            search = GridSearchCV(TensorizingFlowDensity(**SMALL), grid, cv=2, n_jobs=-1).fit(X)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
     np.testing.assert_allclose(
         search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
     )
@@ -335,8 +343,8 @@ def test_fit_caps_the_blas_of_the_companions_mixture_search(X, monkeypatch):
     """The Gaussian mixtures of the companion's search (numpy's BLAS, and
     scikit-learn's OpenMP k-means for their starts) run with the estimator's
     one thread, not one per core: n_jobs=None means one core for the whole
-    fit. Fails if fit caps torch alone. Two threads are allowed first, as
-    earlier tests may have left torch at one."""
+    fit. Fails if fit caps torch alone. Two threads are allowed first
+    (torch, the BLAS, no OMP_NUM_THREADS), whatever earlier tests left."""
     seen = []
     original_fit = GaussianMixture.fit
 
@@ -345,6 +353,7 @@ def test_fit_caps_the_blas_of_the_companions_mixture_search(X, monkeypatch):
         return original_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(GaussianMixture, "fit", recording_fit)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     rows = np.random.default_rng(1).normal(size=(400, 2))
     rows[:200] += 4.0  # two clusters: the search fits mixtures
     previous = torch.get_num_threads()

@@ -12,12 +12,14 @@ def library_threads() -> dict[str, int]:
     return {library["filepath"]: library["num_threads"] for library in threadpool_info()}
 
 
-def test_cpu_threads_cap_every_library_and_restore_them():
+def test_cpu_threads_cap_every_library_and_restore_them(monkeypatch):
     """Inside the block torch and every BLAS and OpenMP library threadpoolctl
     sees run one thread; after it, each has its own setting back. Fails if
     the BLAS behind numpy keeps one thread per core (the oversubscription of
     a fit's mixture search) or a limit leaks out of the block. Two threads
-    are set up first, as earlier tests may have left torch at one."""
+    are set up first (torch, every library, no OMP_NUM_THREADS), whatever
+    earlier tests left."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     previous = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
