@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from threadpoolctl import threadpool_info, threadpool_limits
 
 from sktt_flow import TTDistribution
+from sktt_flow.utils.threads import thread_limit
 
 
 def random_cores(ranks, n_basis, *, seed=0, dtype=torch.float64):
@@ -29,6 +31,25 @@ def random_cores(ranks, n_basis, *, seed=0, dtype=torch.float64):
 
 def random_distribution(ranks, n_basis, domain, *, seed=0, dtype=torch.float64, **kwargs):
     return TTDistribution(random_cores(ranks, n_basis, seed=seed, dtype=dtype), domain, **kwargs)
+
+
+@pytest.fixture
+def two_threads(monkeypatch):
+    """Torch and every BLAS and OpenMP library at two threads, no
+    ``OMP_NUM_THREADS``, whatever earlier tests left (Dask's nanny, for one,
+    sets that variable in the parent's environment): the state in which a
+    thread cap has something to cap. Skips on a machine that cannot run two."""
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with threadpool_limits(2):
+            libraries = [library["num_threads"] for library in threadpool_info()]
+            if thread_limit() < 2 or min(libraries, default=1) < 2:
+                pytest.skip("this machine runs its libraries on one thread")
+            yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 @pytest.fixture

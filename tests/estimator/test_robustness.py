@@ -4,6 +4,7 @@ clear errors, and a fitted model that nothing of this can break."""
 from __future__ import annotations
 
 import os
+from unittest import mock
 
 import joblib
 import normflows as nf
@@ -320,31 +321,26 @@ def test_grid_search_on_a_dask_cluster(X):
     # The nanny sets OMP_NUM_THREADS=1 (and more) in this process's
     # environment to pass it to its workers, and leaves it there: every later
     # test would run with one thread.
-    environment = dict(os.environ)
-    try:
-        with (
-            distributed.LocalCluster(
-                n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
-            ) as cluster,
-            distributed.Client(cluster),
-            joblib.parallel_config(backend="dask"),
-        ):
-            search = GridSearchCV(TensorizingFlowDensity(**SMALL), grid, cv=2, n_jobs=-1).fit(X)
-    finally:
-        os.environ.clear()
-        os.environ.update(environment)
+    with (
+        mock.patch.dict(os.environ),
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        distributed.Client(cluster),
+        joblib.parallel_config(backend="dask"),
+    ):
+        search = GridSearchCV(TensorizingFlowDensity(**SMALL), grid, cv=2, n_jobs=-1).fit(X)
     np.testing.assert_allclose(
         search.cv_results_["mean_test_score"], serial.cv_results_["mean_test_score"]
     )
     assert clone(search.best_estimator_).get_params()["tt_rank"] in (1, 3)
 
 
-def test_fit_caps_the_blas_of_the_companions_mixture_search(X, monkeypatch):
+def test_fit_caps_the_blas_of_the_companions_mixture_search(two_threads, monkeypatch):
     """The Gaussian mixtures of the companion's search (numpy's BLAS, and
     scikit-learn's OpenMP k-means for their starts) run with the estimator's
     one thread, not one per core: n_jobs=None means one core for the whole
-    fit. Fails if fit caps torch alone. Two threads are allowed first
-    (torch, the BLAS, no OMP_NUM_THREADS), whatever earlier tests left."""
+    fit. Fails if fit caps torch alone."""
     seen = []
     original_fit = GaussianMixture.fit
 
@@ -353,18 +349,8 @@ def test_fit_caps_the_blas_of_the_companions_mixture_search(X, monkeypatch):
         return original_fit(self, *args, **kwargs)
 
     monkeypatch.setattr(GaussianMixture, "fit", recording_fit)
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     rows = np.random.default_rng(1).normal(size=(400, 2))
     rows[:200] += 4.0  # two clusters: the search fits mixtures
-    previous = torch.get_num_threads()
-    torch.set_num_threads(2)
-    try:
-        with threadpool_limits(2):
-            blas = [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
-            if thread_limit() < 2 or min(blas, default=1) < 2:
-                pytest.skip("this machine runs its BLAS on one thread")
-            TensorizingFlowDensity(**{**SMALL, "max_iter": 1}).fit(rows)
-    finally:
-        torch.set_num_threads(previous)
+    TensorizingFlowDensity(**{**SMALL, "max_iter": 1}).fit(rows)
     assert seen, "the companion's mixture search did not run"
     assert all(counts == {1} for counts in seen)
