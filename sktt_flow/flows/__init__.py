@@ -14,6 +14,7 @@ from sktt_flow.flows.layers import (
     FixedAffine,
     FixedBoundsMap,
     FixedLinearAffine,
+    MaskedAffineCoupling,
     split_bounds_map,
 )
 from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
@@ -35,6 +36,7 @@ __all__ = [
     "FixedLinearAffine",
     "GaussianBase",
     "GaussianMixtureBase",
+    "MaskedAffineCoupling",
     "SymmetrizedBase",
     "TemperedLayerReport",
     "TemperedReport",

@@ -13,7 +13,7 @@ import normflows as nf
 import torch
 from normflows.utils.splines import DEFAULT_MIN_DERIVATIVE
 
-from sktt_flow.flows.layers import AffineAutoregressive
+from sktt_flow.flows.layers import AffineAutoregressive, MaskedAffineCoupling
 
 __all__ = ["FLOW_NAMES", "SPLINE_MARGIN", "build_flow_layers", "spline_tail_bound"]
 
@@ -40,20 +40,46 @@ def _parity_mask(n_features: int, layer: int) -> torch.Tensor:
     return mask
 
 
+def _with_in_place_relu(network: nf.nets.MLP) -> nf.nets.MLP:
+    """``network`` with its ``LeakyReLU(0)`` activations replaced by an
+    in-place ``ReLU``: the same values (up to the sign of zero, which no sum
+    after it sees) and the same ``state_dict``, in one pass over the hidden
+    units instead of a pass and a fresh tensor (half the time of the
+    activations, a tenth of a coupling's)."""
+    for index, module in enumerate(network.net):
+        if isinstance(module, torch.nn.LeakyReLU) and module.negative_slope == 0.0:
+            network.net[index] = torch.nn.ReLU(inplace=True)
+    return network
+
+
+def _real_nvp_networks(n_features: int, hidden_units: int) -> tuple[nf.nets.MLP, nf.nets.MLP]:
+    """The translation and log-scale networks of one coupling, as normflows
+    builds them: two hidden layers, a zero last layer (the identity map), the
+    log-scale bounded by ``MAX_LOG_SCALE tanh(u / MAX_LOG_SCALE)``."""
+    sizes = [n_features, hidden_units, hidden_units, n_features]
+    # the scale first: the order of the draws of the initial weights, so that
+    # a random_state gives the flow it always gave
+    scale = nf.nets.MLP(
+        sizes,
+        init_zeros=True,
+        output_fn="tanh",
+        score_scale=1.0 / MAX_LOG_SCALE,
+        output_scale=MAX_LOG_SCALE,
+    )
+    translation = nf.nets.MLP(sizes, init_zeros=True)
+    return translation, scale
+
+
 def _real_nvp(n_features: int, n_layers: int, hidden_units: int) -> list[nf.flows.Flow]:
     layers = []
-    sizes = [n_features, hidden_units, hidden_units, n_features]
     for layer in range(n_layers):
-        scale = nf.nets.MLP(
-            sizes,
-            init_zeros=True,
-            output_fn="tanh",
-            score_scale=1.0 / MAX_LOG_SCALE,
-            output_scale=MAX_LOG_SCALE,
-        )
-        translation = nf.nets.MLP(sizes, init_zeros=True)
+        translation, scale = _real_nvp_networks(n_features, hidden_units)
         mask = _parity_mask(n_features, layer)
-        layers.append(nf.flows.MaskedAffineFlow(mask, translation, scale))
+        layers.append(
+            MaskedAffineCoupling(
+                mask, _with_in_place_relu(translation), _with_in_place_relu(scale)
+            )
+        )
     return layers
 
 
@@ -113,8 +139,9 @@ def build_flow_layers(
     ----------
     flow : {"realnvp", "nsf", "maf", "none"} or callable
         - ``"realnvp"``: affine couplings on alternating coordinates
-          (normflows' ``MaskedAffineFlow``) with the log-scale bounded by
-          :data:`MAX_LOG_SCALE`;
+          (:class:`~sktt_flow.flows.layers.MaskedAffineCoupling`, normflows'
+          ``MaskedAffineFlow`` with fewer passes over the points) with the
+          log-scale bounded by :data:`MAX_LOG_SCALE`;
         - ``"nsf"``: rational-quadratic neural spline couplings
           (``CoupledRationalQuadraticSpline``); the splines act on
           ``[-tail_bound, tail_bound]`` and are linear outside;
