@@ -73,7 +73,7 @@ import sktt_flow
 from sktt_flow import TensorizingFlowDensity, TTDistribution
 from sktt_flow.estimator._density import CHUNK_SIZE, SAMPLE_CHUNK_FACTOR
 from sktt_flow.flows import GaussianBase, TensorizingFlow, build_flow_layers
-from sktt_flow.flows.builders import _real_nvp_networks
+from sktt_flow.flows.builders import _parity_mask, _real_nvp_networks
 from sktt_flow.training import STEPS_PER_ITERATION, fit_reverse_kl
 
 SEED = 0
@@ -94,10 +94,8 @@ def normflows_real_nvp(d: int, n_layers: int, hidden_units: int) -> list[nf.flow
     the points (:class:`~sktt_flow.flows.MaskedAffineCoupling`)."""
     layers = []
     for layer in range(n_layers):
-        mask = torch.zeros(d)
-        mask[layer % 2 :: 2] = 1.0
         translation, scale = _real_nvp_networks(d, hidden_units)
-        layers.append(nf.flows.MaskedAffineFlow(mask, translation, scale))
+        layers.append(nf.flows.MaskedAffineFlow(_parity_mask(d, layer), translation, scale))
     return layers
 
 
