@@ -64,6 +64,7 @@ from sktt_flow.training import (
     check_differentiable,
     fit_defensive_weight,
     fit_forward_kl,
+    fit_mass_covering,
     fit_mixture,
     fit_reverse_kl,
     fit_variational_mixture_weight,
@@ -284,6 +285,7 @@ _MODE_ATTRIBUTES = frozenset(
         "log_normalizer_",
         "log_normalizer_std_error_",
         "n_target_evaluations_",
+        "mass_covering_scores_",
         "feature_names_in_",
         *_BASE_CHECK_ATTRIBUTES,
     }
@@ -925,6 +927,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         of 36 steps. For the TT base a unit is an epoch, or enough epochs to
         make 10 steps (in steps too during a search on a subsample). In
         variational mode a unit is an iteration.
+    mass_covering_iter : int, default=0
+        Variational mode only: iterations (of
+        :data:`~sktt_flow.training.STEPS_PER_ITERATION` steps of 4,096 draws)
+        of a second training stage after reverse KL, which minimises the
+        forward KL ``KL(p || q)`` estimated by self-normalised importance
+        sampling on the model's own draws
+        (:func:`~sktt_flow.training.fit_mass_covering`). Reverse KL charges
+        a model little for target mass it leaves out, and that share is what
+        ``log_normalizer_`` then misses; this stage charges it and moves the
+        model's mass there (on Neal's funnel the neck and the wide end: the
+        error in ``log Z`` from 0.12 to 0.008). It trains what reverse KL
+        trained, the model next to a companion included, with the same
+        learning rate and patience, and keeps its best state by a lower
+        confidence bound on ``log Z`` from fixed draws. ``elbo_`` may fall
+        (a model that covers the mass is wider than a mode-seeking one) or
+        rise (mass that reverse KL had left out, put back). Each step costs
+        about 16 reverse-KL steps of 256 draws. 0 (default) skips it. See
+        :ref:`vi-mass-covering`.
     train_base : bool, default=False
         Also train the cores of the base jointly with the flow (in
         variational mode with a score-function gradient, as base samples do
@@ -1021,6 +1041,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Variational mode: importance-sampling estimate of ``log Z``.
     log_normalizer_std_error_ : float
         Variational mode: its standard error.
+    mass_covering_scores_ : list of float
+        Variational mode: the validation scores of the ``mass_covering_iter``
+        stage, before and after each iteration: the estimate of ``log Z`` on
+        fixed draws less two of its standard errors (empty when the stage did
+        not run).
     n_target_evaluations_ : int
         Variational mode: points at which ``log_target`` was evaluated in
         ``fit`` (mode search, TT-cross, self-checks, training and
@@ -1097,6 +1122,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         "learning_rate": [Interval(Real, 0, None, closed="neither")],
         "validation_fraction": [Interval(Real, 0, 1, closed="left")],
         "n_iter_no_change": [Interval(Integral, 1, None, closed="left")],
+        "mass_covering_iter": [Interval(Integral, 0, None, closed="left")],
         "train_base": ["boolean"],
         "device": [_DeviceOption(), torch.device],
         "dtype": [StrOptions(set(_DTYPES))],
@@ -1134,6 +1160,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         learning_rate=1e-3,
         validation_fraction=0.1,
         n_iter_no_change=20,
+        mass_covering_iter=0,
         train_base=False,
         device="cpu",
         dtype="float32",
@@ -1163,6 +1190,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         self.learning_rate = learning_rate
         self.validation_fraction = validation_fraction
         self.n_iter_no_change = n_iter_no_change
+        self.mass_covering_iter = mass_covering_iter
         self.train_base = train_base
         self.device = device
         self.dtype = dtype
@@ -1219,6 +1247,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         "symmetry is for variational inference (a log_target invariant "
                         "under the group), not for fitting to data: set symmetry=None, or "
                         "set log_target."
+                    )
+                if self.log_target is None and self.mass_covering_iter > 0:
+                    raise ValueError(
+                        "mass_covering_iter trains a variational model towards the mass of "
+                        "log_target; a fit to data already minimises the forward KL (maximum "
+                        "likelihood). Set mass_covering_iter=0, or set log_target."
                     )
                 if self.log_target is None and self.base == "tempered":
                     raise ValueError(
@@ -1328,8 +1362,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return options
 
     def _trained_parameters(self, model: TensorizingFlow) -> list[torch.nn.Parameter]:
+        """The flows' parameters, and with ``train_base`` the bases' (the
+        model's and its companion's)."""
         model.requires_grad_(True)  # a warm start's model was frozen by _finalize
-        model.q0.requires_grad_(bool(self.train_base))
+        for part in (model, model.companion):
+            if part is not None:
+                part.q0.requires_grad_(bool(self.train_base))
         return [p for p in model.parameters() if p.requires_grad]
 
     def _fit_data(self, X) -> dict:
@@ -2147,6 +2185,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 companion=companion.to(device),
                 companion_weight=companion_weight,
             )
+        covering = self._train_mass_covering(model, evaluate, generator, diagnostic_seed + 3)
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
         # model is the float64 one (_finalize), whatever inference_dtype
@@ -2177,6 +2216,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             log_normalizer_=diagnostics.log_normalizer,
             log_normalizer_std_error_=diagnostics.log_normalizer_std_error,
             n_target_evaluations_=n_cross_evaluations + counter.n_evaluations,
+            mass_covering_scores_=list(covering.validation_scores) if covering else [],
         )
         return fitted
 
@@ -2218,6 +2258,27 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             lambda x: evaluate(x, grad=True),
             parameters=parameters,
             **self._stage_options(),
+            generator=generator,
+            validation_seed=validation_seed,
+            verbose=self.verbose,
+        )
+
+    def _train_mass_covering(self, model, evaluate, generator, validation_seed):
+        """The forward-KL stage of ``mass_covering_iter`` after reverse KL, on
+        the whole model (a companion's flow included); its history, or None
+        when it does not run."""
+        if self.mass_covering_iter == 0:
+            return None
+        parameters = self._trained_parameters(model)
+        if not parameters:  # the base alone, frozen: nothing to train
+            return None
+        return fit_mass_covering(
+            model,
+            evaluate,
+            parameters=parameters,
+            max_iter=self.mass_covering_iter,
+            learning_rate=self.learning_rate,
+            n_iter_no_change=self.n_iter_no_change,
             generator=generator,
             validation_seed=validation_seed,
             verbose=self.verbose,

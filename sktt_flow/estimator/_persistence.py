@@ -103,6 +103,7 @@ _FITTED_KINDS = {
     "log_normalizer_": "number",
     "log_normalizer_std_error_": "number",
     "n_target_evaluations_": "count",
+    "mass_covering_scores_": "numbers",
     "base_elbo_": "number",
     "base_ess_": "number",
     "base_kl_": "number",

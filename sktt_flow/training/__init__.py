@@ -1,6 +1,8 @@
-"""Training loops of a tensorizing flow: forward KL on data, reverse KL on a target."""
+"""Training loops of a tensorizing flow: forward KL on data, reverse KL on a target
+and the mass-covering forward KL on it."""
 
 from sktt_flow.training.forward_kl import fit_forward_kl
+from sktt_flow.training.mass_covering import fit_mass_covering, forward_kl_estimate
 from sktt_flow.training.mixture_weight import (
     best_mixture_score,
     fit_defensive_weight,
@@ -15,7 +17,9 @@ __all__ = [
     "check_differentiable",
     "fit_defensive_weight",
     "fit_forward_kl",
+    "fit_mass_covering",
     "fit_mixture",
     "fit_reverse_kl",
     "fit_variational_mixture_weight",
+    "forward_kl_estimate",
 ]
