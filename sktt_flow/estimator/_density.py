@@ -943,8 +943,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         confidence bound on ``log Z`` from fixed draws. ``elbo_`` may fall
         (a model that covers the mass is wider than a mode-seeking one) or
         rise (mass that reverse KL had left out, put back). Each step costs
-        about 16 reverse-KL steps of 256 draws. 0 (default) skips it. See
-        :ref:`vi-mass-covering`.
+        about 16 reverse-KL steps of 256 draws. 0 (default) skips it. Not
+        with ``base="tempered"``, whose log-density has no gradient in its
+        points. See :ref:`vi-mass-covering`.
     train_base : bool, default=False
         Also train the cores of the base jointly with the flow (in
         variational mode with a score-function gradient, as base samples do
@@ -2009,6 +2010,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             raise ValueError(
                 f'symmetry symmetrises the TT base, and base="{self.base}" has none: use '
                 'base="tt" or "auto", or symmetry=None.'
+            )
+        if self.base == "tempered" and self.mass_covering_iter > 0:
+            raise ValueError(
+                "mass_covering_iter needs a base whose log-density is differentiable in its "
+                'points, and base="tempered" computes its layers\' without gradient: use '
+                'base="tt" or "auto" with mass_covering_iter, or set mass_covering_iter=0.'
             )
         if self.base == "tempered" and self.train_base:
             raise ValueError(

@@ -84,6 +84,12 @@ def test_the_stage_is_for_variational_fits_only():
         TensorizingFlowDensity(mass_covering_iter=3, max_iter=1).fit(X)
     with pytest.raises(ValueError, match="mass_covering_iter"):
         TensorizingFlowDensity(mass_covering_iter=-1, log_target=TARGET.log_prob).fit()
+    # the tempered layers' log-density has no gradient in its points: refused
+    # before the (slow) layers are built
+    with pytest.raises(ValueError, match='base="tempered"'):
+        TensorizingFlowDensity(
+            base="tempered", mass_covering_iter=3, log_target=TARGET.log_prob, n_features=2
+        ).fit()
 
 
 def test_a_base_alone_has_nothing_to_cover_with():

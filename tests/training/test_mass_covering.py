@@ -165,3 +165,27 @@ def test_a_target_that_vanishes_on_every_draw_stops_training_without_an_error():
     assert history.n_rollbacks == 3 and history.n_skipped_steps > 0
     for name, value in model.state_dict().items():
         assert torch.equal(value, start[name])
+
+
+class _DetachedGaussian(GaussianBase):
+    """A base whose log-density carries no gradient to its points, as the
+    tempered layers' does."""
+
+    def log_prob(self, z, context=None):
+        with torch.no_grad():
+            return super().log_prob(z)
+
+
+def test_a_base_without_gradient_in_its_points_is_refused():
+    """Without ``d log q0 / dz`` the loss sees the log-determinant alone and
+    raises it without bound (the tempered base on the funnel: the lower bound
+    on log Z fell to -1e36): refused before any step, the model untouched."""
+    base = _DetachedGaussian(
+        torch.zeros(1, dtype=torch.float64), torch.ones(1, dtype=torch.float64)
+    )
+    model = TensorizingFlow(base, [nf.flows.AffineConstFlow((1,))]).double()
+    start = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="_DetachedGaussian's is not"):
+        fit_covering(model, log_two_modes, max_iter=2)
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, start[name])
