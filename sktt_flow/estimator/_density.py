@@ -940,9 +940,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         error in ``log Z`` from 0.12 to 0.008). It trains what reverse KL
         trained, the model next to a companion included, with the same
         learning rate and patience, and keeps its best state by a lower
-        confidence bound on ``log Z`` from fixed draws. ``elbo_`` may fall
-        (a model that covers the mass is wider than a mode-seeking one) or
-        rise (mass that reverse KL had left out, put back). Each step costs
+        confidence bound on ``log Z`` from fixed draws. ``elbo_`` may rise
+        (mass that reverse KL had left out, put back) or fall a lot: the
+        forward KL does not charge mass put where the target has none (on
+        the breast-cancer posterior the reverse KL went from 0.23 to 3.0).
+        For ``log Z`` and importance weights, not for draws used unweighted. Each step costs
         about 16 reverse-KL steps of 256 draws. 0 (default) skips it. Not
         with ``base="tempered"``, whose log-density has no gradient in its
         points. See :ref:`vi-mass-covering`.
