@@ -944,10 +944,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         (mass that reverse KL had left out, put back) or fall a lot: the
         forward KL does not charge mass put where the target has none (on
         the breast-cancer posterior the reverse KL went from 0.23 to 3.0).
-        For ``log Z`` and importance weights, not for draws used unweighted. Each step costs
-        about 16 reverse-KL steps of 256 draws. 0 (default) skips it. Not
-        with ``base="tempered"``, whose log-density has no gradient in its
-        points. See :ref:`vi-mass-covering`.
+        For ``log Z`` and importance weights, not for draws used unweighted.
+        Each step costs about 16 reverse-KL steps of 256 draws. 0 (default)
+        skips it. Not with ``base="tempered"``, whose log-density has no
+        gradient in its points. See :ref:`vi-mass-covering`.
     train_base : bool, default=False
         Also train the cores of the base jointly with the flow (in
         variational mode with a score-function gradient, as base samples do

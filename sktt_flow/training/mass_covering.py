@@ -165,17 +165,14 @@ def fit_mass_covering(
             draws = torch.Generator(device=device).manual_seed(validation_seed)
             x, log_q = model.sample(n_validation_samples, generator=draws)
             log_h = log_target(x)
-        log_weights = log_h.double() - log_q.double()
-        if not (
-            bool(torch.isfinite(log_q).all())
-            and bool((log_h < math.inf).all())
-            and bool((log_weights > -math.inf).any())
-        ):
+        try:
+            diagnostics = importance_diagnostics(log_h, log_q)
+        except ValueError:
             # A state thrown off by a step (draws at infinity, a log-density
-            # that overflows, no draw where the target lives): -inf makes
-            # minimize roll back to the best state and halve the step.
+            # that overflows, no draw where the target lives), which the
+            # diagnostics refuse: -inf makes minimize roll back to the best
+            # state and halve the step.
             return -math.inf
-        diagnostics = importance_diagnostics(log_h, log_q)
         return (
             diagnostics.log_normalizer
             - LOWER_BOUND_STANDARD_ERRORS * diagnostics.log_normalizer_std_error
