@@ -2,7 +2,7 @@
 and the mass-covering forward KL on it."""
 
 from sktt_flow.training.forward_kl import fit_forward_kl
-from sktt_flow.training.mass_covering import fit_mass_covering, forward_kl_estimate
+from sktt_flow.training.mass_covering import fit_mass_covering
 from sktt_flow.training.mixture_weight import (
     best_mixture_score,
     fit_defensive_weight,
@@ -21,5 +21,4 @@ __all__ = [
     "fit_mixture",
     "fit_reverse_kl",
     "fit_variational_mixture_weight",
-    "forward_kl_estimate",
 ]

@@ -15,7 +15,7 @@ from sktt_flow.training.forward_kl import GRADIENT_CLIP_FACTOR
 from sktt_flow.training.reverse_kl import STEPS_PER_ITERATION
 from sktt_flow.utils.optimize import TrainingHistory, minimize
 
-__all__ = ["IMPORTANCE_BATCH_SIZE", "fit_mass_covering", "forward_kl_estimate"]
+__all__ = ["IMPORTANCE_BATCH_SIZE", "fit_mass_covering"]
 
 #: Draws of the model per step. The weights are normalised within a step's
 #: draws, so the gradient's bias falls like one over their number, and a
@@ -31,22 +31,6 @@ N_VALIDATION_DRAWS = 8192
 #: The validation score is the estimate of ``log Z`` less this many of its
 #: standard errors (a lower confidence bound).
 LOWER_BOUND_STANDARD_ERRORS = 2.0
-
-
-def forward_kl_estimate(log_weights: torch.Tensor) -> torch.Tensor:
-    r"""``KL(p || q)`` from ``log w = log h - log q`` at draws of ``q``.
-
-    The self-normalised estimate :math:`\sum_i \bar w_i \log w_i - \log
-    \hat Z`, with :math:`\bar w_i = w_i / \sum_j w_j` and :math:`\hat Z` the
-    mean weight: consistent, and biased low where ``q`` misses mass of ``p``
-    that its draws do not reach. A draw where the target vanishes
-    (``log h = -inf``) has weight 0 and adds nothing.
-    """
-    log_weights = log_weights.double()
-    normalised = torch.softmax(log_weights, 0)
-    weighted = torch.where(normalised > 0, normalised * log_weights, 0.0)
-    log_normalizer = torch.logsumexp(log_weights, 0) - math.log(log_weights.shape[0])
-    return weighted.sum() - log_normalizer
 
 
 def _check_differentiable_bases(model: TensorizingFlow, device: torch.device) -> None:
