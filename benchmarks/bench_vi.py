@@ -466,6 +466,7 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
         learning_rate=args.learning_rate,
         n_iter_no_change=args.n_iter_no_change,
         mass_covering_iter=args.mass_covering_iter,
+        mass_covering_batch_size=args.mass_covering_batch_size,
         random_state=SEED,
     )
 
@@ -775,6 +776,7 @@ def settings(args: argparse.Namespace) -> dict[str, Any]:
         "learning_rate": args.learning_rate,
         "n_iter_no_change": args.n_iter_no_change,
         "mass_covering_iter": args.mass_covering_iter,
+        "mass_covering_batch_size": args.mass_covering_batch_size,
         "check_draws": args.check_draws,
         "flow": "realnvp",
         "n_flow_layers": TensorizingFlowDensity().n_flow_layers,
@@ -945,7 +947,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
         lines.append(
             f"- after reverse KL, the mass-covering stage (forward KL by self-normalised "
             f"importance sampling) for at most {s['mass_covering_iter']} iterations "
-            "(`mass_covering_iter`), on every estimator method"
+            f"(`mass_covering_iter`) of steps of {s.get('mass_covering_batch_size', 4096):,} "
+            "draws, on every estimator method"
         )
     if s.get("check_draws"):
         lines.append(
@@ -1107,6 +1110,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "to vi_cpu*_mass-covering.*",
     )
     parser.add_argument(
+        "--mass-covering-batch-size",
+        type=int,
+        default=TensorizingFlowDensity().mass_covering_batch_size,
+        help="mass_covering_batch_size of every estimator method (default: the "
+        "estimator's); other values go to vi_cpu*_mass-covering-N.*",
+    )
+    parser.add_argument(
         "--check-draws",
         type=int,
         default=0,
@@ -1161,6 +1171,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         stem += f"_sym-{args.symmetry}"
     if args.mass_covering_iter:
         stem += "_mass-covering"
+        if args.mass_covering_batch_size != TensorizingFlowDensity().mass_covering_batch_size:
+            stem += f"-{args.mass_covering_batch_size}"
     write_results(
         payload,
         args.output,

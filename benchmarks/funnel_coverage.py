@@ -57,6 +57,7 @@ from _common import json_safe, run_metadata, write_atomically
 from scipy.stats import norm
 from sklearn.exceptions import ConvergenceWarning
 
+from sktt_flow import TensorizingFlowDensity
 from sktt_flow.diagnostics import importance_diagnostics
 from sktt_flow.targets import NealsFunnel
 
@@ -118,6 +119,7 @@ def run(random_state: int, args: argparse.Namespace) -> dict[str, Any]:
     case = next(case for case in bench_vi.make_cases() if case.key == "funnel-10")
     suite = bench_vi.parse_args(["--only", "funnel-10"])
     suite.mass_covering_iter = args.mass_covering_iter
+    suite.mass_covering_batch_size = args.mass_covering_batch_size
     model = bench_vi.estimator(case, target, "tt-flow", suite).set_params(
         flow=args.flow, random_state=random_state
     )
@@ -134,6 +136,7 @@ def run(random_state: int, args: argparse.Namespace) -> dict[str, Any]:
         "random_state": random_state,
         "flow": args.flow,
         "mass_covering_iter": args.mass_covering_iter,
+        "mass_covering_batch_size": args.mass_covering_batch_size,
         "fit_seconds": fit_seconds,
         "elbo": model.elbo_,
         "log_z": diagnostics.log_normalizer,
@@ -160,6 +163,7 @@ def markdown(payload: dict[str, Any]) -> str:
         lines += [
             "",
             f"## flow={run_['flow']}, mass_covering_iter={run_['mass_covering_iter']}, "
+            f"mass_covering_batch_size={run_.get('mass_covering_batch_size', 4096)}, "
             f"random_state={run_['random_state']}",
             "",
             f"Fit {run_['fit_seconds']:.0f} s; reverse KL {-run_['elbo']:.3f}; on "
@@ -188,6 +192,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--random-state", type=int, nargs="+", default=[0])
     parser.add_argument("--mass-covering-iter", type=int, default=0)
+    parser.add_argument(
+        "--mass-covering-batch-size",
+        type=int,
+        default=TensorizingFlowDensity().mass_covering_batch_size,
+    )
     parser.add_argument("--flow", choices=("realnvp", "maf", "nsf"), default="realnvp")
     parser.add_argument("--n-draws", type=int, default=200_000)
     parser.add_argument("--threads", type=int, default=1)

@@ -101,3 +101,31 @@ def test_a_base_alone_has_nothing_to_cover_with():
     assert skipped.mass_covering_scores_ == []
     rows = plain.sample(32, random_state=2)
     np.testing.assert_array_equal(plain.score_samples(rows), skipped.score_samples(rows))
+
+
+def test_each_step_of_the_stage_draws_mass_covering_batch_size_points():
+    """One iteration of the stage is ten steps of ``mass_covering_batch_size``
+    draws, each scored by the target once: two fits that differ only in it
+    (the same reverse-KL fit, the same validation and diagnostic draws)
+    evaluate the target at exactly ten times the difference more points. It
+    fails if the parameter does not reach the stage (no difference) or sets
+    something else than the draws per step."""
+
+    def counted_fit(batch_size):
+        evaluated = [0]
+
+        def log_target(x):
+            evaluated[0] += x.shape[0]
+            return TARGET.log_prob(x)
+
+        settings = {**SETTINGS, "log_target": log_target, "max_iter": 3}
+        TensorizingFlowDensity(
+            **settings, mass_covering_iter=1, mass_covering_batch_size=batch_size
+        ).fit()
+        return evaluated[0]
+
+    assert counted_fit(96) - counted_fit(32) == 10 * (96 - 32)
+    with pytest.raises(ValueError, match="mass_covering_batch_size"):
+        TensorizingFlowDensity(
+            mass_covering_iter=1, mass_covering_batch_size=0, log_target=TARGET.log_prob
+        ).fit()

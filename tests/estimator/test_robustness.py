@@ -101,6 +101,7 @@ BAD_PARAMETERS = [
     ("dtype", "float16"),
     ("learning_rate", 0.0),
     ("log_target", "not callable"),
+    ("mass_covering_batch_size", 0),
 ]
 
 
