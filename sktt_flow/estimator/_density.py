@@ -958,8 +958,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         [-9, -7), 0.85% of the mass) had 0.1% of the draws, four per step of
         4,096, and stayed two-thirds uncovered; steps of 16,384 covered three
         quarters of it and halved the error of ``log Z`` (0.0083 to 0.0040,
-        random state 0), the fit taking 712 s instead of 358. The cost of a
-        step grows in proportion.
+        random state 0), the fit taking 712 s instead of 358. On the
+        breast-cancer posterior the same change kept the ELBO (reverse KL
+        0.32, against 3.0 with steps of 4,096); on the centred eight schools
+        it lowered the error of ``log Z`` further (0.035 to 0.025) and the
+        ELBO too (reverse KL 2.5 to 3.3). The cost of a step grows in
+        proportion.
     train_base : bool, default=False
         Also train the cores of the base jointly with the flow (in
         variational mode with a score-function gradient, as base samples do
