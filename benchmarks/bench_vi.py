@@ -471,6 +471,18 @@ def estimator(case: Case, target: Target, method: str, args: argparse.Namespace)
     )
 
 
+def fresh_draws(
+    model: TensorizingFlowDensity, target: Target, n_draws: int, random_state: int
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``n_draws`` fresh draws ``x`` of the fitted model, ``log h(x)`` and
+    ``log q(x)`` (float64; the target scored in chunks of 65,536 rows)."""
+    x, log_q = model.sample_and_score(n_draws, random_state=random_state)
+    log_h = torch.cat(
+        [target.log_prob(rows) for rows in torch.as_tensor(x).split(1 << 16)]
+    ).double()
+    return x, log_h, torch.as_tensor(log_q)
+
+
 def check_on_fresh_draws(
     model: TensorizingFlowDensity,
     target: Target,
@@ -480,11 +492,7 @@ def check_on_fresh_draws(
 ) -> None:
     """log Z and the ESS on ``n_draws`` fresh draws of the fitted model (more
     than the estimator's 10,000, whose standard error hides a bias of 0.01)."""
-    x, log_q = model.sample_and_score(n_draws, random_state=SEED + 3)
-    log_q = torch.as_tensor(log_q)
-    log_h = torch.cat(
-        [target.log_prob(rows) for rows in torch.as_tensor(x).split(1 << 16)]
-    ).double()
+    _, log_h, log_q = fresh_draws(model, target, n_draws, SEED + 3)
     diagnostics = importance_diagnostics(log_h, log_q)
     result.check_log_z = diagnostics.log_normalizer
     result.check_log_z_std_error = diagnostics.log_normalizer_std_error

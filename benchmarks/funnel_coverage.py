@@ -76,8 +76,6 @@ BAND_EDGES_IN_SCALES = (
     3.0,
     math.inf,
 )
-#: Draws scored per call of the target.
-SCORE_CHUNK = 1 << 16
 
 
 def band_rows(target: NealsFunnel, x: np.ndarray, log_w: np.ndarray) -> list[dict[str, Any]]:
@@ -115,8 +113,8 @@ def band_rows(target: NealsFunnel, x: np.ndarray, log_w: np.ndarray) -> list[dic
 
 def run(random_state: int, args: argparse.Namespace) -> dict[str, Any]:
     """Fit the suite's model with ``random_state`` and tabulate its coverage."""
-    target = NealsFunnel(10)
     case = next(case for case in bench_vi.make_cases() if case.key == "funnel-10")
+    target = case.factory()
     suite = bench_vi.parse_args(["--only", "funnel-10"])
     suite.mass_covering_iter = args.mass_covering_iter
     suite.mass_covering_batch_size = args.mass_covering_batch_size
@@ -128,10 +126,8 @@ def run(random_state: int, args: argparse.Namespace) -> dict[str, Any]:
         start = time.perf_counter()
         model.fit()
         fit_seconds = time.perf_counter() - start
-    x, log_q = model.sample_and_score(args.n_draws, random_state=random_state + 3)
-    points = torch.as_tensor(x)
-    log_h = torch.cat([target.log_prob(rows) for rows in points.split(SCORE_CHUNK)]).numpy()
-    diagnostics = importance_diagnostics(torch.as_tensor(log_h), torch.as_tensor(log_q))
+    x, log_h, log_q = bench_vi.fresh_draws(model, target, args.n_draws, random_state + 3)
+    diagnostics = importance_diagnostics(log_h, log_q)
     return {
         "random_state": random_state,
         "flow": args.flow,
@@ -142,7 +138,7 @@ def run(random_state: int, args: argparse.Namespace) -> dict[str, Any]:
         "log_z": diagnostics.log_normalizer,
         "log_z_std_error": diagnostics.log_normalizer_std_error,
         "ess": diagnostics.ess,
-        "bands": band_rows(target, x, log_h - log_q),
+        "bands": band_rows(target, x, (log_h - log_q).numpy()),
     }
 
 
