@@ -32,6 +32,12 @@ Methods, per seed (``random_state`` and the ``KFold`` seed are ``s``):
     log-Jacobian ``-sum_i log(1 - x_i^2)`` added to the scores: what
     ``tf-bounds`` does, done outside the estimator (the two maps differ by a
     factor 2, which the standardisation absorbs).
+``tf-fixed``, ``tf-bounds-fixed``
+    ``tf-default`` and ``tf-bounds`` with the TT's settings fixed
+    (:data:`FIXED_SETTINGS`: ``tt_rank=8``, ``n_basis=16``,
+    ``smoothness=30.0``, the search's first penalty) instead of ``"auto"``:
+    what skipping the TT's automatic choices, the user guide's first remedy
+    for a slow fit, costs and saves at this size.
 ``gmm``
     ``GaussianMixture`` tuned as in ``bench_density.py`` (3-fold
     ``GridSearchCV`` over 1-64 components and the four covariance types),
@@ -45,9 +51,11 @@ ran in one invocation).
 
 Usage (from the repository root; one thread)::
 
-    python benchmarks/bench_fit_time.py                 # 3 seeds: about 16 min
+    python benchmarks/bench_fit_time.py                 # 3 seeds: about 20 min
     python benchmarks/bench_fit_time.py --seeds 0 --methods tf-default
     python benchmarks/bench_fit_time.py --methods tf-bounds --merge    # add one method's rows
+    python benchmarks/bench_fit_time.py --methods tf-default tf-bounds tf-fixed tf-bounds-fixed \\
+        --output benchmarks/results/fit_time_fixed
 
 Writes ``fit_time_cpu.json`` and ``fit_time_cpu.md`` into ``--output``
 (default ``benchmarks/results/``).
@@ -81,7 +89,10 @@ N_TEST = 5_000
 MIXING_SEED = 12345
 CLUSTER_OFFSET = 1.5
 GOAL_SECONDS = 30.0
-METHODS = ("tf-default", "tf-bounds", "tf-arctanh", "gmm")
+METHODS = ("tf-default", "tf-bounds", "tf-arctanh", "tf-fixed", "tf-bounds-fixed", "gmm")
+
+#: The TT's settings of the ``*-fixed`` methods, in place of ``"auto"``.
+FIXED_SETTINGS = {"tt_rank": 8, "n_basis": 16, "smoothness": 30.0}
 
 #: The stages timed inside a tensorizing flow's fit: (name, owner, attribute).
 STAGES = (
@@ -162,8 +173,12 @@ def run_seed(method: str, seed: int, args: argparse.Namespace) -> tuple[dict, np
         model = make_method("tf-default", train, seed, args)
         log_jacobian = -np.log1p(-(test**2)).sum(axis=1)
         train, test = np.arctanh(train), np.arctanh(test)
-    elif method == "tf-bounds":
-        model = make_method("tf-default", train, seed, args).set_params(feature_bounds=(-1, 1))
+    elif method.startswith("tf-"):
+        model = make_method("tf-default", train, seed, args)
+        if "bounds" in method:
+            model.set_params(feature_bounds=(-1, 1))
+        if method.endswith("-fixed"):
+            model.set_params(**FIXED_SETTINGS)
     else:
         model = make_method(method, train, seed, args)
     with warnings.catch_warnings():
