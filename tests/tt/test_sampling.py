@@ -315,6 +315,39 @@ def test_a_draw_does_not_depend_on_the_other_rows(evaluator):
     np.testing.assert_allclose(torch.cat(parts).numpy(), whole.numpy(), rtol=0, atol=1e-13)
 
 
+def test_the_prefix_update_by_blocks_of_points_changes_no_draw(monkeypatch):
+    """9,000 uniforms go through each core in blocks of points
+    (``ADVANCE_BLOCK_POINTS``: two blocks of 4,500 by default, three of
+    3,000 with blocks of 2,500) or in one: the same draws and log-densities
+    to rounding (another number of columns may round the BLAS product
+    differently, as above). A block written to the wrong columns, or one
+    left out, moves its points by the width of their conditionals."""
+    cores = right_orthogonalize(random_cores((1, 4, 4, 3, 1), 10, seed=5))
+    low = torch.tensor([-1.0, -2.0, 0.0, 1.0], dtype=torch.float64)
+    high = torch.tensor([1.0, 3.0, 0.5, 4.0], dtype=torch.float64)
+    uniforms = torch.rand(9000, 4, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+
+    def draws():
+        return sample_right_orthogonal(cores, low, high, uniforms, return_log_density=True)
+
+    results = {}
+    for name, blocks in (("default", None), ("2500", {"cpu": 2500}), ("one", {})):
+        if blocks is not None:
+            monkeypatch.setattr(sampling_module, "ADVANCE_BLOCK_POINTS", blocks)
+        results[name] = draws()
+    for name in ("default", "2500"):
+        for blocked, whole in zip(results[name], results["one"], strict=True):
+            np.testing.assert_allclose(blocked.numpy(), whole.numpy(), rtol=1e-12, atol=1e-13)
+    assert sampling_module._column_blocks(9000, 4096) == [slice(0, 4500), slice(4500, 9000)]
+    assert sampling_module._column_blocks(9000, 2500) == [
+        slice(0, 3000),
+        slice(3000, 6000),
+        slice(6000, 9000),
+    ]
+    assert sampling_module._column_blocks(3000, 4096) == [slice(0, 3000)]
+    assert sampling_module._column_blocks(3000, None) == [slice(0, 3000)]
+
+
 def test_sampling_is_deterministic_and_vectorised(distribution):
     first = distribution.sample(1000, generator=torch.Generator().manual_seed(3))
     second = distribution.sample(1000, generator=torch.Generator().manual_seed(3))
