@@ -75,6 +75,7 @@ from sktt_flow.estimator._density import CHUNK_SIZE, SAMPLE_CHUNK_FACTOR
 from sktt_flow.flows import GaussianBase, TensorizingFlow, build_flow_layers
 from sktt_flow.flows.builders import _parity_mask, _real_nvp_networks
 from sktt_flow.training import STEPS_PER_ITERATION, fit_reverse_kl
+from sktt_flow.utils.subnormal import subnormals_flushed
 
 SEED = 0
 
@@ -170,6 +171,9 @@ def training_steps(estimator, n_steps: int):
         device=estimator.device_,
     )
 
+    # as the package's training loop (minimize) runs them: a step's backward
+    # pass through a TT makes subnormal numbers, a hundred times slower each
+    @subnormals_flushed()
     def steps():
         order = torch.randperm(data.shape[0], generator=generator, device=data.device)
         for start in range(0, data.shape[0], 256):

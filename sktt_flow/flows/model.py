@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import itertools
-import math
 from collections.abc import Callable, Iterator, Sequence
 
 import normflows as nf
@@ -14,6 +13,7 @@ import torch
 from sktt_flow.flows.gaussian import GaussianBase
 from sktt_flow.flows.layers import FIXED_LAYERS
 from sktt_flow.tt.distribution import TTDistribution
+from sktt_flow.utils.mixture import log_mixture
 
 __all__ = ["TensorizingFlow", "defensive_mixture_log_prob"]
 
@@ -41,8 +41,10 @@ def defensive_mixture_log_prob(
     log_flow: torch.Tensor, log_fixed: torch.Tensor, weight: float
 ) -> torch.Tensor:
     """``log((1 - weight) q_flow + weight q_fixed)`` from the two
-    log-densities (see :class:`TensorizingFlow`); ``0 < weight < 1``."""
-    return torch.logaddexp(log_flow + math.log1p(-weight), log_fixed + math.log(weight))
+    log-densities (see :class:`TensorizingFlow`); ``0 < weight < 1``. The
+    gradient carries no subnormal numbers
+    (:func:`~sktt_flow.utils.mixture.log_mixture`)."""
+    return log_mixture(log_flow, log_fixed, weight)
 
 
 def _merge_rows(n_rows: int, *parts: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:

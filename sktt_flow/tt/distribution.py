@@ -31,6 +31,7 @@ from sktt_flow.tt.basis import (
 )
 from sktt_flow.tt.sampling import conditional_cdf_operators, sample_right_orthogonal
 from sktt_flow.tt.tails import gaussian_cdf, gaussian_icdf, gaussian_log_prob
+from sktt_flow.utils.mixture import log_mixture
 from sktt_flow.utils.validation import check_domain, check_num_samples, check_points
 
 __all__ = ["TTDistribution"]
@@ -431,9 +432,7 @@ class TTDistribution(BaseDistribution):
         return torch.where(inside, log_density, torch.full_like(log_density, -math.inf))
 
     def _mix_tail(self, log_tt: torch.Tensor, log_tail: torch.Tensor) -> torch.Tensor:
-        return torch.logaddexp(
-            log_tt + math.log1p(-self.tail_weight), log_tail + math.log(self.tail_weight)
-        )
+        return log_mixture(log_tt, log_tail, self.tail_weight)
 
     def _check_points(self, z: torch.Tensor) -> torch.Tensor:
         return check_points(z, self.n_features, self.low)
