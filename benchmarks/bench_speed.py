@@ -171,7 +171,7 @@ def training_steps(estimator, n_steps: int):
         device=estimator.device_,
     )
 
-    # as the package's training loop (minimize) runs them: a step's backward
+    # as the package's fits to data (fit_forward_kl) run them: a step's backward
     # pass through a TT makes subnormal numbers, a hundred times slower each
     @subnormals_flushed()
     def steps():

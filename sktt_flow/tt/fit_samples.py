@@ -44,6 +44,7 @@ from sktt_flow.tt.estimation import (
 )
 from sktt_flow.utils.optimize import minimize, patience_in_passes
 from sktt_flow.utils.random import torch_generator
+from sktt_flow.utils.subnormal import subnormals_flushed
 from sktt_flow.utils.validation import check_domain, check_positive_int, check_samples
 
 __all__ = [
@@ -266,16 +267,18 @@ class _MaximumLikelihood:
             options["max_iter"] = min(
                 options["max_iter"], math.ceil(self.max_steps / steps_per_pass)
             )
-        distribution.training_history = minimize(
-            distribution,
-            loss,
-            train,
-            score=held_out_log_likelihood,
-            generator=self.generator,
-            verbose=self.verbose,
-            description="TT maximum likelihood",
-            **options,
-        )
+        # flushed, as the flows' maximum likelihood (fit_forward_kl)
+        with subnormals_flushed():
+            distribution.training_history = minimize(
+                distribution,
+                loss,
+                train,
+                score=held_out_log_likelihood,
+                generator=self.generator,
+                verbose=self.verbose,
+                description="TT maximum likelihood",
+                **options,
+            )
         distribution.canonicalize_()
         with torch.no_grad():
             scores = distribution.log_prob(self.validation).double()

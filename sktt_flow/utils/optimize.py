@@ -24,8 +24,6 @@ from dataclasses import dataclass, field
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from sktt_flow.utils.subnormal import subnormals_flushed
-
 __all__ = [
     "CLIP_HISTORY",
     "MIN_STEPS_PER_ITERATION",
@@ -143,7 +141,6 @@ def _clip_gradients(
     return clipped
 
 
-@subnormals_flushed()
 def minimize(
     module: torch.nn.Module,
     loss: Callable[[torch.Tensor], torch.Tensor],
@@ -162,12 +159,6 @@ def minimize(
     description: str = "training",
 ) -> TrainingHistory:
     """Minimise ``loss`` with Adam over iterations of mini-batch steps.
-
-    The steps and scores run with subnormal numbers flushed to zero on the
-    calling thread (:func:`~sktt_flow.utils.subnormal.subnormals_flushed`):
-    a backward pass through a TT that carries next to no mass at some rows
-    made them by the hundreds per step, at a hundred times the cost of a
-    normal operation each.
 
     Parameters
     ----------

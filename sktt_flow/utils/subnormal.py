@@ -16,7 +16,12 @@ base.
 Flushing subnormal numbers to zero is what the CPU's flush-to-zero and
 denormals-are-zero modes do (TensorFlow turns them on for its own threads by
 default); it changes only numbers below the smallest normal one, which float
-arithmetic carries with a few significant bits at most.
+arithmetic carries with a few significant bits at most. The fits to data run
+flushed (:func:`~sktt_flow.training.fit_forward_kl` and the TT's maximum
+likelihood in :mod:`sktt_flow.tt.fit_samples`); variational fits do not,
+since they run the user's ``log_target``, whose float32 arithmetic would
+change under them (a log-density computed as ``log(exp(u))`` would reach
+``-inf`` below ``u = -87`` instead of about ``-103``).
 """
 
 from __future__ import annotations

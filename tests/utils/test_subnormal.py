@@ -5,7 +5,12 @@ calling thread and restores the previous mode after it."""
 import pytest
 import torch
 
-from sktt_flow.utils.optimize import minimize
+from sktt_flow.flows import TensorizingFlow, build_flow_layers
+from sktt_flow.training import fit_forward_kl, fit_reverse_kl
+from sktt_flow.training import forward_kl as forward_kl_module
+from sktt_flow.training import reverse_kl as reverse_kl_module
+from sktt_flow.tt import fit_samples as fit_samples_module
+from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.subnormal import (
     flushing_subnormals,
     subnormals_flushed,
@@ -59,32 +64,55 @@ def test_the_block_flushes_and_restores_the_mode():
 
 
 @needs_flush_mode
-def test_training_loops_flush_subnormals():
-    """minimize, the loop behind every fit of the package, runs its steps and
-    scores with subnormal numbers flushed, and gives the mode back."""
-    seen = []
-    weight = torch.nn.Parameter(torch.ones(1))
-    module = torch.nn.Module()
-    module.weight = weight
+def test_maximum_likelihood_runs_flushed_and_variational_training_does_not():
+    """The fits to data, the TT's (``from_samples``) and the flow's
+    (``fit_forward_kl``), run their training loop with subnormal numbers
+    flushed, and give the mode back; the variational fit (``fit_reverse_kl``)
+    runs it in the thread's own mode, as the user's log_target expects
+    (flushed, its float32 exp(-90) would be zero). Fails if either side's
+    wrapping is lost or added."""
+    seen = {}
 
-    def loss(batch):
-        seen.append(flushing_subnormals())
-        return ((weight - batch) ** 2).mean()
+    def recording(name, module):
+        original = module.minimize
 
-    def score():
-        seen.append(flushing_subnormals())
-        return -float(weight.detach().abs())
+        def wrapped(*args, **kwargs):
+            seen.setdefault(name, []).append(flushing_subnormals())
+            return original(*args, **kwargs)
 
-    minimize(
-        module,
-        loss,
-        torch.zeros(8, 1),
-        score=score,
-        max_iter=2,
-        batch_size=4,
-        learning_rate=0.1,
-        n_iter_no_change=5,
-        generator=torch.Generator().manual_seed(0),
-    )
-    assert seen and all(seen)
+        return wrapped
+
+    data = torch.randn(300, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    with pytest.MonkeyPatch.context() as patch:
+        for name, module in (
+            ("tt", fit_samples_module),
+            ("flow", forward_kl_module),
+            ("variational", reverse_kl_module),
+        ):
+            patch.setattr(module, "minimize", recording(name, module))
+        base = TTDistribution.from_samples(data, tt_rank=2, n_basis=4, max_iter=2, random_state=0)
+        base.requires_grad_(False)
+        torch.manual_seed(0)
+        layers = build_flow_layers("realnvp", 2, n_layers=2, hidden_units=8)
+        model = TensorizingFlow(base, layers).double()
+        options = {
+            "parameters": model.flows.parameters(),
+            "max_iter": 2,
+            "batch_size": 100,
+            "learning_rate": 1e-3,
+            "n_iter_no_change": 5,
+            "generator": torch.Generator().manual_seed(1),
+        }
+        fit_forward_kl(model, data[:200], data[200:], **options)
+        target_modes = []
+
+        def log_target(x):
+            target_modes.append(flushing_subnormals())
+            return -0.5 * (x**2).sum(-1)
+
+        fit_reverse_kl(model, log_target, n_validation_samples=64, **options)
+    assert seen["tt"] and all(seen["tt"])
+    assert seen["flow"] == [True]
+    assert seen["variational"] == [False]
+    assert target_modes and not any(target_modes)
     assert not flushing_subnormals()
