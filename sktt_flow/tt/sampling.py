@@ -102,11 +102,11 @@ TABLE_MAX_ELEMENTS = 1 << 26
 #: call (134 MB at rank 16 and 65,536 points) are written by one GEMM and read
 #: back by the contraction from main memory; a block's stay in cache. On one
 #: CPU thread (float32, 32,768 draws with their log-densities, 2026-12-06,
-#: Intel Xeon) blocks of 4,096 made the whole draw 21% faster at d = 64, rank
-#: 16, 54 basis functions (2.70 s against 2.14 s), 11% at d = 30, rank 16, 81
-#: functions and 7-9% at d = 16-32, rank 8; blocks of 8,192 and 16,384 gained
-#: less, and the values are the same to the bit. On a GPU the blocks would
-#: only add kernel launches: one block.
+#: Intel Xeon) blocks of 4,096 made the whole draw 19% faster at d = 64, rank
+#: 16, 54 basis functions (2.24 s against 2.75 s), 16% at d = 30, rank 16, 81
+#: functions (1.34 against 1.60 s) and 7-9% at d = 16-32, rank 8; blocks of
+#: 8,192 and 16,384 gained less, and the values were the same to the bit. On
+#: a GPU the blocks would only add kernel launches: one block.
 ADVANCE_BLOCK_POINTS = {"cpu": 4096}
 
 
