@@ -57,6 +57,7 @@ Writes ``marginal_gaussianization.json`` and ``.md`` into ``--output``
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -364,8 +365,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.merge:
         path = args.output / f"{args.stem}.json"
         if path.exists():
-            import json
-
             old = json.loads(path.read_text())
             kept = [r for r in old["rows"] if r["dataset"] not in args.datasets]
             for row in kept:
