@@ -1,32 +1,34 @@
-"""Probe: the defaults fitted behind a marginal Gaussianization of the features.
+"""Probe: the defaults with and without ``marginal_gaussianization``.
 
 Issue 14 says the base "knows only its coordinates": the TT is fitted to
 standardised (or whitened) features, and a feature that is skewed, heavy-
 tailed or piled up near a bound costs it Legendre functions, rank and fit
 time. ``feature_bounds`` fixes the last case when the user knows the
-bounds. This probe measures what a map chosen from the data alone would do,
-before it is built into the estimator: each feature goes through
-``z_j = Phi^{-1}(F_j(x_j))``, with ``F_j`` the distribution of an
-equal-weight mixture of ``N_CENTERS`` normals at the training column's
-quantiles, each as wide as the local spacing of the quantiles and at least a
-floor; the defaults of :class:`~sktt_flow.TensorizingFlowDensity` are fitted
-to ``z``, and the log-density of a row is the model's at ``z`` plus the exact
-log-Jacobian ``sum_j log f_j(x_j) - log phi(z_j)`` (``f_j`` the mixture's
-density, ``phi`` the standard normal one). The map is smooth, strictly
-increasing from the real line onto itself, and finite far beyond the data
-(its tails are the outermost normals', handled in log space).
+bounds. ``marginal_gaussianization`` maps each feature from the data alone:
+through :class:`~sktt_flow.flows.FixedMarginalNormalMap`, fitted to the rows
+that ``fit`` trains on (not those it holds out), a monotone spline through
+1,024 points of ``z_j = Phi^{-1}(F_j(x_j))``, with ``F_j`` the distribution
+of an equal-weight mixture of 128 normals at the column's quantiles, each as
+wide as the local spacing of the quantiles and at least a floor
+(:class:`~sktt_flow.flows.QuantileNormalMixture`). The model is fitted to
+``z`` and carries the map as its last layer, with its exact log-Jacobian.
+This probe measures the option against the defaults without it, and how
+well the estimator's own held-out rows would choose between them (the
+estimator does not choose: the option is the user's).
 
 Modes, per dataset and split (``random_state`` = split):
 
 ``raw``
-    The defaults on the features as they are.
-``gauss-std``
-    The map with widths at least ``1e-3`` of the column's standard
-    deviation: where many rows share a value (rounded or discrete columns)
-    the quantiles coincide and the map puts a narrow spike there.
-``gauss-silverman``
-    The map with widths at least a quarter of Silverman's bandwidth of the
-    column (``0.9 min(std, IQR / 1.349) n^(-1/5)``): smoother, no spikes.
+    The defaults (``marginal_gaussianization="none"``).
+``sharp``
+    ``marginal_gaussianization="sharp"``: widths at least ``1e-3`` of the
+    column's standard deviation; where many rows share a value (rounded or
+    discrete columns) the quantiles coincide and the map puts a narrow
+    spike there.
+``smooth``
+    ``marginal_gaussianization="smooth"``: widths at least a quarter of
+    Silverman's bandwidth of the column (``0.9 min(std, IQR / 1.349)
+    n^(-1/5)``): smoother, no spikes.
 ``best-held-out``
     Not a fit: the mode whose model scores best on the estimator's own
     held-out rows (the ``validation_fraction`` of the training rows that
@@ -36,8 +38,12 @@ Modes, per dataset and split (``random_state`` = split):
     ``CONFIRMATION_STANDARD_ERRORS`` standard errors of the paired
     differences (then the best such mode), the rule by which the estimator
     keeps its first candidate base against the others.
-``confirmed-silverman``
-    The same between ``raw`` and ``gauss-silverman`` only (no spikes).
+``confirmed-smooth``
+    The same between ``raw`` and ``smooth`` only (no spikes).
+``gmm-raw``, ``gmm-sharp``, ``gmm-smooth``
+    The tuned Gaussian mixture of ``bench_density.py`` on the features and
+    behind the same maps (fitted to the same rows), with the maps'
+    log-Jacobians: what the map does for a peer.
 
 Datasets: ``tanh30`` of ``bench_fit_time.py`` (seed ``s``: 10,000 training
 rows from seed ``2 s``, 5,000 test rows from ``2 s + 1``) and the datasets of
@@ -72,70 +78,16 @@ from _common import format_value, run_metadata, write_results
 from bench_density import make_datasets, make_method
 from bench_density import parse_args as parse_density_args
 from bench_fit_time import tanh30, tanh30_log_density
-from scipy.special import log_ndtr, logsumexp, ndtri_exp
 from sklearn.exceptions import ConvergenceWarning
 
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.diagnostics import clearly_better
+from sktt_flow.flows import FixedMarginalNormalMap
 from sktt_flow.training.reverse_kl import CONFIRMATION_STANDARD_ERRORS
 
-#: Most centres (quantiles) of each feature's mixture.
-N_CENTERS = 128
-
-#: Floors of the widths: a multiple of the column's standard deviation
-#: (``gauss-std``) or of Silverman's bandwidth (``gauss-silverman``).
-STD_FLOOR = 1e-3
-SILVERMAN_FLOOR = 0.25
-
-MODES = ("raw", "gauss-std", "gauss-silverman")
-CHOICES = ("best-held-out", "confirmed", "confirmed-silverman")
-PEER_MODES = ("gmm-raw", "gmm-gauss-std", "gmm-gauss-silverman")
-
-_LOG_SQRT_2PI = 0.5 * math.log(2.0 * math.pi)
-
-
-class MarginalGaussianization:
-    """``x_j -> Phi^{-1}(F_j(x_j))`` with its exact log-Jacobian (see the module docstring)."""
-
-    def __init__(self, floor: str):
-        self.floor = floor
-
-    def fit(self, X: np.ndarray) -> MarginalGaussianization:
-        n = X.shape[0]
-        m = min(N_CENTERS, n)
-        self.centers = np.quantile(X, (np.arange(m) + 0.5) / m, axis=0).T
-        gaps = np.diff(self.centers, axis=1)
-        spacing = np.concatenate(
-            [gaps[:, :1], 0.5 * (gaps[:, 1:] + gaps[:, :-1]), gaps[:, -1:]], axis=1
-        )
-        std = X.std(axis=0)
-        std = np.where(std > 0, std, 1.0)
-        if self.floor == "std":
-            floor = STD_FLOOR * std
-        else:
-            iqr = (np.quantile(X, 0.75, axis=0) - np.quantile(X, 0.25, axis=0)) / 1.349
-            spread = np.minimum(std, np.where(iqr > 0, iqr, std))
-            floor = SILVERMAN_FLOOR * 0.9 * spread * n ** (-0.2)
-        self.widths = np.maximum(spacing, floor[:, None])
-        return self
-
-    def transform(self, X: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The rows in the Gaussianized coordinates and ``log |det dz/dx|`` per row."""
-        Z = np.empty_like(X)
-        log_det = np.zeros(X.shape[0])
-        log_m = math.log(self.centers.shape[1])
-        for j in range(X.shape[1]):
-            u = (X[:, j : j + 1] - self.centers[j]) / self.widths[j]
-            log_cdf = logsumexp(log_ndtr(u), axis=1) - log_m
-            log_survival = logsumexp(log_ndtr(-u), axis=1) - log_m
-            log_pdf = (
-                logsumexp(-0.5 * u**2 - np.log(self.widths[j]), axis=1) - log_m - _LOG_SQRT_2PI
-            )
-            # each side from its own tail: 1 - F does not round to 0 near the top
-            z = np.where(log_cdf < log_survival, ndtri_exp(log_cdf), -ndtri_exp(log_survival))
-            Z[:, j] = z
-            log_det += log_pdf + 0.5 * z**2 + _LOG_SQRT_2PI
-        return Z, log_det
+MODES = ("raw", "sharp", "smooth")
+CHOICES = ("best-held-out", "confirmed", "confirmed-smooth")
+PEER_MODES = ("gmm-raw", "gmm-sharp", "gmm-smooth")
 
 
 def load(key: str, split: int) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
@@ -157,14 +109,21 @@ def held_out_rows(model: TensorizingFlowDensity, n_rows: int) -> np.ndarray:
 
 def run_mode(mode: str, train: np.ndarray, test: np.ndarray, split: int) -> dict[str, Any]:
     start = time.perf_counter()
-    train_log_det = np.zeros(len(train))
-    test_log_det = np.zeros(len(test))
-    if "gauss-" in mode:
-        gaussianization = MarginalGaussianization(mode.split("-")[-1]).fit(train)
-        train, train_log_det = gaussianization.transform(train)
-        test, test_log_det = gaussianization.transform(test)
+    gaussianization = mode.removeprefix("gmm-")
     if mode.startswith("gmm-"):
-        # the tuned peer of bench_density.py behind the same map
+        # the tuned peer of bench_density.py, behind the map the estimator
+        # would fit: to the rows it trains on, not those it holds out
+        test_log_det = np.zeros(len(test))
+        if gaussianization != "raw":
+            fitted_rows = np.ones(len(train), dtype=bool)
+            fitted_rows[held_out_rows(TensorizingFlowDensity(random_state=split), len(train))] = (
+                False
+            )
+            feature_map = FixedMarginalNormalMap.from_data(
+                train[fitted_rows], floor=gaussianization
+            )
+            train = feature_map.inverse(torch.as_tensor(train))[0].numpy()
+            test, test_log_det = (t.numpy() for t in feature_map.inverse(torch.as_tensor(test)))
         search = make_method("gmm", train, split, parse_density_args([]))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
@@ -179,11 +138,14 @@ def run_mode(mode: str, train: np.ndarray, test: np.ndarray, split: int) -> dict
             "n_basis": None,
             "tt_rank": None,
         }
-    model = TensorizingFlowDensity(random_state=split).fit(train)
+    model = TensorizingFlowDensity(
+        random_state=split,
+        marginal_gaussianization="none" if gaussianization == "raw" else gaussianization,
+    ).fit(train)
     seconds = time.perf_counter() - start
     rows = held_out_rows(model, len(train))
-    held_out = model.score_samples(train[rows]) + train_log_det[rows]
-    scores = model.score_samples(test) + test_log_det
+    held_out = model.score_samples(train[rows])
+    scores = model.score_samples(test)
     selection = getattr(model, "tt_", None)
     selection = getattr(selection, "selection", None) or {}
     return {
@@ -262,7 +224,7 @@ def choose(fitted: dict[str, dict[str, Any]]) -> None:
     choices = {
         "best-held-out": max(MODES, key=lambda mode: fitted[mode]["held_out"]),
         "confirmed": confirmed(MODES),
-        "confirmed-silverman": confirmed(("raw", "gauss-silverman")),
+        "confirmed-smooth": confirmed(("raw", "smooth")),
     }
     for name, chosen in choices.items():
         fitted[name] = {**fitted[chosen], "fit_seconds": None, "chose": chosen}
@@ -270,7 +232,7 @@ def choose(fitted: dict[str, dict[str, Any]]) -> None:
 
 def markdown_report(payload: dict[str, Any]) -> str:
     lines = [
-        "# Marginal Gaussianization of the features before the defaults (probe)",
+        "# The defaults with and without `marginal_gaussianization` (probe)",
         "",
         "Generated by `benchmarks/probe_marginal_gaussianization.py`; see its docstring.",
         "",

@@ -60,6 +60,7 @@ from sktt_flow.flows import (
     FixedAffine,
     FixedBoundsMap,
     FixedLinearAffine,
+    FixedMarginalNormalMap,
     GaussianBase,
     GaussianMixtureBase,
     SymmetrizedBase,
@@ -68,6 +69,7 @@ from sktt_flow.flows import (
     build_flow_layers,
     spline_tail_bound,
     split_bounds_map,
+    split_feature_map,
 )
 from sktt_flow.flows.tempered import OUTER_MAPS
 from sktt_flow.tt.distribution import TTDistribution
@@ -109,6 +111,7 @@ _FITTED_KINDS = {
     "base_kl_": "number",
     "preconditioner_": "coordinates",
     "base_": "base",
+    "marginal_gaussianization_": "marginal",
 }
 
 #: Kinds of the last layer of a variational model, the map into the target's
@@ -356,6 +359,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "whitening": _has_whitening(model, mode == "data"),
         # data mode: a FixedBoundsMap (feature_bounds) after the standardisation
         "bounds_map": split_bounds_map(model.flows)[1] is not None,
+        # data mode: the knots per feature of a FixedMarginalNormalMap
+        # (marginal_gaussianization) after the standardisation, 0 for none
+        "marginal_map_knots": _marginal_map_knots(model),
         "defensive_weight": model.defensive_weight,
         # the model on the Gaussian next to the one on the TT, its tensors in
         # the state as companion.*; None for the others
@@ -491,6 +497,7 @@ _KIND_DESCRIPTIONS = {
     "count": "a non-negative integer",
     "coordinates": 'one of "none", "diagonal" or "full"',
     "base": 'one of "tt", "gaussian" or "tempered"',
+    "marginal": 'one of "none", "smooth" or "sharp"',
 }
 
 
@@ -512,6 +519,8 @@ def _check_fitted(fitted: dict, where: str) -> None:
             valid = value in ("none", "diagonal", "full")
         elif kind == "base":
             valid = value in ("tt", "gaussian", "tempered")
+        elif kind == "marginal":
+            valid = value in ("none", "smooth", "sharp")
         else:
             continue
         if not valid:
@@ -539,7 +548,7 @@ def _from_json_number(value: Any) -> Any:
 
 def _from_json_fitted(name: str, value: Any) -> Any:
     """A fitted attribute as stored (checked by :func:`_check_fitted`)."""
-    if _FITTED_KINDS[name] in ("coordinates", "base"):
+    if _FITTED_KINDS[name] in ("coordinates", "base", "marginal"):
         return value
     return _from_json_number(value)
 
@@ -557,9 +566,9 @@ def _has_gaussian_base(metadata: dict, estimator) -> bool:
 def _output_layer_kind(model: TensorizingFlow, mode: str) -> str:
     """What the last layer of a model is, for :func:`_build_model` (see
     :data:`_OUTPUT_LAYERS`)."""
-    # the map onto feature_bounds, if any, follows the output layer
-    # the layers whose kinds the metadata records: not the map onto bounds
-    flows, _ = split_bounds_map(model.flows)
+    # the map onto the features (feature_bounds, marginal_gaussianization),
+    # if any, follows the output layer; the metadata records it on its own
+    flows, _ = split_feature_map(model.flows)
     if mode == "data" or not flows:
         return "diagonal" if flows else "none"
     last = flows[-1]
@@ -638,8 +647,8 @@ def _stored_selection(metadata: dict, where: str) -> dict | None:
 def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     """Whether a data-mode model whitens: a FixedLinearAffine just before its
     standardisation (``preconditioner_ == "full"``), which the map onto
-    bounded features may follow."""
-    flows, _ = split_bounds_map(model.flows)
+    features may follow."""
+    flows, _ = split_feature_map(model.flows)
     return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
 
 
@@ -667,6 +676,54 @@ def _stored_bounds_map(metadata: dict, where: str) -> bool:
             f"{where} is truncated or corrupted: {_METADATA} has an invalid 'bounds_map'."
         )
     return bounds_map
+
+
+def _marginal_map_knots(model: TensorizingFlow) -> int:
+    """The knots per feature of a model's marginal Gaussianization, 0 for none."""
+    _, feature_map = split_feature_map(model.flows)
+    if isinstance(feature_map, FixedMarginalNormalMap):
+        return int(feature_map.feature_knots.shape[1])
+    return 0
+
+
+def _stored_marginal_map_knots(metadata: dict, where: str) -> int:
+    """The metadata's ``marginal_map_knots`` (0: no map; absent in files that
+    predate it)."""
+    n_knots = metadata.get("marginal_map_knots", 0)
+    if not _is_count(n_knots, minimum=0) or n_knots == 1:
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid "
+            f"'marginal_map_knots' ({_preview(n_knots)})."
+        )
+    if n_knots and (metadata["mode"] != "data" or _stored_bounds_map(metadata, where)):
+        raise ValueError(
+            f"{where}: the architecture cannot be rebuilt from {_METADATA} (a marginal map "
+            "needs data mode and no feature bounds)."
+        )
+    return n_knots
+
+
+def _check_stored_marginal_map(metadata: dict, estimator, layers: list) -> None:
+    """Whether the rebuilt layers end with a marginal Gaussianization is what
+    the parameter ``marginal_gaussianization`` says, or with ``"auto"`` what
+    the fitted ``marginal_gaussianization_`` says was kept."""
+    has_map = bool(layers) and isinstance(layers[-1], FixedMarginalNormalMap)
+    wanted = estimator.marginal_gaussianization
+    kept = metadata["fitted"].get("marginal_gaussianization_")
+    if kept is not None and wanted != "auto" and kept != wanted:
+        raise ValueError(
+            f"marginal_gaussianization={wanted!r}, but the fitted marginal_gaussianization_ "
+            f"is {kept!r}"
+        )
+    if wanted == "auto":
+        if kept is None:
+            raise ValueError("marginal_gaussianization='auto', but nothing says what was kept")
+        wanted = kept
+    if has_map != (wanted != "none"):
+        raise ValueError(
+            f"marginal_gaussianization={wanted!r}, but the model "
+            f"{'has a' if has_map else 'has no'} marginal Gaussianization"
+        )
 
 
 def _stored_gaussian_components(metadata: dict, where: str) -> int:
@@ -1048,7 +1105,8 @@ def _check_architecture(
         if _stored_whitening(metadata, where):
             whitening = 2 * n_features**2 + 2 * n_features + 1
         bounds = 2 * n_features if _stored_bounds_map(metadata, where) else 0
-        needed = layers_size + to_unit_box + output_size + whitening + bounds
+        marginal = 3 * n_features * _stored_marginal_map_knots(metadata, where)
+        needed = layers_size + to_unit_box + output_size + whitening + bounds + marginal
         held = sum(tensor.numel() for key, tensor in state.items() if key.startswith("flows."))
         if held != needed:
             raise mismatch(
@@ -1159,6 +1217,18 @@ def _build_single_model(
             layers.append(FixedAffine(torch.zeros_like(ones), ones))
         elif output == "linear":
             layers.append(FixedLinearAffine(torch.zeros_like(ones), torch.diag(ones)))
+        if _stored_marginal_map_knots(metadata, where):
+            # Built from the stored knots themselves (FixedMarginalNormalMap
+            # checks that they increase and that the slopes are positive).
+            index = len(layers)
+            knots = [
+                state.get(f"flows.{index}.{name}")
+                for name in ("feature_knots", "normal_knots", "slopes")
+            ]
+            if any(tensor is None for tensor in knots):
+                raise ValueError(f"the knots of flows.{index} are missing")
+            layers.append(FixedMarginalNormalMap(*knots))
+        _check_stored_marginal_map(metadata, estimator, layers)
         if _stored_bounds_map(metadata, where):
             # Built from the stored bounds themselves (FixedBoundsMap checks
             # them), which must be those of the parameter feature_bounds.

@@ -16,7 +16,9 @@ from sktt_flow.flows.layers import (
     FixedLinearAffine,
     MaskedAffineCoupling,
     split_bounds_map,
+    split_feature_map,
 )
+from sktt_flow.flows.marginal import FixedMarginalNormalMap, QuantileNormalMixture
 from sktt_flow.flows.model import TensorizingFlow, defensive_mixture_log_prob
 from sktt_flow.flows.symmetric import SymmetrizedBase, sign_flip_group
 from sktt_flow.flows.tempered import (
@@ -34,9 +36,11 @@ __all__ = [
     "FixedAffine",
     "FixedBoundsMap",
     "FixedLinearAffine",
+    "FixedMarginalNormalMap",
     "GaussianBase",
     "GaussianMixtureBase",
     "MaskedAffineCoupling",
+    "QuantileNormalMixture",
     "SymmetrizedBase",
     "TemperedLayerReport",
     "TemperedReport",
@@ -50,4 +54,5 @@ __all__ = [
     "sign_flip_group",
     "spline_tail_bound",
     "split_bounds_map",
+    "split_feature_map",
 ]

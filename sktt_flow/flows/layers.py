@@ -14,6 +14,8 @@ import torch.nn.functional as F
 from normflows.flows import Flow, MaskedAffineFlow
 from normflows.nets.made import MADE
 
+from sktt_flow.flows.marginal import FixedMarginalNormalMap
+
 __all__ = [
     "FIXED_LAYERS",
     "AffineAutoregressive",
@@ -22,6 +24,7 @@ __all__ = [
     "FixedLinearAffine",
     "MaskedAffineCoupling",
     "split_bounds_map",
+    "split_feature_map",
 ]
 
 
@@ -339,7 +342,7 @@ class FixedBoundsMap(Flow):
 
 #: The layers without parameters: kept by a model's defensive component, and
 #: kept in float64 around a float32 flow when they come last.
-FIXED_LAYERS = (FixedAffine, FixedLinearAffine, FixedBoundsMap)
+FIXED_LAYERS = (FixedAffine, FixedLinearAffine, FixedBoundsMap, FixedMarginalNormalMap)
 
 
 def split_bounds_map(layers) -> tuple[list, FixedBoundsMap | None]:
@@ -348,6 +351,20 @@ def split_bounds_map(layers) -> tuple[list, FixedBoundsMap | None]:
     the last is no such map (a model fitted without ``feature_bounds``)."""
     layers = list(layers)
     if layers and isinstance(layers[-1], FixedBoundsMap):
+        return layers[:-1], layers[-1]
+    return layers, None
+
+
+def split_feature_map(
+    layers,
+) -> tuple[list, FixedBoundsMap | FixedMarginalNormalMap | None]:
+    """``layers`` (a model's flows, in order) as the layers before a last
+    elementwise map onto the features (a :class:`FixedBoundsMap` of
+    ``feature_bounds`` or a :class:`~sktt_flow.flows.FixedMarginalNormalMap`
+    of ``marginal_gaussianization``) and that map, or all the layers and None
+    when the last is neither."""
+    layers = list(layers)
+    if layers and isinstance(layers[-1], (FixedBoundsMap, FixedMarginalNormalMap)):
         return layers[:-1], layers[-1]
     return layers, None
 

@@ -104,9 +104,10 @@ class TensorizingFlow(nf.NormalizingFlow):
 
     where ``q_fixed`` is the base pushed through the fixed layers alone
     (:data:`~sktt_flow.flows.FIXED_LAYERS`: the standardisation, the
-    preconditioner and the map onto bounded features), skipping the trained
-    ones. Density and sampling stay exact. It bounds what a flow can do to
-    points unlike its training data: an affine coupling network
+    preconditioner and the map onto bounded or Gaussianized features),
+    skipping the trained ones. Density and sampling stay exact. It bounds
+    what a flow can do to points unlike its training data: an affine
+    coupling network
     extrapolates, and a held-out row beyond the training range can be sent
     so far into the base's tail that its log-density is -1e7 (seen on
     ``load_breast_cancer``), where ``q_fixed`` gives -75. It costs at most
