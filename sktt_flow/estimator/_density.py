@@ -873,7 +873,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         the benchmark's 36 splits it kept the better of the two on 35, the
         miss costing 0.15 nats per row). ``"none"``: no map. Not with
         ``feature_bounds`` (which maps a known support), an explicit
-        ``domain`` or ``log_target``.
+        ``domain`` or ``log_target``. The map costs about 2 microseconds
+        per row of 16 features each way on one core (a third of the
+        scoring time of a model of that size), once more for a companion.
     mode_starts : array-like of shape (n_starts, n_features), default=None
         Variational mode with an automatic box: points where the mode search
         starts besides the standard-normal ones (a guess of the mode, the
