@@ -598,24 +598,8 @@ def _split_standardization(
     return TensorizingFlow(model.q0, layers), last, feature_map
 
 
-def _check_same_feature_map(
-    bounds_map: FixedBoundsMap | None,
-    marginal_gaussianization: str,
-    fitted_marginal_gaussianization: str,
-    fitted: FixedBoundsMap | FixedMarginalNormalMap | None,
-):
-    """A warm start keeps the fitted model's map onto the features: the same
-    ``feature_bounds``, and the marginal Gaussianization that was fitted
-    (whose knots it keeps, the first fit's training rows' own)."""
-    if marginal_gaussianization != fitted_marginal_gaussianization:
-        raise ValueError(
-            "warm_start=True continues the fitted model, which was fitted with "
-            f"marginal_gaussianization={fitted_marginal_gaussianization!r}, but this fit asks "
-            f"for {marginal_gaussianization!r}: set it back (or to 'auto', which continues "
-            "what was kept), or set warm_start=False to start over."
-        )
-    if isinstance(fitted, FixedMarginalNormalMap):
-        return
+def _check_same_bounds(bounds_map: FixedBoundsMap | None, fitted: FixedBoundsMap | None):
+    """A warm start keeps the map onto the bounds of the fitted model."""
     same = (bounds_map is None) == (fitted is None)
     if same and bounds_map is not None:
         same = torch.equal(bounds_map.low, fitted.low.cpu().double()) and torch.equal(
@@ -1508,12 +1492,21 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         fitted_feature_map = None
         if warm:
+            # A warm start keeps the fitted model's map onto the features:
+            # the same feature_bounds, and the marginal Gaussianization that
+            # was fitted (its knots, the first fit's training rows' own).
             fitted_feature_map = _split_standardization(self.flow_)[2]
-            _check_same_feature_map(
+            fitted_option = getattr(self, "marginal_gaussianization_", "none")
+            if option != fitted_option:
+                raise ValueError(
+                    "warm_start=True continues the fitted model, which was fitted with "
+                    f"marginal_gaussianization={fitted_option!r}, but this fit asks for "
+                    f"{option!r}: set it back (or to 'auto', which continues what was "
+                    "kept), or set warm_start=False to start over."
+                )
+            _check_same_bounds(
                 bounds_map,
-                option,
-                getattr(self, "marginal_gaussianization_", "none"),
-                fitted_feature_map,
+                fitted_feature_map if isinstance(fitted_feature_map, FixedBoundsMap) else None,
             )
         # The model is fitted to the features mapped off their bounds (or
         # Gaussianized, below); its log-density gains log |dz/dx| per row (in
@@ -2221,7 +2214,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             fitted_bounds = split_bounds_map(model.flows)[1]
             if fitted_bounds is not None:
                 del model.flows[-1]
-            _check_same_feature_map(bounds_map, "none", "none", fitted_bounds)
+            _check_same_bounds(bounds_map, fitted_bounds)
             model = model.to(device=device, dtype=train_dtype)
             # the base and its coordinates are kept: so is what was measured of them
             kept = [name for name in _BASE_CHECK_ATTRIBUTES if hasattr(self, name)]

@@ -312,7 +312,6 @@ class FixedMarginalNormalMap(Flow):
         one_minus = 1 - xi
         mixed = xi * one_minus
         denominator = mean_slope + curvature * mixed
-        g_inside = g_low + height * (mean_slope * xi * xi + slope_low * mixed) / denominator
         log_slope_inside = (
             2 * torch.log(mean_slope)
             + torch.log(
@@ -320,36 +319,29 @@ class FixedMarginalNormalMap(Flow):
             )
             - 2 * torch.log(denominator)
         )
-        inside = x_low + xi * width
         # beyond the outer knots: the straight lines of the outer slopes
-        first, last = 0, n_knots - 1
         if from_features:
-            result = torch.where(
-                below,
-                g_knots[:, first : first + 1] + slopes[:, :1] * (columns - x_knots[:, :1]),
-                torch.where(
-                    above,
-                    g_knots[:, last:] + slopes[:, last:] * (columns - x_knots[:, last:]),
-                    g_inside,
-                ),
-            )
-            sign = 1.0
+            inside = g_low + height * (mean_slope * xi * xi + slope_low * mixed) / denominator
+
+            def outer_line(end: slice) -> torch.Tensor:
+                return g_knots[:, end] + slopes[:, end] * (columns - x_knots[:, end])
+
         else:
-            result = torch.where(
-                below,
-                x_knots[:, :1] + (columns - g_knots[:, :1]) / slopes[:, :1],
-                torch.where(
-                    above,
-                    x_knots[:, last:] + (columns - g_knots[:, last:]) / slopes[:, last:],
-                    inside,
-                ),
-            )
-            sign = -1.0
+            inside = x_low + xi * width
+
+            def outer_line(end: slice) -> torch.Tensor:
+                return x_knots[:, end] + (columns - g_knots[:, end]) / slopes[:, end]
+
+        first, last = slice(0, 1), slice(n_knots - 1, None)
+        result = torch.where(
+            below, outer_line(first), torch.where(above, outer_line(last), inside)
+        )
         log_slope = torch.where(
             below,
-            torch.log(slopes[:, :1]).expand_as(columns),
-            torch.where(above, torch.log(slopes[:, last:]).expand_as(columns), log_slope_inside),
+            torch.log(slopes[:, first]).expand_as(columns),
+            torch.where(above, torch.log(slopes[:, last]).expand_as(columns), log_slope_inside),
         )
+        sign = 1.0 if from_features else -1.0
         return result.T.to(dtype), (sign * log_slope.sum(dim=0)).to(dtype)
 
     def forward(self, z: torch.Tensor):
