@@ -607,6 +607,73 @@ def test_a_failed_mixture_fit_is_skipped(data, monkeypatch):
     assert isinstance(model.flow_.companion.q0, GaussianMixtureBase)
 
 
+#: Held-out means of the companion's candidates (components, covariance type)
+#: in the test below, shaped as on ``student30`` of bench_fit_time.py: the full
+#: covariances peak at 8 components and the search stops rising at 16, while
+#: the tied ones, flat up to 16, rise at 32 and 64.
+STUDENT_LIKE_SCORES = {
+    **{
+        (k, "full"): v
+        for k, v in zip(
+            (2, 4, 8, 16, 32, 64), (-24.55, -24.44, -24.40, -24.67, -25.0, -26.0), strict=True
+        )
+    },
+    **{
+        (k, "tied"): v
+        for k, v in zip(
+            (2, 4, 8, 16, 32, 64), (-24.69, -24.69, -24.71, -24.67, -24.5, -24.2), strict=True
+        )
+    },
+    **{(k, "diag"): -26.0 for k in (2, 4, 8, 16, 32, 64)},
+    **{(k, "spherical"): -26.5 for k in (2, 4, 8, 16, 32, 64)},
+}
+
+
+@pytest.mark.parametrize(
+    ("late_gain", "kept"),
+    [(0.2, (64, "tied")), (0.005, (8, "full"))],
+    ids=["clearly-better-later", "slightly-better-later"],
+)
+def test_the_mixture_search_goes_on_past_a_dip(monkeypatch, late_gain, kept):
+    """The companion's mixture search: the best number of components up to
+    where the held-out score stops rising (8 full here), unless a larger
+    mixture, fitted after that without the full covariances, beats it by two
+    paired standard errors: 64 tied, 0.2 nats ahead on 400 held-out rows
+    with independent noise of 0.1 per candidate (28 standard errors), is
+    kept, and not where it is ahead by 0.005 (under one standard error). The
+    held-out scores are prescribed per candidate. Fails if the search stops
+    at the dip (the rule before 2026-12-06: 8 full, 0.25 nats per row below
+    a tuned GaussianMixture on a correlated Student t), takes the grid's
+    best on noise, or fits full covariances after the dip."""
+    scores = dict(STUDENT_LIKE_SCORES)
+    scores[64, "tied"] = scores[8, "full"] + late_gain
+    # independent noise per candidate: paired differences of two candidates
+    # have a standard deviation of 0.14, a standard error of 0.007
+    generator = np.random.default_rng(0)
+    noise = {key: torch.from_numpy(generator.normal(scale=0.1, size=400)) for key in scores}
+    fitted = []
+
+    def held_out_scores(self, base, score_rows, log_det, description):
+        if "EM continued" in description:
+            return scores[kept] + noise[kept]
+        n_components, rest = description.removeprefix("companion base: ").split(" Gaussians (")
+        key = (int(n_components), rest.split(")")[0])
+        fitted.append(key)
+        return scores[key] + noise[key]
+
+    monkeypatch.setattr(TensorizingFlowDensity, "_held_out_scores", held_out_scores)
+    rows = np.random.default_rng(1).normal(size=(300, 2))
+    gaussian = (torch.full((400,), -30.0, dtype=torch.float64), None, None, None, "full", 5.0)
+    model = TensorizingFlowDensity()
+    _, base, *_ = model._gaussian_mixture_candidate(
+        gaussian, rows, None, 0.0, 0, torch.device("cpu"), torch.float64
+    )
+    assert isinstance(base, GaussianMixtureBase) and base.n_components == kept[0]
+    full = [k for k, kind in fitted if kind == "full"]
+    assert full == [2, 4, 8, 16]  # none after the round where the score stopped rising
+    assert (64, "tied") in fitted and (64, "spherical") in fitted
+
+
 def test_the_kept_mixture_is_em_continued_to_the_default_threshold(data, monkeypatch):
     """The companion's candidate mixtures stop EM at ``COMPANION_EM_TOL``
     (their choice is made on held-out rows), and only the kept one goes on
