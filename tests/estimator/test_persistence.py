@@ -129,6 +129,20 @@ def write_members(path, metadata: dict, state: bytes, *, fix_checksum: bool = Tr
         archive.writestr("state.pt", state)
 
 
+def assert_each_edit_is_refused(path, edits, tmp_path) -> None:
+    """For each ``(edit, message)``: the file saved at ``path`` with its
+    metadata changed in place by ``edit`` (the checksum kept valid) fails to
+    load with a ValueError matching ``message``."""
+    stored, state = read_members(path)
+    for edit, message in edits:
+        metadata = json.loads(json.dumps(stored))  # a deep copy
+        edit(metadata)
+        corrupted = tmp_path / "corrupted.sktt"
+        write_members(corrupted, metadata, state)
+        with pytest.raises(ValueError, match=message):
+            TensorizingFlowDensity.load(corrupted)
+
+
 # --------------------------------------------------------------- round trips
 @pytest.mark.parametrize("flow", ["realnvp", "nsf", "maf", "none"])
 def test_round_trip_is_identical_for_every_flow(flow, data, tmp_path):
