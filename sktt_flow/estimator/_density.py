@@ -2098,12 +2098,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # component (d for the others), whose score is what stopped rising
         # where it stops (and whose fits are most of a round's time: 7 of 15 s
         # at 64 components of 10,000 rows of 30 features).
-        later, rising = None, True
+        later = None
         n_components = 2
         while n_components <= min(MAX_COMPANION_COMPONENTS, len(fit_rows) // 2):
             round_best = None
             for covariance_type in COMPANION_COVARIANCE_TYPES:
-                if not rising and covariance_type == "full":
+                if later is not None and covariance_type == "full":
                     continue
                 mixture = GaussianMixture(
                     n_components,
@@ -2122,12 +2122,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     round_best = (*candidate, mixture)
             if round_best is None:
                 break  # every type collapsed: more components collapse too
-            if rising and (best[1] is None or round_best[0].mean() > best[0].mean()):
+            if later is None and (best[1] is None or round_best[0].mean() > best[0].mean()):
                 best = round_best
-            else:
-                rising = False
-                if later is None or round_best[0].mean() > later[0].mean():
-                    later = round_best
+            elif later is None or round_best[0].mean() > later[0].mean():
+                later = round_best
             n_components *= 2
         if later is not None and clearly_better(later[0], best[0], CONFIRMATION_STANDARD_ERRORS):
             best = later
