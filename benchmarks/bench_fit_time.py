@@ -60,7 +60,10 @@ Methods, per seed (``random_state`` and the ``KFold`` seed are ``s``):
 Metrics: fit seconds, the stages, the mean test log-likelihood with its
 standard error next to the truth's, the model minus the truth (paired over
 the test rows) and the tensorizing flow minus the GMM (paired, where both
-ran in one invocation).
+ran in one invocation). ``--peer-settings FILE ...`` (earlier
+``fit_time_cpu.json`` files) refits ``gmm`` with the settings its grid search
+chose there, the same model without the search (minutes per seed); its fit time
+is then the refit's, and the report says so.
 
 Usage (from the repository root; one thread)::
 
@@ -71,6 +74,10 @@ Usage (from the repository root; one thread)::
         --output benchmarks/results/fit_time_fixed
     python benchmarks/bench_fit_time.py --datasets gauss30 student30 --methods tf-default gmm \\
         --output benchmarks/results/fit_time_plain
+    python benchmarks/bench_fit_time.py --datasets gauss30 student30 tanh30 \\
+        --methods tf-default gmm --output benchmarks/results/fit_time_whitening \\
+        --peer-settings benchmarks/results/fit_time_plain/fit_time_cpu.json \\
+        benchmarks/results/fit_time_cpu.json
 
 Writes ``fit_time_cpu.json`` and ``fit_time_cpu.md`` into ``--output``
 (default ``benchmarks/results/``).
@@ -79,6 +86,7 @@ Writes ``fit_time_cpu.json`` and ``fit_time_cpu.md`` into ``--output``
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -91,7 +99,7 @@ from typing import Any
 import numpy as np
 import torch
 from _common import format_value, load_average, run_metadata, write_results
-from bench_density import _mean_se, make_method
+from bench_density import _mean_se, make_method, peer_with_settings
 from sklearn.exceptions import ConvergenceWarning
 
 import sktt_flow.estimator._density as density_module
@@ -241,6 +249,11 @@ def run_seed(
             model.set_params(feature_bounds=(-1, 1))
         if method.endswith("-fixed"):
             model.set_params(**FIXED_SETTINGS)
+    elif row["key"] in args.peer_rows:
+        # the settings the grid search chose in an earlier run: the same model
+        earlier = args.peer_rows[row["key"]]
+        model = peer_with_settings("gmm", seed, earlier["best_params"])
+        row["settings_from"] = f"{earlier['file']} ({earlier['date']})"
     else:
         model = make_method(method, train, seed, args)
     with warnings.catch_warnings():
@@ -262,6 +275,9 @@ def run_seed(
         row["companion_weight"] = model.companion_weight_
         row["n_iter"] = model.n_iter_
         fitted = model
+    elif "settings_from" in row:
+        row["best_params"] = earlier["best_params"]
+        fitted = model
     else:
         row["best_params"] = dict(model.best_params_)
         fitted = model.best_estimator_
@@ -270,6 +286,22 @@ def run_seed(
     row["true_test_log_likelihood"] = float(truth.mean())
     row["minus_truth"] = paired(scores, truth)
     return row, scores
+
+
+def load_peer_rows(path: Path) -> dict[str, dict]:
+    """The ``gmm`` rows of the report ``path``, by dataset and seed, with the
+    date of their run: the settings their grid search chose."""
+    payload = json.loads(path.read_text(encoding="utf-8"))
+    dates = [run["date"] for run in payload["metadata"]["runs"]]
+    return {
+        row.get("key", f"tanh30/{row['seed']}"): {
+            **row,
+            "date": dates[row["run"]],
+            "file": f"{path.parent.name}/{path.name}",
+        }
+        for row in payload["results"]
+        if row["method"] == "gmm" and row.get("best_params")
+    }
 
 
 def _dataset_of(row: dict) -> str:
@@ -324,6 +356,8 @@ def markdown_report(payload: dict[str, Any]) -> str:
             if "base" in row
             else ", ".join(f"{k}={v}" for k, v in row.get("best_params", {}).items())
         )
+        if "settings_from" in row:
+            settings += f" (refitted with the settings of {row['settings_from']})"
         lines.append(
             f"| {_dataset_of(row)} | {row['method']} | {row['seed']} | "
             f"{row['fit_seconds']:.1f} | {stage('TT fits')} | "
@@ -360,7 +394,17 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "the others",
     )
     parser.add_argument("--output", type=Path, default=Path(__file__).resolve().parent / "results")
+    parser.add_argument(
+        "--peer-settings",
+        type=Path,
+        nargs="+",
+        default=[],
+        help="fit_time_cpu.json files whose gmm rows give the settings to refit (no grid search)",
+    )
     args = parser.parse_args(argv)
+    args.peer_rows = {
+        key: row for path in args.peer_settings for key, row in load_peer_rows(path).items()
+    }
     args.methods = [method for method in METHODS if method in args.methods]
     # what bench_density.make_method reads for the methods run here
     args.max_iter = None

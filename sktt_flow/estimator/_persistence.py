@@ -347,6 +347,8 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         "tt_core_shapes": [list(core.shape) for core in base.cores] if is_tt else [],
         "domain": base.domain.detach().cpu().double().tolist() if is_tt else [],
         "tail_weight": float(base.tail_weight) if is_tt else 0.0,
+        # a Gaussian-mixture base's components, 0 for the others
+        "gaussian_components": getattr(base, "n_components", 0),
         # |G| of a base symmetrised over a group (symmetry=...), 0 for none
         "symmetry_order": symmetry_order,
         # a base of tempered layers (base="tempered"), None for the others
