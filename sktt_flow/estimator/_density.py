@@ -2100,7 +2100,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # the bases does not tell what the flow will do.
         alternative = None
         if best_gaussian is not None and not isinstance(best[1], GaussianBase):
-            alternative = placed(with_mixture(best_gaussian))
+            # Without a flow there is no companion to train (the kept base is
+            # the model), and no mixture search for it.
+            if self.flow != "none":
+                alternative = placed(with_mixture(best_gaussian))
         elif len(bases) > 1 and best_gaussian is not None:
             # Where a Gaussian beats the TT (base="auto"), it is the model's
             # base, and it is a mixture where the held-out rows prefer one,

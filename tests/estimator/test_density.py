@@ -608,6 +608,28 @@ def test_a_failed_mixture_fit_is_skipped(data, monkeypatch):
     assert isinstance(model.flow_.companion.q0, GaussianMixtureBase)
 
 
+def test_without_a_flow_no_mixture_is_searched_for_a_companion(data, monkeypatch):
+    """With flow="none" and the TT kept, the model is that base: there is no
+    companion to train, so no Gaussian mixture is fitted for one (it cost
+    0.1-20 s and was dropped). Fails if the search runs; the model is the
+    same as with the search switched off."""
+    fits = []
+
+    class RecordingMixture(GaussianMixture):
+        def fit(self, X, y=None):
+            fits.append(self.n_components)
+            return super().fit(X, y)
+
+    monkeypatch.setattr(density_module, "GaussianMixture", RecordingMixture)
+    options = {**SMALL, "flow": "none", "max_iter": 5}
+    model = TensorizingFlowDensity(**options).fit(data[0])
+    assert model.base_ == "tt" and model.flow_.companion is None
+    assert fits == []
+    monkeypatch.setattr(density_module, "MAX_COMPANION_COMPONENTS", 1)
+    unsearched = TensorizingFlowDensity(**options).fit(data[0])
+    np.testing.assert_array_equal(model.score_samples(data[1]), unsearched.score_samples(data[1]))
+
+
 #: Held-out means of the companion's candidates (components, covariance type)
 #: in the test below, shaped as on ``student30`` of bench_fit_time.py: the full
 #: covariances peak at 8 components and the search stops rising at 16, while
