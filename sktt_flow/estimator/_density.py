@@ -796,7 +796,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         :func:`~sktt_flow.tt.fit_samples.fit_samples`). ``"auto"`` starts
         at :data:`~sktt_flow.tt.fit_samples.SMOOTHNESS_START` and moves along
         :data:`~sktt_flow.tt.fit_samples.SMOOTHNESS_CANDIDATES` while the
-        held-out score rises, keeping the best (0 without a held-out split).
+        held-out score rises, one way (on a subsample, below, up and then
+        down), keeping the best (0 without a held-out split).
         On more than :data:`~sktt_flow.tt.fit_samples.SEARCH_MAX_ROWS`
         training rows, the ``"auto"`` choices of the base (and the
         preconditioner's) are made on a random subsample of that many rows

@@ -72,7 +72,8 @@ SMOOTHNESS_CANDIDATES = (0.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 
 #: The first value tried by ``smoothness="auto"``: the choice on the real
 #: datasets of the benchmarks (wine, diabetes, breast cancer, digits) was 10-300,
-#: so the search starts in the middle and moves one way.
+#: so the search starts in the middle and moves one way (on a subsample,
+#: up and then down).
 SMOOTHNESS_START = 30.0
 
 #: Training rows per unit of rank below which ``tt_rank="auto"`` does not go
@@ -308,9 +309,10 @@ def _search(
        penalised by :data:`SMOOTHNESS_START`).
     3. With ``smoothness="auto"``, the next larger penalties of
        :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises (by more
-       than :data:`MIN_IMPROVEMENT`), or, if
-       the first larger one does not raise it, the next smaller ones
-       likewise. Each fit continues from the best fit so far (a path of
+       than :data:`MIN_IMPROVEMENT`), or, if the first larger one does not
+       raise it, the next smaller ones likewise (in a search on a subsample,
+       whose fits are capped, the smaller ones in any case). Each fit
+       continues from the best fit so far (a path of
        penalties, as in any regularisation path: a few dozen steps instead
        of a fit from the start), and replaces it only if it scores higher on
        the held-out rows, so the returned fit is the best one tried.
@@ -369,7 +371,16 @@ def _search(
                 if candidate.mean <= best.mean + MIN_IMPROVEMENT:
                     break
                 best, moved = candidate, True
-            if moved:
+            # A fit of the path goes on from the best fit so far; where the
+            # fits are capped at a number of steps (a search on a subsample),
+            # a larger penalty can win by its extra steps alone, so the
+            # smaller ones are tried too: on 9,000 rows of tanh30 one random
+            # stream went from 30 to 100 that way and never tried 10 or 0,
+            # which five other streams chose, and its TT alone scored -6.58
+            # per test row against -2.98 to -3.32 (-3.41 going both ways).
+            # Uncapped fits stop on their own, and going both ways there cost
+            # the digits 0.02 and diabetes 0.08 nats per test row on average.
+            if moved and fitter.max_steps is None:
                 break
     if n_basis == "auto":
         best = _refine_resolution(fitter, best, rank)
@@ -546,7 +557,8 @@ def fit_samples(
         ``n`` makes ``lambda`` weigh like a prior on the whole sample, whose
         effect fades as the data grow. ``"auto"`` starts at
         :data:`SMOOTHNESS_START` and moves along
-        :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises.
+        :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises, one
+        way (after a search on a subsample, up and then down).
     domain : array-like of shape (n_features, 2), optional
         The box. By default it is computed from ``X``
         (:func:`~sktt_flow.tt.estimation.domain_from_samples`): the

@@ -317,6 +317,44 @@ def test_the_penalty_path_stops_when_a_fit_gains_less_than_the_minimum(monkeypat
     assert fitted.selection["smoothness"] == start
 
 
+@pytest.mark.parametrize("subsample", [True, False], ids=["capped_fits", "uncapped_fits"])
+def test_the_penalty_path_goes_down_after_it_went_up_where_fits_are_capped(monkeypatch, subsample):
+    """In a search on a subsample, whose fits are capped at
+    SEARCH_FIT_MAX_STEPS steps, the path tries the smaller penalties after
+    the larger ones even where a larger one won: a fit of the path goes on
+    from the best so far and can win by its extra steps alone (on tanh30 one
+    random stream stopped at 100 that way, 3.3 nats per row below the
+    streams that went down to 0). Uncapped fits stop on their own, and the
+    path goes one way (both ways cost the digits and diabetes 0.02-0.08
+    nats per row). The held-out scores are prescribed per penalty: 100 beats
+    30, 300 loses, 10 and 0 beat 100. Fails if the capped path stops after
+    the larger penalties (it would keep 100), if the uncapped one goes on,
+    or if either does not keep its best fit."""
+    prescribed = {30.0: -1.0, 100.0: -0.9, 300.0: -0.95, 10.0: -0.8, 0.0: -0.7}
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    calls = []
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        if self.max_steps is not None or not subsample:  # the search's fits
+            calls.append(smoothness)
+        result.scores = torch.full_like(result.scores, prescribed[smoothness])
+        self.tried[result.key] = prescribed[smoothness]
+        return result
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    if subsample:
+        monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 100)
+    X = torch.randn(200, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    fitted = fit_samples(X, tt_rank=2, n_basis=6, smoothness="auto", max_iter=2, random_state=0)
+    if subsample:
+        assert calls == [30.0, 100.0, 300.0, 10.0, 0.0]
+        assert fitted.selection["smoothness"] == 0.0
+    else:
+        assert calls == [30.0, 100.0, 300.0]
+        assert fitted.selection["smoothness"] == 100.0
+
+
 def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(monkeypatch):
     """Above :data:`SEARCH_MAX_ROWS` training rows every fit of the search sees
     that many training and held-out rows, then the chosen setting is fitted
