@@ -558,7 +558,7 @@ def fit_samples(
         effect fades as the data grow. ``"auto"`` starts at
         :data:`SMOOTHNESS_START` and moves along
         :data:`SMOOTHNESS_CANDIDATES` while the held-out score rises, one
-        way (after a search on a subsample, up and then down).
+        way (in a search on a subsample, up and then down).
     domain : array-like of shape (n_features, 2), optional
         The box. By default it is computed from ``X``
         (:func:`~sktt_flow.tt.estimation.domain_from_samples`): the
