@@ -253,6 +253,7 @@ def run_seed(
         # the settings the grid search chose in an earlier run: the same model
         earlier = args.peer_rows[row["key"]]
         model = peer_with_settings("gmm", seed, earlier["best_params"])
+        row["best_params"] = earlier["best_params"]
         row["settings_from"] = f"{earlier['file']} ({earlier['date']})"
     else:
         model = make_method(method, train, seed, args)
@@ -276,7 +277,6 @@ def run_seed(
         row["n_iter"] = model.n_iter_
         fitted = model
     elif "settings_from" in row:
-        row["best_params"] = earlier["best_params"]
         fitted = model
     else:
         row["best_params"] = dict(model.best_params_)

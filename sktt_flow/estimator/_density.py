@@ -332,7 +332,7 @@ class _DeviceOption(StrOptions):
         return "a str among {'cpu', 'cuda', 'cuda:N', 'auto'}"
 
 
-def _whitening(train: np.ndarray, scored: np.ndarray, covariance: str = "ledoit-wolf"):
+def _whitening(train: np.ndarray, scored: np.ndarray, covariance: str):
     """Whitened coordinates of standardised rows: ``z = L w``, ``L`` the
     Cholesky factor of a covariance of ``train`` (centred), one of
     :data:`WHITENING_COVARIANCES`: ``"ledoit-wolf"``, shrunk towards a
@@ -2105,7 +2105,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # the model), and no mixture search for it.
             if self.flow != "none":
                 alternative = placed(with_mixture(best_gaussian))
-        elif len(bases) > 1 and best_gaussian is not None:
+        elif self.base == "auto":
             # Where a Gaussian beats the TT (base="auto"), it is the model's
             # base, and it is a mixture where the held-out rows prefer one,
             # as the companion's would be: on 10,000 rows of a correlated
