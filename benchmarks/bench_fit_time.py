@@ -275,6 +275,12 @@ def run_seed(
         row["base"] = model.base_
         row["companion_weight"] = model.companion_weight_
         row["n_iter"] = model.n_iter_
+        if model.tt_ is not None:
+            row["tt"] = {
+                "tt_rank": max(model.tt_.tt_ranks),
+                "n_basis": model.tt_.n_basis,
+                "smoothness": model.tt_.selection["smoothness"],
+            }
         fitted = model
     elif "settings_from" in row:
         fitted = model
@@ -353,6 +359,13 @@ def markdown_report(payload: dict[str, Any]) -> str:
         settings = (
             f"base {row['base']}, companion weight {row['companion_weight']:.3g}, "
             f"{row['n_iter']} passes"
+            + (
+                ", TT rank {tt_rank}, n_basis {n_basis}, smoothness {smoothness:g}".format(
+                    **row["tt"]
+                )
+                if "tt" in row
+                else ""
+            )
             if "base" in row
             else ", ".join(f"{k}={v}" for k, v in row.get("best_params", {}).items())
         )

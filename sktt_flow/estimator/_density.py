@@ -769,6 +769,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         :data:`~sktt_flow.tt.fit_samples.TT_RANK_CANDIDATES` (with
         ``n_basis="auto"``, jointly with it: the cheapest pair whose
         optimisation-free start scores within a standard error of the best;
+        after the fit, the train rounded to a smaller candidate rank where
+        that scores higher on the held-out rows;
         :func:`~sktt_flow.tt.fit_samples.fit_samples`), 8 without a held-out
         split; in variational mode it is 8, the cap of TT-cross's ranks. An
         int is used as it is, so ``GridSearchCV`` over ``tt_rank`` does what

@@ -17,7 +17,7 @@ import torch
 from sktt_flow import TTDistribution
 from sktt_flow.diagnostics import clearly_better
 from sktt_flow.tt import fit_samples as fit_samples_module
-from sktt_flow.tt.algebra import mode_energy_shares
+from sktt_flow.tt.algebra import mode_energy_shares, round_tt
 from sktt_flow.tt.fit_samples import SMOOTHNESS_CANDIDATES, fit_samples
 
 
@@ -172,6 +172,76 @@ def test_automatic_size_picks_what_a_brute_force_search_picks(monkeypatch):
     assert clearly_better(brute_force[best], first, 3.0)  # the choice matters here
     assert len(automatic.selection["scores"]) < len(brute_force)
     assert automatic.selection["smoothness"] == 0.0
+
+
+def _fitter(X, validation):
+    """The problem :func:`fit_samples` builds, for the functions it calls."""
+    train, held_out = torch.as_tensor(X), torch.as_tensor(validation)
+    low, high = fit_samples_module.domain_from_samples(train)
+    return fit_samples_module._MaximumLikelihood(
+        train=train,
+        validation=held_out,
+        start_rows=train,
+        low=low,
+        high=high,
+        roughness_scale=torch.ones(train.shape[1], dtype=train.dtype),
+        tail_weight=1e-3,
+        options={},
+        generator=torch.Generator().manual_seed(0),
+        verbose=0,
+    )
+
+
+def test_rounding_keeps_the_rank_that_scores_best_on_the_held_out_rows(monkeypatch):
+    """A rank-8 train fitted without penalty to 150 rows of an independent
+    3-D Gaussian (whose root density has rank one) learns the noise of the
+    rows in its smaller singular directions: rounded to rank 2 it scores
+    higher on 2,000 held-out rows. ``_rounded`` returns what a brute-force
+    rounding to every candidate rank picks (the best held-out score, the
+    fitted train included), normalised, with those scores recorded; on four
+    separated blobs (rank 4 needed) it keeps the fitted rank-4 train itself.
+    Fails if rounding is not tried, if a worse rounding replaces the fit or
+    a better one is ignored, or if the scores returned are not the
+    returned train's."""
+    rng = np.random.default_rng(3)
+    X, validation = rng.standard_normal((150, 3)), rng.standard_normal((2000, 3))
+    fitted = fit_samples(
+        X, validation=validation, tt_rank=8, n_basis=10, max_iter=200, random_state=0
+    )
+    fitter = _fitter(X, validation)
+    scores = fitter.held_out_scores(list(fitted.cores))
+    best = fit_samples_module._Fit(fitted, scores, 10, 8, 0.0)
+    held_out = torch.as_tensor(validation)
+    brute_force = {8: float(scores.mean())}
+    for rank in (2, 4):
+        rounded = TTDistribution(
+            round_tt([core.detach() for core in fitted.cores], max_rank=rank),
+            fitted.domain,
+            tail_weight=1e-3,
+        )
+        with torch.no_grad():
+            brute_force[rank] = float(rounded.log_prob(held_out).mean())
+    result = fit_samples_module._rounded(fitter, best)
+    assert brute_force[2] > brute_force[8] + 0.01  # the rounding matters here
+    assert result.tt_rank == max(brute_force, key=brute_force.get)
+    assert max(result.distribution.tt_ranks) == result.tt_rank
+    assert result.mean == pytest.approx(max(brute_force.values()), abs=1e-9)
+    with torch.no_grad():
+        assert torch.allclose(result.distribution.log_prob(held_out).double(), result.scores)
+    assert set(fitter.tried) == {(10, 2, 0.0), (10, 4, 0.0)}
+    assert result.distribution.training_history is fitted.training_history
+
+    centers = np.array([[-3.0, -3.0, 0.0], [3.0, 0.0, 3.0], [0.0, 3.0, -3.0], [3.0, -3.0, -3.0]])
+
+    def blobs(n):
+        return centers[rng.integers(4, size=n)] + 0.4 * rng.standard_normal((n, 3))
+
+    X, validation = blobs(1000), blobs(1000)
+    fitted = fit_samples(X, validation=validation, tt_rank=4, n_basis=16, random_state=0)
+    fitter = _fitter(X, validation)
+    best = fit_samples_module._Fit(fitted, fitter.held_out_scores(list(fitted.cores)), 16, 4, 0.0)
+    assert fit_samples_module._rounded(fitter, best) is best
+    assert fitter.tried[16, 2, 0.0] < best.mean - 0.1
 
 
 def test_explicit_settings_are_used_and_reported():
@@ -385,6 +455,8 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
 
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
     monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "start", start)
+    # without the roundings of tt_rank="auto" (the next test's)
+    monkeypatch.setattr(fit_samples_module, "_rounded", lambda fitter, best, *margin: best)
     X, validation = correlated_gaussian(400, 11), correlated_gaussian(150, 21)
     options = {
         "tt_rank": "auto",
@@ -405,7 +477,7 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
     selection = distribution.selection
     assert (selection["n_basis"], selection["tt_rank"], selection["smoothness"]) == final.key
     assert selection["scores"][final.key] == final.mean
-    assert {key for _, _, fitted in search for key in [fitted.key]} == set(selection["scores"])
+    assert {fitted.key for _, _, fitted in search} == set(selection["scores"])
     # The final fit's score before training is the better of the search's
     # best fit and the start from all rows, on all held-out rows.
     # The search keeps a setting only for a gain above MIN_IMPROVEMENT, so the
@@ -428,6 +500,77 @@ def test_the_choices_are_made_on_a_subsample_and_the_final_fit_uses_all_rows(mon
     again = fit_samples(X, validation=validation, random_state=0, **options)
     for a, b in zip(distribution.cores, again.cores, strict=True):
         assert torch.equal(a, b)
+
+
+def test_on_a_subsample_the_fit_to_all_rows_goes_on_from_the_rounded_search_fit(monkeypatch):
+    """With ``tt_rank="auto"`` above :data:`SEARCH_MAX_ROWS` rows the
+    search's fit is rounded on the subsample's held-out rows before the fit
+    to all rows, which goes on from the rounding (or from the start of its
+    rank on all rows, whichever scores higher there), and the fit to all
+    rows is rounded again on all the held-out rows. Here the rounding on
+    the subsample is forced to rank 2. Fails if either rounding is left
+    out, if they see the wrong rows, or if the final fit goes on from the
+    unrounded train."""
+    monkeypatch.setattr(fit_samples_module, "SEARCH_MAX_ROWS", 100)
+    real_rounded = fit_samples_module._rounded
+    calls, finals, margins = [], [], []
+
+    def rounded(fitter, best, standard_errors=None):
+        margins.append(standard_errors)
+        if fitter.train.shape[0] == 100:  # the search's fit: to rank 2
+            cores = round_tt([core.detach() for core in best.distribution.cores], max_rank=2)
+            distribution = TTDistribution(cores, best.distribution.domain, tail_weight=1e-3)
+            result = fit_samples_module._Fit(
+                distribution, fitter.held_out_scores(cores), best.n_basis, 2, best.smoothness
+            )
+        else:
+            result = real_rounded(fitter, best, standard_errors)
+        calls.append((fitter.train.shape[0], fitter.validation.shape[0], best, result))
+        return result
+
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        if self.train.shape[0] == 400:
+            finals.append((cores, result))
+        return result
+
+    real_start = fit_samples_module._MaximumLikelihood.start
+    starts = []
+
+    def start(self, n_basis, tt_rank, seed=None):
+        cores = real_start(self, n_basis, tt_rank, seed)
+        if self.train.shape[0] == 400:
+            starts.append(cores)
+        return cores
+
+    monkeypatch.setattr(fit_samples_module, "_rounded", rounded)
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "start", start)
+    X, validation = correlated_gaussian(400, 11), correlated_gaussian(150, 21)
+    distribution = fit_samples(
+        X, validation=validation, tt_rank="auto", n_basis=8, max_iter=10, random_state=0
+    )
+    (search_call, final_call) = calls
+    assert search_call[:2] == (100, 100) and final_call[:2] == (400, 150)
+    # the subsample's rounding only where clearly ahead; the final one on the mean
+    assert margins == [fit_samples_module.SUBSAMPLE_ROUNDING_STANDARD_ERRORS, None]
+    assert search_call[2].tt_rank > 2  # the rounding changed the rank
+    ((first_cores, final),) = finals
+    assert max(core.shape[2] for core in first_cores) <= 2  # not the unrounded train
+    assert final.tt_rank == 2 and max(final.distribution.tt_ranks) <= 2
+    assert final_call[2] is final and distribution is final_call[3].distribution
+    ((all_rows_start,),) = [starts]
+    held_out = torch.as_tensor(validation)
+    with torch.no_grad():
+        from_search = float(search_call[3].distribution.log_prob(held_out).mean())
+        from_start = TTDistribution(all_rows_start, distribution.domain, tail_weight=1e-3)
+        from_start = float(from_start.log_prob(held_out).mean())
+    assert max(core.shape[2] for core in all_rows_start) <= 2  # the start of rank 2
+    assert final.distribution.training_history.validation_scores[0] == pytest.approx(
+        max(from_search, from_start), rel=1e-9
+    )
 
 
 def test_no_subsample_up_to_the_threshold(monkeypatch):
