@@ -682,9 +682,10 @@ def fit_samples(
         of the returned train) and ``selection``: a dict with the
         ``"tt_rank"``, ``"n_basis"`` and ``"smoothness"`` used and
         ``"scores"``, the mean held-out log-likelihood of every
-        ``(n_basis, tt_rank, smoothness)`` fitted (after a search on a
-        subsample, the fits of the search on its held-out rows, and for the
-        chosen setting the fit to all rows, the returned train), and
+        ``(n_basis, tt_rank, smoothness)`` fitted or rounded to (after a
+        search on a subsample, the fits and roundings of the search on its
+        held-out rows, and for the chosen setting the fit to all rows, the
+        returned train), and
         ``"start_scores"``, that of every ``(n_basis, tt_rank)`` start.
 
     See Also
