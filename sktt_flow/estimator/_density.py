@@ -154,6 +154,21 @@ MAX_DATA_DEFENSIVE_WEIGHT = 0.5
 #: 18 held-out rows) the rule reset flows worth 0.4 to 0.7 nats per test row.
 MIN_FLOW_CONFIRMATION_ROWS = 200
 
+#: Factor of ``learning_rate`` at which the flow on a TT base (data mode)
+#: trains again from its start where its training kept the start (no epoch
+#: beat it on the held-out rows). A TT with many Legendre functions varies
+#: on a short scale, and Adam's first steps move every weight of the
+#: coupling layers by about the learning rate whatever its gradient: on
+#: ``tanh30`` of ``benchmarks/bench_fit_time.py`` (128 functions) the first
+#: pass at 1e-3 took the flow's held-out log-likelihood from -2.9 to -28 per
+#: row on seeds 0 and 2, it never came back within its patience, and the
+#: flow added nothing; at 1e-4 it trained 35 and 42 passes and the model
+#: gained 0.47 and 0.51 nats per test row. At 1e-4 throughout, the flows of
+#: the real tables stopped at ``max_iter`` short of their gains (digits in
+#: 10 dimensions -0.09, -0.04, -0.005 nats per test row), so the smaller
+#: rate is the second try, not the first.
+FLOW_RETRY_LEARNING_RATE_FACTOR = 0.1
+
 #: Bounds of the weight of the companion model in data mode (the flow on the
 #: Gaussian next to the flow on the TT; see ``_companion_of``): below the
 #: lower one there is no companion.
@@ -1007,7 +1022,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         for half of ``n_iter_no_change`` units of patience. In data mode, the
         TT base's fits to all rows after a search on a subsample start at
         :data:`~sktt_flow.tt.fit_samples.ALL_ROWS_LEARNING_RATE_FACTOR` times
-        it (they go on from a fitted train).
+        it (they go on from a fitted train), and a flow on the TT whose
+        training kept its start trains again at
+        :data:`FLOW_RETRY_LEARNING_RATE_FACTOR` times it.
     validation_fraction : float, default=0.1
         Fraction of the data held out for early stopping, in [0, 1); 0
         scores the training data instead. In data mode the held-out rows
@@ -1725,6 +1742,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     validation,
                     generator,
                     held_out_score=held_out_score,
+                    retry_slower=_tt_of(base) is not None and not self.train_base,
                 )
                 weight, scores = self._held_out_mixture(model, held_out)
                 if not self._confirmed_flow(
@@ -1810,26 +1828,50 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return with_map if keep else without
 
     def _train_data_flow(
-        self, model, whitening, base_history, train, validation, generator, held_out_score=None
+        self,
+        model,
+        whitening,
+        base_history,
+        train,
+        validation,
+        generator,
+        held_out_score=None,
+        retry_slower=False,
     ):
         """Maximum-likelihood training of a data model's trainable parameters;
         the model (its whitening layer, rounded to the training dtype, put
         back in float64), its history (the base's when nothing is trained)
         and the whitening layer. ``held_out_score``: see
-        :func:`~sktt_flow.training.fit_forward_kl`."""
+        :func:`~sktt_flow.training.fit_forward_kl`. With ``retry_slower``
+        (the flow on a frozen TT base), a training that keeps the start is
+        run again from it at :data:`FLOW_RETRY_LEARNING_RATE_FACTOR` times the
+        learning rate, and the history is the second run's."""
         parameters = self._trained_parameters(model)
         history = base_history
         if parameters:
-            history = fit_forward_kl(
-                model,
-                train,
-                validation,
-                parameters=parameters,
-                **self._stage_options(),
-                generator=generator,
-                held_out_score=held_out_score,
-                verbose=self.verbose,
-            )
+            options = self._stage_options()
+
+            def train_flow():
+                return fit_forward_kl(
+                    model,
+                    train,
+                    validation,
+                    parameters=parameters,
+                    **options,
+                    generator=generator,
+                    held_out_score=held_out_score,
+                    verbose=self.verbose,
+                )
+
+            history = train_flow()
+            if retry_slower and history.n_iter > 0 and history.best_epoch == 0:
+                options["learning_rate"] *= FLOW_RETRY_LEARNING_RATE_FACTOR
+                if self.verbose:
+                    print(
+                        "flow on the TT: no pass beat its start; trained again at learning "
+                        f"rate {options['learning_rate']:g}"
+                    )
+                history = train_flow()
         if whitening is not None:
             model.flows[-1] = whitening
         return model, history, whitening
