@@ -1113,7 +1113,7 @@ def test_a_flow_the_held_out_rows_confirm_is_kept():
     assert float((log_flow - log_base).mean()) > 0.1
 
 
-def test_the_companion_flow_is_judged_by_the_mixture_it_ends_in(monkeypatch):
+def test_the_companion_flow_is_judged_by_the_mixture_it_ends_in():
     """``_confirmed_flow`` of a companion's flow compares the two models'
     mixtures, with the trained flow and with its start. Here the trained flow
     is far ahead of its start alone, but only on rows where the TT's model is
