@@ -1157,7 +1157,8 @@ def test_a_flow_on_the_tt_that_keeps_its_start_trains_again_slower(data, monkeyp
     companion's flow on the Gaussian, train once. Here the first training of
     every flow is made to end at its start (no epoch kept). Fails if the
     retry is missing, runs at the wrong rate, runs from another state than
-    the start, or is given to the companion's flow."""
+    the start, is given to the companion's flow, or runs after a first
+    training that improved."""
     original = density_module.fit_forward_kl
     calls = []
 
@@ -1186,3 +1187,14 @@ def test_a_flow_on_the_tt_that_keeps_its_start_trains_again_slower(data, monkeyp
     companion_calls = [call for call in calls if call[0] is not calls[0][0]]
     assert len(companion_calls) == 1
     assert model.n_iter_ > 2  # the second run's history
+    # left alone, the flow on the TT improves here and trains once
+    histories = []
+
+    def recording(model, train, validation, **kwargs):
+        histories.append((model, original(model, train, validation, **kwargs)))
+        return histories[-1][1]
+
+    monkeypatch.setattr(density_module, "fit_forward_kl", recording)
+    TensorizingFlowDensity(**options).fit(data[0][:1000])
+    tt_histories = [history for model, history in histories if model is histories[0][0]]
+    assert len(tt_histories) == 1 and tt_histories[0].best_epoch > 0
