@@ -35,6 +35,7 @@ def fit_forward_kl(
     n_iter_no_change: int,
     generator: torch.Generator,
     held_out_score: Callable[[torch.Tensor], float] | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
     verbose: int = 0,
 ) -> TrainingHistory:
     """Minimise the mean negative log-likelihood of ``train`` over ``parameters``.
@@ -52,6 +53,7 @@ def fit_forward_kl(
     model's log-density of each ``validation`` row to a float (higher is
     better), so that a model trained for its part in a mixture stops, and
     keeps the state, where the mixture is best on the held-out rows.
+    ``stop``: see :func:`~sktt_flow.utils.optimize.minimize`.
 
     Returns
     -------
@@ -80,6 +82,7 @@ def fit_forward_kl(
             learning_rate=learning_rate,
             n_iter_no_change=patience_in_passes(n_iter_no_change, train.shape[0], batch_size),
             clip_factor=GRADIENT_CLIP_FACTOR,
+            stop=stop,
             generator=generator,
             verbose=verbose,
             description="flow maximum likelihood",

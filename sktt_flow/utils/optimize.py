@@ -155,6 +155,7 @@ def minimize(
     parameters: Iterable[torch.Tensor] | None = None,
     tol: float = 1e-4,
     clip_factor: float | None = None,
+    stop: Callable[[list[float]], bool] | None = None,
     verbose: int = 0,
     description: str = "training",
 ) -> TrainingHistory:
@@ -200,6 +201,11 @@ def minimize(
         history. The limit follows the scale of the gradients, so it needs no
         tuning per model; the norms recorded are the unclipped ones. None
         (default): no clipping.
+    stop : callable, optional
+        ``stop(scores) -> bool``, called after each iteration with a finite
+        score with the scores so far (the start's first, as in
+        ``TrainingHistory.validation_scores``): training ends when it returns
+        True, with the best state kept as at any other end.
     verbose : int
         0: silent; 1: a progress bar with the loss and the score.
 
@@ -301,6 +307,8 @@ def minimize(
                     f"validation score {current:.5f}"
                 )
             if iterations_without_improvement >= patience:
+                break
+            if stop is not None and stop(history.validation_scores):
                 break
     except KeyboardInterrupt:
         history.interrupted = True

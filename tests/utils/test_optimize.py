@@ -192,6 +192,42 @@ def test_without_data_counts_steps():
     assert seen == [8] * 6
 
 
+def test_stop_ends_training_and_keeps_the_best_state():
+    """``stop`` sees the scores so far (the start's first) after every
+    iteration and ends training when it says so; the best state is restored
+    as at any end. Here the score peaks at the second iteration (the loss
+    pushes the weight past the optimum) and ``stop`` ends training after the
+    fourth: fails if ``stop`` is ignored (the patience would allow 20), is
+    called with the wrong scores, or the last state is kept."""
+    module, data, _, score = setup(target=4.8)
+    seen = []
+
+    def loss(batch):  # Adam moves the weight down by about 0.1 a step
+        return module.weight
+
+    def stop(scores):
+        seen.append(list(scores))
+        return len(scores) == 5
+
+    history = minimize(
+        module,
+        loss,
+        data,
+        score=score,
+        max_iter=100,
+        batch_size=64,
+        learning_rate=0.1,
+        n_iter_no_change=20,
+        stop=stop,
+        generator=torch.Generator().manual_seed(0),
+    )
+    assert history.n_iter == 4 and len(seen) == 4
+    assert seen[-1] == history.validation_scores
+    assert [len(scores) for scores in seen] == [2, 3, 4, 5]
+    assert history.best_epoch == 2
+    assert module.weight.item() == pytest.approx(4.8, abs=1e-3)
+
+
 def steps_on_a_plateau(n_rows, batch_size, n_iter_no_change):
     """Train against a constant gradient while the score never improves.
 
