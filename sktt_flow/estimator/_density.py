@@ -1801,7 +1801,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     held_out_score = self._defended_score(model, held_out)
                 base, whitening, base_history, kind, _ = candidate
                 # the flow's start and its held-out scores, kept unless the
-                # held-out rows confirm the trained flow (_confirmed_flow)
+                # held-out rows confirm the trained flow (_confirmed_flow); a
+                # probe's flow starts from its state, clearly ahead already
                 start = [
                     parameter.detach().clone() for parameter in self._trained_parameters(model)
                 ]
