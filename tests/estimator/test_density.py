@@ -594,7 +594,7 @@ def test_flow_on_the_gaussian_is_a_companion_with_a_held_out_weight(monkeypatch)
 def test_probe_stops_where_it_cannot_overtake_the_mixture():
     """The companion's probe (a flow on the one Gaussian) stops for want of
     progress only after COMPANION_PROBE_MIN_PASSES passes, where its best
-    score, gaining at its recent rate, would not reach the mixture's by the
+    score, gaining at its fastest recent rate, would not reach the mixture's by the
     last pass, or gains less than COMPANION_PROBE_MIN_RATE a pass. The
     sequences are the first passes measured on moons (stop) and on the
     log-normal of the out-of-suite benchmark (go on: it overtook the
@@ -648,6 +648,31 @@ def test_companion_is_the_one_gaussian_where_its_flow_overtakes_the_mixture(monk
     assert isinstance(without.flow_.companion.q0, GaussianMixtureBase)
     gain = model.score_samples(test) - without.score_samples(test)
     assert gain.mean() > 0.1 and gain.mean() > 3.0 * gain.std() / np.sqrt(len(gain))
+
+
+def test_a_probe_that_keeps_the_mixture_leaves_the_fit_unchanged(monkeypatch):
+    """Where the probe keeps the companion's mixture, the fit is the one
+    without the probe, to the last bit: the probe trains its own model from
+    its own generator. Fails if the probe draws from the fit's generator
+    (the companion's batches would change), trains the mixture's model in
+    place, or does not run here (2,500 rows: 250 held out)."""
+    train = two_moons_like(2500, seed=3)
+    runs = []
+    stop = density_module._probe_stop
+    monkeypatch.setattr(
+        density_module, "_probe_stop", lambda *args: runs.append(args) or stop(*args)
+    )
+    model = TensorizingFlowDensity(**SMALL).fit(train)
+    assert runs, "the probe did not run"
+    assert isinstance(model.flow_.companion.q0, GaussianMixtureBase)
+    monkeypatch.setattr(
+        TensorizingFlowDensity,
+        "_probed_companion",
+        lambda self, mixture, mixture_model, *args: (mixture, mixture_model),
+    )
+    without = TensorizingFlowDensity(**SMALL).fit(train)
+    np.testing.assert_array_equal(model.score_samples(train), without.score_samples(train))
+    assert model.companion_weight_ == without.companion_weight_
 
 
 def test_a_failed_mixture_fit_is_skipped(data, monkeypatch):
