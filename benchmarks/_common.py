@@ -256,6 +256,25 @@ def drop_unused_runs(payload: dict[str, Any]) -> dict[str, Any]:
     return payload
 
 
+def probe_payload(
+    metadata: dict[str, Any], rows: list[dict[str, Any]], path: Path, *, merge: bool
+) -> dict[str, Any]:
+    """The ``{"runs", "rows"}`` payload of a probe script (one run, ``rows``
+    all from it); with ``merge``, the rows of the other datasets in the
+    probe's earlier file at ``path`` (if any) are kept, with their runs."""
+    for row in rows:
+        row["run"] = 0
+    payload = {"runs": [metadata], "rows": rows}
+    if merge and path.exists():
+        old = json.loads(path.read_text(encoding="utf-8"))
+        datasets = {row["dataset"] for row in rows}
+        kept = [row for row in old["rows"] if row["dataset"] not in datasets]
+        for row in kept:
+            row["run"] += 1
+        payload = {"runs": [metadata, *old["runs"]], "rows": rows + kept}
+    return payload
+
+
 def write_results(
     payload: dict[str, Any],
     output: Path,

@@ -46,7 +46,6 @@ Writes ``companion_probe.json`` and ``.md`` into ``--output`` (default
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -56,7 +55,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import run_metadata, write_results
+from _common import probe_payload, run_metadata, write_results
 from bench_density import make_datasets
 from scipy import stats
 
@@ -221,16 +220,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         for split in args.splits
         for row in run(key, split, args.modes)
     ]
-    for row in rows:
-        row["run"] = 0
-    payload = {"runs": [metadata], "rows": rows}
     path = args.output / "companion_probe.json"
-    if args.merge and path.exists():
-        old = json.loads(path.read_text())
-        kept = [row for row in old["rows"] if row["dataset"] not in args.datasets]
-        for row in kept:
-            row["run"] += 1
-        payload = {"runs": [metadata, *old["runs"]], "rows": rows + kept}
+    payload = probe_payload(metadata, rows, path, merge=args.merge)
     write_results(
         payload, args.output, "companion_probe", markdown_report, merge=False, order=[], methods=[]
     )

@@ -63,7 +63,6 @@ Writes ``marginal_gaussianization.json`` and ``.md`` into ``--output``
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -74,7 +73,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import format_value, run_metadata, write_results
+from _common import format_value, probe_payload, run_metadata, write_results
 from bench_density import make_datasets, make_method
 from bench_density import parse_args as parse_density_args
 from bench_fit_time import tanh30, tanh30_log_density
@@ -321,17 +320,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for split in args.splits
         for row in run(key, split, args.modes)
     ]
-    for row in rows:
-        row["run"] = 0
-    payload = {"runs": [metadata], "rows": rows}
-    if args.merge:
-        path = args.output / f"{args.stem}.json"
-        if path.exists():
-            old = json.loads(path.read_text())
-            kept = [r for r in old["rows"] if r["dataset"] not in args.datasets]
-            for row in kept:
-                row["run"] += 1
-            payload = {"runs": [metadata, *old["runs"]], "rows": rows + kept}
+    payload = probe_payload(metadata, rows, args.output / f"{args.stem}.json", merge=args.merge)
     write_results(
         payload,
         args.output,

@@ -418,6 +418,21 @@ def _whitening(train: np.ndarray, scored: np.ndarray, covariance: str):
     return layer, to_whitened, float(np.log(diagonal).sum())
 
 
+def _with_partner(partner_scores: torch.Tensor, log_density: torch.Tensor) -> torch.Tensor:
+    """The held-out log-densities of a companion's model (``log_density``)
+    mixed with the TT's model's (``partner_scores``) at the weight that
+    maximises their likelihood within the companion's bounds
+    (``MIN_COMPANION_WEIGHT``, ``MAX_COMPANION_WEIGHT``): how a companion is
+    judged (:meth:`TensorizingFlowDensity._confirmed_flow`, the probe of
+    :meth:`TensorizingFlowDensity._probed_companion`)."""
+    return fit_mixture(
+        partner_scores,
+        log_density,
+        min_weight=MIN_COMPANION_WEIGHT,
+        max_weight=MAX_COMPANION_WEIGHT,
+    )[1]
+
+
 def _probe_stop(scores: list[float], target: float, max_passes: int) -> bool:
     """Whether the probe of :meth:`TensorizingFlowDensity._probed_companion`
     stops for want of progress: after :data:`COMPANION_PROBE_MIN_PASSES`
@@ -1955,12 +1970,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             return mixture, mixture_model
 
         def mixed(log_density: torch.Tensor) -> torch.Tensor:
-            return fit_mixture(
-                partner_scores,
-                log_density.double(),
-                min_weight=MIN_COMPANION_WEIGHT,
-                max_weight=MAX_COMPANION_WEIGHT,
-            )[1]
+            return _with_partner(partner_scores, log_density.double())
 
         with torch.no_grad():
             target = mixed(mixture_model.log_prob(validation))
@@ -2120,13 +2130,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         trained, untrained = scores, start_scores
         if partner_scores is not None:
             trained, untrained = (
-                fit_mixture(
-                    partner_scores,
-                    log_density,
-                    min_weight=MIN_COMPANION_WEIGHT,
-                    max_weight=MAX_COMPANION_WEIGHT,
-                )[1]
-                for log_density in (trained, untrained)
+                _with_partner(partner_scores, log_density) for log_density in (trained, untrained)
             )
         if clearly_better(trained, untrained, CONFIRMATION_STANDARD_ERRORS):
             return True
