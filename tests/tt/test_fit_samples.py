@@ -310,6 +310,86 @@ def test_automatic_size_grows_where_the_fitted_train_is_unresolved():
         assert after >= 2 * before or after == largest, sizes
 
 
+def checkerboard_fit_growing_under_a_penalty(smoothness):
+    """A checkerboard fit whose held-out rows choose a penalty of 100 at 8
+    functions (with ``smoothness="auto"``) and grow the basis under it."""
+    X, validation = checkerboard_rows(800, 1), checkerboard_rows(300, 2)
+    return fit_samples(
+        X,
+        validation=validation,
+        n_basis="auto",
+        tt_rank=4,
+        smoothness=smoothness,
+        max_iter=60,
+        random_state=0,
+    )
+
+
+def test_a_basis_grown_under_a_chosen_penalty_is_fitted_without_it(monkeypatch):
+    """On these rows the held-out rows choose a penalty of 100 at 8 functions,
+    and the basis grows to 16 under it, where it weighs the degrees the growth
+    was for most. With ``smoothness="auto"`` the grown train is then fitted
+    without the penalty, kept as it scores higher on the held-out rows, and
+    the basis goes on growing from it, unpenalised. The step draws from a
+    copy of the random stream, so it leaves the fit's own stream where it
+    was. Fails if the step is left out (smoothness 100 at 16 functions comes
+    back), if the growth does not resume after it, or if the step draws from
+    the fit's stream."""
+    real_unpenalised = fit_samples_module._unpenalised
+    streams_kept = []
+
+    def unpenalised(fitter, best):
+        state = fitter.generator.get_state()
+        result = real_unpenalised(fitter, best)
+        streams_kept.append(torch.equal(state, fitter.generator.get_state()))
+        return result
+
+    monkeypatch.setattr(fit_samples_module, "_unpenalised", unpenalised)
+    fit = checkerboard_fit_growing_under_a_penalty("auto")
+    scores = fit.selection["scores"]
+    assert (16, 4, 100.0) in scores  # grown under the penalty chosen at 8 functions
+    assert fit.selection["smoothness"] == 0.0
+    assert fit.n_basis > 16
+    assert scores[fit.n_basis, 4, 0.0] == max(scores.values())
+    assert scores[16, 4, 0.0] > scores[16, 4, 100.0] + 0.05
+    assert streams_kept == [True]
+
+
+def test_the_fit_without_the_penalty_must_win_clearly(monkeypatch):
+    """The same rows, with the unpenalised fit's held-out scores replaced by
+    the penalised fit's plus a gain whose mean (0.05 per row) is far above
+    :data:`MIN_IMPROVEMENT` but within two of its standard errors: the
+    penalty stays. Fails if higher is enough (as on iris's 10 held-out rows,
+    where it cost the model 0.19 nats per test row)."""
+    real_fit = fit_samples_module._MaximumLikelihood.fit
+    penalised = {}
+
+    def fit(self, cores, tt_rank, smoothness):
+        result = real_fit(self, cores, tt_rank, smoothness)
+        if smoothness > 0:
+            penalised[result.n_basis] = result.scores
+        elif result.n_basis in penalised:
+            signs = torch.ones_like(result.scores)
+            signs[1::2] = -1.0
+            result.scores = penalised[result.n_basis] + 0.05 + 0.5 * signs
+        return result
+
+    monkeypatch.setattr(fit_samples_module._MaximumLikelihood, "fit", fit)
+    fit = checkerboard_fit_growing_under_a_penalty("auto")
+    assert (16, 4, 0.0) in fit.selection["scores"]  # tried
+    assert fit.selection["smoothness"] == 100.0
+
+
+def test_an_explicit_penalty_is_kept_as_the_basis_grows():
+    """The same rows with ``smoothness=100``: the basis grows under the
+    penalty the user gave, and no fit without it is tried. Fails if the
+    penalty is revisited whatever its origin."""
+    fit = checkerboard_fit_growing_under_a_penalty(100.0)
+    assert fit.n_basis > 8
+    assert fit.selection["smoothness"] == 100.0
+    assert {penalty for _, _, penalty in fit.selection["scores"]} == {100.0}
+
+
 def test_on_all_rows_the_basis_grows_beyond_what_the_subsample_supports(monkeypatch):
     """Above :data:`SEARCH_MAX_ROWS` training rows the search chooses the size
     on a subsample, which cannot support the resolution all the rows can.
