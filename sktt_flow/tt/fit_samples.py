@@ -530,9 +530,9 @@ def _unpenalised(fitter: _MaximumLikelihood, best: _Fit) -> _Fit:
     held-out rows chose a penalty of 10 at 12 functions and the basis then
     grew to 128 under it; the fit without it from there scored -1.826 per
     held-out row instead of -1.854 (+0.028 +- 0.007), and the model 0.019 +-
-    0.002 nats per test row higher. The fit draws from a copy of the stream,
-    the numbers the next fit would draw, so that where the penalised fit is
-    kept the rest of the fit is the one without this step, to the bit.
+    0.002 nats per test row higher. The fit draws from a copy of the stream
+    (the numbers the next fit would draw), so that where the penalised fit is
+    kept, everything after this step is what it was without it, to the bit.
     """
     stream = torch.Generator(device=fitter.generator.device)
     stream.set_state(fitter.generator.get_state())
