@@ -275,6 +275,31 @@ def probe_payload(
     return payload
 
 
+def run_probe(
+    run: Callable[[str, int, Sequence[str]], list[dict[str, Any]]],
+    args: Any,
+    stem: str,
+    render: Callable[[dict[str, Any]], str],
+) -> Path:
+    """A probe script's run: ``run(key, split, args.modes)`` for every dataset
+    of ``args.datasets`` and split of ``args.splits``, on one torch thread,
+    written to ``args.output/stem.json`` and ``.md`` (``render``); with
+    ``args.merge`` the other datasets' rows of that file are kept
+    (:func:`probe_payload`). Returns the JSON file's path."""
+    torch.set_num_threads(1)
+    metadata = run_metadata("datasets", args.datasets)
+    rows = [
+        row
+        for key in args.datasets
+        for split in args.splits
+        for row in run(key, split, args.modes)
+    ]
+    path = args.output / f"{stem}.json"
+    payload = probe_payload(metadata, rows, path, merge=args.merge)
+    write_results(payload, args.output, stem, render, merge=False, order=[], methods=[])
+    return path
+
+
 def write_results(
     payload: dict[str, Any],
     output: Path,

@@ -54,8 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from _common import probe_payload, run_metadata, write_results
+from _common import run_probe
 from bench_density import make_datasets
 from scipy import stats
 
@@ -212,19 +211,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    metadata = run_metadata("datasets", args.datasets)
-    rows = [
-        row
-        for key in args.datasets
-        for split in args.splits
-        for row in run(key, split, args.modes)
-    ]
-    path = args.output / "companion_probe.json"
-    payload = probe_payload(metadata, rows, path, merge=args.merge)
-    write_results(
-        payload, args.output, "companion_probe", markdown_report, merge=False, order=[], methods=[]
-    )
+    path = run_probe(run, args, "companion_probe", markdown_report)
     print(f"Wrote {path} and .md")
     return 0
 

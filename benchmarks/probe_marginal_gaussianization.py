@@ -73,7 +73,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from _common import format_value, probe_payload, run_metadata, write_results
+from _common import format_value, run_probe
 from bench_density import make_datasets, make_method
 from bench_density import parse_args as parse_density_args
 from bench_fit_time import tanh30, tanh30_log_density
@@ -312,25 +312,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    torch.set_num_threads(1)
-    metadata = run_metadata("datasets", args.datasets)
-    rows = [
-        row
-        for key in args.datasets
-        for split in args.splits
-        for row in run(key, split, args.modes)
-    ]
-    payload = probe_payload(metadata, rows, args.output / f"{args.stem}.json", merge=args.merge)
-    write_results(
-        payload,
-        args.output,
-        args.stem,
-        markdown_report,
-        merge=False,
-        order=[],
-        methods=[],
-    )
-    print(f"Wrote {args.output}/{args.stem}.json and .md")
+    path = run_probe(run, args, args.stem, markdown_report)
+    print(f"Wrote {path} and .md")
     return 0
 
 
