@@ -108,6 +108,17 @@ SAMPLE_CHUNK_FACTOR = {"cpu": 4, "cuda": 1}
 #: 1e-7. Padding one row costs 63 more, a fraction of a millisecond.
 ROW_MULTIPLE = 64
 
+#: Log-densities that a model evaluated in float32 gives below this (or NaN)
+#: are computed again by the float64 model. Far enough from the training
+#: rows, float32 runs out of range: a point a few 1e18 standard deviations
+#: out is scored at the cap of the TT base's Gaussian tail
+#: (:func:`~sktt_flow.tt.tails.gaussian_log_prob`, ``-finfo.max / (4 d)``
+#: per coordinate) instead of its log-density, one beyond about 1e38 is
+#: infinite in float32 and the coupling networks turn it into NaN. No row
+#: within 1e15 standard deviations of the data comes near the bound, so on
+#: data the check costs one comparison per row.
+FLOAT32_TRUSTED_LOG_DENSITY = -float(torch.finfo(torch.float32).max) / 2**24
+
 #: Legendre functions per coordinate of a base fitted to data with
 #: ``n_basis="auto"`` and no held-out rows to choose it on.
 DATA_N_BASIS = 16
@@ -1859,7 +1870,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         fitted["marginal_gaussianization_"] = option
         if score_held_out and n_validation:
             fitted["_held_out_log_density"] = self._log_density_in_chunks(
-                self._inference_flow(fitted), features[validation_rows], device
+                self._inference_flow(fitted), features[validation_rows], device, fitted["flow_"]
             )
         if history is not None:
             # Report the scores as log-densities of the original features.
@@ -3469,16 +3480,52 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             Exact, normalised log-density of the original features, computed
             in the precision ``inference_dtype`` sets. Points are scored in
             chunks: memory does not grow with ``n_samples`` beyond the output.
+            Rows far enough from the data for float32's range to run out
+            (a log-density below -2e31, some 1e16 standard deviations out)
+            are scored in float64; a row beyond
+            float64's range (about 1e308 standard deviations), whose density
+            is zero in floating point, scores ``-inf``.
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self._log_density_in_chunks(self._inference_flow(), X, self.device_)
+        return self._log_density_in_chunks(self._inference_flow(), X, self.device_, self.flow_)
 
     def _log_density_in_chunks(
-        self, model: TensorizingFlow, X: np.ndarray, device: torch.device
+        self,
+        model: TensorizingFlow,
+        X: np.ndarray,
+        device: torch.device,
+        exact: TensorizingFlow,
     ) -> np.ndarray:
         """``model``'s log-densities (float64) of the rows ``X`` (float64), in
-        chunks of :data:`CHUNK_SIZE` rows on ``device``."""
+        chunks of :data:`CHUNK_SIZE` rows on ``device``.
+
+        ``exact`` is the fitted float64 model, of which ``model`` may be the
+        float32 copy: the rows that the copy cannot score in its range
+        (:data:`FLOAT32_TRUSTED_LOG_DENSITY`) are scored by ``exact``. A row
+        that overflows float64 too (NaN: its coordinates in the model's
+        standardised units beyond about 1e308, where the coupling networks
+        compute ``inf - inf``) has log-density ``-inf``, as in
+        :meth:`sklearn.mixture.GaussianMixture.score_samples`: its density is
+        below ``exp(-1e300)``, zero in floating point.
+        """
+        log_density = self._log_density_in_precision(model, X, device)
+        if model is not exact:
+            untrusted = np.flatnonzero(
+                ~(log_density >= FLOAT32_TRUSTED_LOG_DENSITY)  # NaN included
+            )
+            if untrusted.size:
+                log_density[untrusted] = self._log_density_in_precision(
+                    exact, X[untrusted], device
+                )
+        log_density[np.isnan(log_density)] = -np.inf
+        return log_density
+
+    def _log_density_in_precision(
+        self, model: TensorizingFlow, X: np.ndarray, device: torch.device
+    ) -> np.ndarray:
+        """``model``'s log-densities of the rows ``X`` in its own precision
+        (see :meth:`_log_density_in_chunks`)."""
         log_density = np.empty(X.shape[0], dtype=np.float64)
         step = CHUNK_SIZE.get(device.type, CHUNK_SIZE["cpu"])
         with model.fixed_parameters(), torch_threads_within_limits(self._n_threads()):

@@ -148,6 +148,52 @@ def test_scores_do_not_depend_on_the_batch(dtype, fitted, data, monkeypatch):
     np.testing.assert_allclose(chunked_log_q, log_q, rtol=1e-12, atol=1e-6)
 
 
+def far_rows(data, standard_deviations):
+    """Rows of held-out data with one feature moved ``standard_deviations`` of
+    the training data out (feature k for row k, cycling)."""
+    train, held_out = data
+    rows = held_out[: 3 * len(standard_deviations)].copy()
+    for i, distance in enumerate(np.repeat(standard_deviations, 3)):
+        rows[i, i % 3] += distance * train[:, i % 3].std()
+    return rows
+
+
+@pytest.mark.parametrize("model_name", ["fitted", "gaussian_fitted"])
+def test_rows_beyond_float32_range_are_scored_in_float64(model_name, data, request):
+    """A row 1e20 standard deviations out squares to beyond float32's range
+    in the TT base's Gaussian tails (capped there: log-densities 14 to 56
+    times too high), one 1e39 out is infinite in float32 and NaN through the
+    coupling networks: both are scored by the float64 model, and the rows
+    within range keep their float32 scores to the bit. Fails without the
+    second pass (NaN, or the cap), or if it rescored every row (the near
+    rows would then be float64's)."""
+    model = in_precision(request.getfixturevalue(model_name), "float32")
+    far = far_rows(data, [1e20, 1e39, 1e100])
+    near = data[1][:40]
+    scores = model.score_samples(np.concatenate([near, far]))
+    np.testing.assert_array_equal(scores[: len(near)], model.score_samples(near))
+    assert_scores_close(scores[: len(near)], in_precision(model, "float64").score_samples(near))
+    exact = in_precision(model, "float64").score_samples(far)
+    assert np.isfinite(exact).all() and (exact < -1e38).all()
+    np.testing.assert_allclose(scores[len(near) :], exact, rtol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_rows_beyond_float64_range_score_minus_infinity(dtype, fitted, data):
+    """Rows whose standardised coordinates overflow float64 (1e310 standard
+    deviations of the second feature, whose spread is 0.01) have density zero
+    in floating point: log-density -inf, as GaussianMixture gives, not the
+    NaN of the coupling networks' inf - inf; the other rows are finite.
+    Fails without the last step of _log_density_in_chunks."""
+    model = in_precision(fitted, dtype)
+    rows = data[1][:6].copy()
+    rows[:3, 1] = [1.7e308, -1.7e308, 1e308]
+    scores = model.score_samples(rows)
+    assert (scores[:3] == -np.inf).all()
+    assert np.isfinite(scores[3:]).all()
+    assert model.score(rows) == -np.inf
+
+
 def test_chunk_sizes_are_multiples_of_the_row_multiple():
     """Padding only the last chunk keeps every batch a multiple of ROW_MULTIPLE
     only if the chunks are."""
