@@ -64,7 +64,7 @@ from sktt_flow.geometry import (
     widen_box_at_edges,
 )
 from sktt_flow.training import (
-    best_mixture_score,
+    ClearGainWatch,
     check_differentiable,
     fit_defensive_weight,
     fit_forward_kl,
@@ -72,6 +72,7 @@ from sktt_flow.training import (
     fit_mixture,
     fit_reverse_kl,
     fit_variational_mixture_weight,
+    passes_of_patience,
 )
 from sktt_flow.training.mass_covering import IMPORTANCE_BATCH_SIZE
 from sktt_flow.training.reverse_kl import CONFIRMATION_STANDARD_ERRORS
@@ -1777,7 +1778,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 train,
                 validation,
                 generator,
-                held_out_score=self._defended_score(model, held_out),
+                held_out_rows=self._defended_rows(model, held_out),
             )
             defensive_weight, _ = self._held_out_mixture(model, held_out)
             # the companion is kept as it was, with its weight
@@ -1805,12 +1806,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # layers (constant while the base is frozen), the flow on the
                 # Gaussian with the TT's finished model.
                 if trained:
-                    held_out_score = functools.partial(
-                        best_mixture_score,
-                        trained[0][0],
-                        min_weight=MIN_COMPANION_WEIGHT,
-                        max_weight=MAX_COMPANION_WEIGHT,
-                    )
+                    held_out_rows = functools.partial(_with_partner, trained[0][0])
                     if one_gaussian is not None:
                         candidate, model = self._probed_companion(
                             candidate,
@@ -1824,7 +1820,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                             train_dtype,
                         )
                 else:
-                    held_out_score = self._defended_score(model, held_out)
+                    held_out_rows = self._defended_rows(model, held_out)
                 base, whitening, base_history, kind, _ = candidate
                 # the flow's start and its held-out scores, kept unless the
                 # held-out rows confirm the trained flow (_confirmed_flow); a
@@ -1840,7 +1836,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     train,
                     validation,
                     generator,
-                    held_out_score=held_out_score,
+                    held_out_rows=held_out_rows,
+                    confirmed=self._confirms_flows(held_out),
                     retry_slower=_tt_of(base) is not None and not self.train_base,
                 )
                 weight, scores = self._held_out_mixture(model, held_out)
@@ -1973,7 +1970,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         :data:`MIN_FLOW_CONFIRMATION_ROWS` held-out rows (on breast cancer's
         40, the one Gaussian's companion lost 1.1 nats per test row).
         """
-        if validation.shape[0] < MIN_FLOW_CONFIRMATION_ROWS or self.train_base:
+        if not self._confirms_flows(validation):
             return mixture, mixture_model
         probe = self._data_model(one_gaussian, validation.shape[1], layer_seed, device, dtype)
         parameters = self._trained_parameters(probe)
@@ -2035,23 +2032,41 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         train,
         validation,
         generator,
-        held_out_score=None,
+        held_out_rows=None,
+        confirmed=False,
         retry_slower=False,
     ):
         """Maximum-likelihood training of a data model's trainable parameters;
         the model (its whitening layer, rounded to the training dtype, put
         back in float64), its history (the base's when nothing is trained)
-        and the whitening layer. ``held_out_score``: see
-        :func:`~sktt_flow.training.fit_forward_kl`. With ``retry_slower``
-        (the flow on a frozen TT base), a training that keeps the start is
-        run again from it at :data:`FLOW_RETRY_LEARNING_RATE_FACTOR` times the
-        learning rate, and the history is the second run's."""
+        and the whitening layer.
+
+        ``held_out_rows`` maps the model's log-density of each held-out row
+        to the per-row scores that judge it (None: the log-densities
+        themselves); a pass scores their mean. With ``confirmed`` (the
+        trained flow is kept only where the held-out rows confirm it,
+        :meth:`_confirmed_flow`), training also stops once a patience has
+        gone by without a pass clearly ahead of the start
+        (:class:`~sktt_flow.training.ClearGainWatch`): on the toys of the
+        density benchmark no flow that trained on was kept in the end. With
+        ``retry_slower`` (the flow on a frozen TT base), a training that
+        keeps the start is run again from it at
+        :data:`FLOW_RETRY_LEARNING_RATE_FACTOR` times the learning rate, and
+        the history is the second run's."""
         parameters = self._trained_parameters(model)
         history = base_history
         if parameters:
             options = self._stage_options()
+            horizon = None
+            if confirmed:
+                horizon = passes_of_patience(
+                    options["n_iter_no_change"], train.shape[0], options["batch_size"]
+                )
 
             def train_flow():
+                watch = None
+                if held_out_rows is not None:
+                    watch = ClearGainWatch(held_out_rows, horizon, CONFIRMATION_STANDARD_ERRORS)
                 return fit_forward_kl(
                     model,
                     train,
@@ -2059,7 +2074,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     parameters=parameters,
                     **options,
                     generator=generator,
-                    held_out_score=held_out_score,
+                    held_out_score=None if watch is None else watch.score,
+                    stop=None if watch is None else watch.stop,
                     verbose=self.verbose,
                 )
 
@@ -2131,12 +2147,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         the flow; the margin is the variational fit's confirmation
         (:func:`~sktt_flow.training.fit_reverse_kl`).
         """
-        if (
-            not start
-            or self.train_base
-            or scores is None
-            or scores.shape[0] < MIN_FLOW_CONFIRMATION_ROWS
-        ):
+        if not start or scores is None or not self._confirms_flows(scores):
             return True
         trained, untrained = scores, start_scores
         if partner_scores is not None:
@@ -2156,22 +2167,37 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         return False
 
-    def _defended_score(self, model: TensorizingFlow, held_out: torch.Tensor | None):
-        """The score of a data model's flow in training: the held-out mean of
-        the model mixed with its base through the fixed layers at the best
-        defensive weight (:func:`~sktt_flow.training.best_mixture_score`),
-        the weight :meth:`_held_out_mixture` gives it after training. None
-        (the plain mean) without held-out rows or with ``train_base``, where
+    def _defended_rows(self, model: TensorizingFlow, held_out: torch.Tensor | None):
+        """What judges a data model's flow in training (``held_out_rows`` of
+        :meth:`_train_data_flow`): the held-out log-densities of the model
+        mixed with its base through the fixed layers at the best defensive
+        weight (:func:`~sktt_flow.training.fit_mixture`), the mixture that
+        :meth:`_held_out_mixture` makes after training. None (the flow's
+        log-densities) without held-out rows or with ``train_base``, where
         the base, and so that component, moves."""
         if held_out is None or self.train_base:
             return None
         with torch.no_grad():
             _, log_fixed = model.component_log_probs(held_out)
-        return functools.partial(
-            best_mixture_score,
-            log_second=log_fixed,
-            min_weight=DATA_DEFENSIVE_WEIGHT,
-            max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
+
+        def mixed(log_flow: torch.Tensor) -> torch.Tensor:
+            return fit_mixture(
+                log_flow,
+                log_fixed,
+                min_weight=DATA_DEFENSIVE_WEIGHT,
+                max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
+            )[1]
+
+        return mixed
+
+    def _confirms_flows(self, held_out: torch.Tensor | None) -> bool:
+        """Whether a data model's trained flows are kept only where the
+        held-out rows confirm them (:meth:`_confirmed_flow`): with at least
+        :data:`MIN_FLOW_CONFIRMATION_ROWS` of them and a frozen base."""
+        return (
+            held_out is not None
+            and held_out.shape[0] >= MIN_FLOW_CONFIRMATION_ROWS
+            and not self.train_base
         )
 
     @staticmethod

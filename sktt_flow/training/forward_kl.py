@@ -7,10 +7,15 @@ from collections.abc import Callable, Iterable
 import torch
 
 from sktt_flow.flows.model import TensorizingFlow
-from sktt_flow.utils.optimize import TrainingHistory, minimize, patience_in_passes
+from sktt_flow.utils.optimize import (
+    TrainingHistory,
+    iterations_per_patience_unit,
+    minimize,
+    patience_in_passes,
+)
 from sktt_flow.utils.subnormal import subnormals_flushed
 
-__all__ = ["GRADIENT_CLIP_FACTOR", "fit_forward_kl"]
+__all__ = ["GRADIENT_CLIP_FACTOR", "fit_forward_kl", "passes_of_patience"]
 
 #: Steps of a flow on data are clipped to this many times the median gradient
 #: norm of the steps before (``clip_factor`` of
@@ -87,3 +92,11 @@ def fit_forward_kl(
             verbose=verbose,
             description="flow maximum likelihood",
         )
+
+
+def passes_of_patience(n_iter_no_change: int, n_rows: int, batch_size: int) -> int:
+    """Passes over ``n_rows`` training rows without a better held-out score
+    after which :func:`fit_forward_kl` stops, for its ``n_iter_no_change``
+    and ``batch_size``."""
+    passes = patience_in_passes(n_iter_no_change, n_rows, batch_size)
+    return passes * iterations_per_patience_unit(n_rows, batch_size)

@@ -28,6 +28,7 @@ __all__ = [
     "CLIP_HISTORY",
     "MIN_STEPS_PER_ITERATION",
     "TrainingHistory",
+    "iterations_per_patience_unit",
     "minimize",
     "patience_in_passes",
 ]
@@ -232,8 +233,7 @@ def minimize(
     # Patience and halving count units of at least MIN_STEPS_PER_ITERATION
     # steps: on small data a pass is a few steps, and patience in passes
     # stopped training long before the held-out score stopped rising.
-    steps_per_iteration = max(math.ceil(n_rows / batch_size), 1)
-    iterations_per_unit = math.ceil(MIN_STEPS_PER_ITERATION / steps_per_iteration)
+    iterations_per_unit = iterations_per_patience_unit(n_rows, batch_size)
     patience = n_iter_no_change * iterations_per_unit
     halving_interval = max(n_iter_no_change // 2, 1) * iterations_per_unit
     iterations_without_improvement = 0
@@ -323,6 +323,14 @@ def minimize(
             bar.close()
     module.load_state_dict(best_state)
     return history
+
+
+def iterations_per_patience_unit(n_rows: int, batch_size: int) -> int:
+    """Iterations of :func:`minimize` in a unit of its patience: one, or as
+    many as make :data:`MIN_STEPS_PER_ITERATION` steps of ``batch_size`` rows
+    when an iteration over ``n_rows`` rows makes fewer."""
+    steps_per_iteration = max(math.ceil(n_rows / batch_size), 1)
+    return math.ceil(MIN_STEPS_PER_ITERATION / steps_per_iteration)
 
 
 def patience_in_passes(n_iter_no_change: int, n_rows: int, batch_size: int) -> int:

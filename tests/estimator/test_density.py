@@ -32,7 +32,7 @@ from sktt_flow.flows import (
     defensive_mixture_log_prob,
 )
 from sktt_flow.targets import MixtureOfGaussians
-from sktt_flow.training import best_mixture_score
+from sktt_flow.training import best_mixture_score, passes_of_patience
 from sktt_flow.tt.distribution import TTDistribution
 from tests.conftest import requires_cuda
 
@@ -1183,6 +1183,34 @@ def test_a_flow_the_held_out_rows_do_not_confirm_goes_back_to_its_start():
     with torch.no_grad():
         log_flow, log_base = model.flow_.component_log_probs(torch.as_tensor(X[:500]))
     np.testing.assert_allclose(log_flow.numpy(), log_base.numpy(), rtol=0, atol=1e-6)
+
+
+def test_a_flow_never_clearly_ahead_of_its_start_stops_after_a_patience():
+    """The futility rule (ClearGainWatch): on the Gaussian rows of the test
+    above, where the flow's held-out score can only creep up by noise, a flow
+    that no pass has put clearly ahead of its start stops after one patience
+    (passes_of_patience), whereas early stopping alone would go on to a
+    patience after its best pass (asserted: the best pass is not the start).
+    With fewer held-out rows than MIN_FLOW_CONFIRMATION_ROWS (the flow is
+    then kept whatever the rows say) it trains on. Fails if the rule is not
+    wired into the flow's training, or with the wrong horizon."""
+    rng = np.random.default_rng(0)
+    n_rows = 10 * density_module.MIN_FLOW_CONFIRMATION_ROWS
+    X = rng.standard_normal((n_rows, 2)) @ np.array([[1.0, 0.0], [0.5, 2.0]])
+    options = {
+        **SMALL,
+        "base": "gaussian",
+        "n_flow_layers": 4,
+        "hidden_units": 32,
+        "n_iter_no_change": 3,
+        "max_iter": 40,
+    }
+    model = TensorizingFlowDensity(**options).fit(X)
+    n_train = n_rows - round(0.1 * n_rows)
+    horizon = passes_of_patience(3, n_train, model.batch_size)
+    assert 0 < int(np.argmax(model.validation_scores_)) < model.n_iter_ == horizon
+    few = TensorizingFlowDensity(**{**options, "validation_fraction": 0.05}).fit(X)
+    assert few.n_iter_ > passes_of_patience(3, n_rows - round(0.05 * n_rows), few.batch_size)
 
 
 def test_a_flow_the_held_out_rows_confirm_is_kept():

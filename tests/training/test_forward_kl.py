@@ -41,17 +41,17 @@ def held_out(model, validation):
 
 
 def fit(model, train, validation, learning_rate=1e-2, **options):
+    """fit_forward_kl of the flow's parameters, with these settings unless
+    ``options`` replace them."""
+    settings = {"max_iter": 30, "batch_size": 200, "n_iter_no_change": 10, **options}
     return fit_forward_kl(
         model,
         train,
         validation,
         parameters=model.flows.parameters(),
-        max_iter=30,
-        batch_size=200,
         learning_rate=learning_rate,
-        n_iter_no_change=10,
         generator=torch.Generator().manual_seed(1),
-        **options,
+        **settings,
     )
 
 
