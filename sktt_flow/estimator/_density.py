@@ -1718,7 +1718,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             mean = standardization_layer.shift.cpu().numpy()
             scale = standardization_layer.scale.cpu().numpy()
         else:
-            mean, scale = standardization(X[train_rows])
+            mean, scale = standardization(X[train_rows], bulk_quantile=DATA_BOX_QUANTILE)
         standardized64 = standardize(X, mean, scale)
         standardized = torch.tensor(standardized64, dtype=train_dtype, device=device)
         if not bool(torch.isfinite(standardized).all()):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sktt_flow.utils.standardize import standardization, standardize
+from sktt_flow.utils.standardize import MAX_SCALE_TO_BULK_SPREAD, standardization, standardize
 
 
 def test_matches_numpy_on_ordinary_data():
@@ -55,3 +55,26 @@ def test_rows_beyond_the_training_range_are_refused_when_they_overflow():
     mean, scale = standardization(np.array([[0.0], [1e-300]]))
     with pytest.raises(ValueError, match="Feature 0 of X has values that overflow"):
         standardize(np.array([[1e300]]), mean, scale)
+
+
+def test_a_column_that_a_few_rows_dominate_is_standardised_by_its_bulk():
+    """A sentinel at 1e10 in column 0: that column gets its median and the
+    spread of its bulk (its 0.001 to 0.999 quantiles over those of a
+    standard normal, 6.18), the other column its mean and standard deviation
+    to the bit, and so does column 0 without bulk_quantile. A Cauchy column
+    of 10,000 rows (heavy tails, no sentinel) keeps its mean and standard
+    deviation. Fails if the switch were missing, applied to every column, or
+    triggered by heavy tails."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(2000, 2))
+    X[0, 0] = 1e10
+    plain_mean, plain_scale = standardization(X)
+    mean, scale = standardization(X, bulk_quantile=0.001)
+    low, median, high = np.quantile(X[:, 0], [0.001, 0.5, 0.999])
+    assert plain_scale[0] > MAX_SCALE_TO_BULK_SPREAD * scale[0]
+    assert mean[0] == pytest.approx(median, rel=1e-12)
+    assert scale[0] == pytest.approx((high - low) / 6.180464609, rel=1e-9)
+    assert 0.8 < scale[0] < 1.2
+    assert mean[1] == plain_mean[1] and scale[1] == plain_scale[1]
+    cauchy = rng.standard_cauchy(size=(10_000, 1))
+    assert standardization(cauchy, bulk_quantile=0.001) == standardization(cauchy)
