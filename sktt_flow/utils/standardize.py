@@ -15,7 +15,7 @@ from statistics import NormalDist
 
 import numpy as np
 
-__all__ = ["MAX_SCALE_TO_BULK_SPREAD", "standardization", "standardize"]
+__all__ = ["MAX_SCALE_TO_BULK_SPREAD", "inner_quantile_level", "standardization", "standardize"]
 
 #: A column whose standard deviation exceeds this many times the spread of
 #: its bulk (with ``bulk_quantile``) is standardised by its median and that
@@ -31,6 +31,22 @@ __all__ = ["MAX_SCALE_TO_BULK_SPREAD", "standardization", "standardize"]
 MAX_SCALE_TO_BULK_SPREAD = 1e3
 
 
+def inner_quantile_level(level: float, n_rows: int) -> float:
+    """``level`` moved, where needed, so that the quantile of ``n_rows``
+    values interpolated between order statistics (as :func:`numpy.quantile`
+    does by default) lies between the second smallest and the second
+    largest of them (with three or more).
+
+    A quantile near 0 or 1 of fewer than about ``1 / level`` values would
+    otherwise interpolate between the two most extreme ones, and a far
+    outlier pulls it towards itself: a sentinel at 1e10 among 900 standard
+    normal values put their 0.999 quantile at 1e9.
+    """
+    if n_rows < 3:
+        return level
+    return min(max(level, 1.0 / (n_rows - 1)), (n_rows - 2.0) / (n_rows - 1))
+
+
 def standardization(
     X: np.ndarray, *, bulk_quantile: float | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -44,7 +60,8 @@ def standardization(
         With it, a column whose standard deviation exceeds
         :data:`MAX_SCALE_TO_BULK_SPREAD` times the spread of its bulk (the
         range between its ``bulk_quantile`` and ``1 - bulk_quantile``
-        quantiles, divided by that range for a standard normal) is
+        quantiles, :func:`inner_quantile_level`, divided by that range for
+        a standard normal) is
         standardised by its median and that spread instead.
 
     Returns
@@ -85,9 +102,11 @@ def standardization(
     if bulk_quantile is not None:
         # in units of the range, as above: numpy's interpolation between
         # order statistics of both signs near the largest float overflows
-        low_bulk, median, high_bulk = low + unit * np.quantile(
-            (X - low) / unit, [bulk_quantile, 0.5, 1.0 - bulk_quantile], axis=0
-        )
+        levels = [
+            inner_quantile_level(level, X.shape[0])
+            for level in (bulk_quantile, 0.5, 1.0 - bulk_quantile)
+        ]
+        low_bulk, median, high_bulk = low + unit * np.quantile((X - low) / unit, levels, axis=0)
         spread = (high_bulk - low_bulk) / (2.0 * NormalDist().inv_cdf(1.0 - bulk_quantile))
         dominated = (spread > 0) & (scale / MAX_SCALE_TO_BULK_SPREAD > spread)
         mean = np.where(dominated, median, mean)

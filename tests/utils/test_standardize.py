@@ -6,7 +6,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sktt_flow.utils.standardize import MAX_SCALE_TO_BULK_SPREAD, standardization, standardize
+from sktt_flow.utils.standardize import (
+    MAX_SCALE_TO_BULK_SPREAD,
+    inner_quantile_level,
+    standardization,
+    standardize,
+)
 
 
 def test_matches_numpy_on_ordinary_data():
@@ -78,3 +83,22 @@ def test_a_column_that_a_few_rows_dominate_is_standardised_by_its_bulk():
     assert mean[1] == plain_mean[1] and scale[1] == plain_scale[1]
     cauchy = rng.standard_cauchy(size=(10_000, 1))
     assert standardization(cauchy, bulk_quantile=0.001) == standardization(cauchy)
+
+
+@pytest.mark.parametrize("n_rows", [3, 10, 900, 1000, 1001, 5000])
+def test_quantiles_near_the_ends_stay_inside_the_second_extreme_values(n_rows):
+    """The 0.001 and 0.999 quantiles of n values with a far value at each
+    end: from 1,001 values on, numpy's own quantiles (interpolated between
+    order statistics that are not the extremes) are kept to the bit; below,
+    they lie between the second smallest and second largest values, where
+    numpy's reach towards the far values. Fails if the level were not moved
+    (the quantile at 1e9) or moved where it need not be."""
+    values = np.sort(np.random.default_rng(4).normal(size=n_rows))
+    values[0], values[-1] = -1e10, 1e10
+    levels = [inner_quantile_level(level, n_rows) for level in (0.001, 0.999)]
+    low, high = np.quantile(values, levels)
+    assert values[1] <= low and high <= values[-2]
+    if n_rows >= 1001:
+        assert levels == [0.001, 0.999]
+    else:
+        assert np.quantile(values, 0.999) > 1e6
