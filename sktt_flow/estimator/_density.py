@@ -154,6 +154,21 @@ DATA_DEFENSIVE_WEIGHT = 1e-3
 #: at weights of 0.1-0.3.
 MAX_DATA_DEFENSIVE_WEIGHT = 0.5
 
+#: Fewest held-out rows on which a data fit with ``base="auto"`` makes its
+#: automatic choices. With fewer (a fit to fewer than 45 rows with the
+#: default ``validation_fraction``) what is chosen on them is noise: on 2-D
+#: samples of 10 to 30 rows (1 to 3 held out) the defaults picked TTs of 8
+#: to 32 Legendre functions and flows that scored 1.7 to 4.2 nats per test
+#: row below one full-covariance Gaussian on Gaussian data in five fits of
+#: six (10-20 rows), and on 30 rows of the moons and of two skewed clusters
+#: 0.6 to 2.5 below it in four fits of six (0.02-0.12 above in two), while
+#: on 60 to 90 rows of the same (6 to 9 held out) they were ahead of it in
+#: 10 fits of 12, by up to 0.9 nats (behind by 0.4-0.5 in two). Below it
+#: the model is that Gaussian: the Ledoit–Wolf covariance of
+#: the training rows (shrunk, so well conditioned on a few rows), with no
+#: flow, no mixture and no TT. Every table of the density benchmark has more.
+MIN_CHOICE_ROWS = 5
+
 #: Held-out rows from which a data model's trained flow is kept only where
 #: it is confirmed on them (``_confirmed_flow``): its mixture beats the
 #: start, the identity map on the base, by ``CONFIRMATION_STANDARD_ERRORS``
@@ -863,7 +878,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         a few passes first (up to 30; five where it makes no progress), and
         where it is clearly ahead of the untrained mixture, the one Gaussian
         is the companion's base (on a 5-D log-normal, +0.22 to +0.30 nats
-        per test row). Scoring and sampling then cost both models. The ``tt_rank``,
+        per test row). Scoring and sampling then cost both models. With held-out
+        rows, but fewer than ``MIN_CHOICE_ROWS`` (5; fewer than 45 rows at the
+        default ``validation_fraction``), nothing chosen on them is more than
+        noise, and the model is one Gaussian: the Ledoit–Wolf covariance of
+        the training rows, no TT, no mixture and no flow (``base_`` is
+        ``"gaussian"``). The ``tt_rank``,
         ``n_basis`` and ``train_base`` parameters only concern the TT base.
         ``"tempered"`` (variational mode only): a composition of TT layers on
         tempered bridges
@@ -1581,13 +1601,15 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         diagnostic_seed = int(rng.randint(np.iinfo(np.int32).max))
         return generator, layer_seed, diagnostic_seed
 
-    def _flow_layers(self, n_features: int, tail_bound: float, seed: int) -> list:
+    def _flow_layers(
+        self, n_features: int, tail_bound: float, seed: int, flow: str | None = None
+    ) -> list:
         # normflows initialises its layers from torch's global generator: fork
         # it so that random_state alone decides, and the caller's state is kept.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return build_flow_layers(
-                self.flow,
+                self.flow if flow is None else flow,
                 n_features,
                 n_layers=self.n_flow_layers,
                 hidden_units=self.hidden_units,
@@ -1795,8 +1817,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # on both and the model is their mixture, with the weight that
             # the held-out rows give it (_companion_of). The TT's model is
             # trained first, so that it is the same as without the companion.
+            # too few held-out rows to tell whether a flow helps: none
+            flow = "none" if self._too_few_to_choose(held_out) else None
             for candidate in candidates:
-                model = self._data_model(candidate, n_features, layer_seed, device, train_dtype)
+                model = self._data_model(
+                    candidate, n_features, layer_seed, device, train_dtype, flow
+                )
                 if trained and not self._trained_parameters(model):
                     break  # no flow: the bases alone were compared already
                 # Each flow is trained for its part in the final model, a
@@ -1923,11 +1949,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         return with_map if keep else without
 
-    def _data_model(self, candidate, n_features, layer_seed, device, dtype) -> TensorizingFlow:
+    def _data_model(
+        self, candidate, n_features, layer_seed, device, dtype, flow=None
+    ) -> TensorizingFlow:
         """The untrained flow on a candidate base of :meth:`_base_from_data`
-        (with its whitening layer, if any, last), in ``dtype``."""
+        (with its whitening layer, if any, last), in ``dtype``; ``flow``
+        replaces the parameter's (``"none"``: the base alone)."""
         base, whitening, _, _, tail_bound = candidate
-        layers = self._flow_layers(n_features, tail_bound, layer_seed)
+        layers = self._flow_layers(n_features, tail_bound, layer_seed, flow)
         if whitening is not None:
             # .to(dtype) below rounds the model's copy in place; the fitted
             # model gets the float64 one back after training.
@@ -2190,6 +2219,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
         return mixed
 
+    def _too_few_to_choose(self, held_out) -> bool:
+        """Whether a data fit with ``base="auto"`` has held-out rows, but
+        fewer than :data:`MIN_CHOICE_ROWS`: its model is then one Gaussian,
+        with no flow."""
+        return self.base == "auto" and held_out is not None and held_out.shape[0] < MIN_CHOICE_ROWS
+
     def _confirms_flows(self, held_out: torch.Tensor | None) -> bool:
         """Whether a data model's trained flows are kept only where the
         held-out rows confirm them (:meth:`_confirmed_flow`): with at least
@@ -2291,19 +2326,26 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
         # The candidate coordinates: the standardised ones ("diagonal") and
         # the whitened ones of each covariance (its name), in that order.
+        few = self._too_few_to_choose(validation)
         kinds = ["diagonal"]
         if domain is None and n_features > 1 and self.preconditioner in ("auto", "full"):
-            kinds = [] if self.preconditioner == "full" else ["diagonal"]
+            kinds = [] if self.preconditioner == "full" or few else ["diagonal"]
             # Without held-out rows the training rows would always prefer the
             # empirical covariance, their maximum-likelihood one.
-            kinds += list(WHITENING_COVARIANCES) if validation is not None else ["ledoit-wolf"]
+            kinds += (
+                list(WHITENING_COVARIANCES)
+                if validation is not None and not few
+                else ["ledoit-wolf"]
+            )
         bases = ("tt", "gaussian") if self.base == "auto" else (self.base,)
+        if few:
+            bases = ("gaussian",)  # MIN_CHOICE_ROWS
         scored = validation if validation is not None else train
         whitened = {kind: _whitening(train, scored, kind) for kind in kinds if kind != "diagonal"}
         kinds = [kind for kind in kinds if kind == "diagonal" or whitened[kind] is not None]
         if not kinds:  # preconditioner="full" with a singular covariance
             kinds = ["diagonal"]
-        if self.preconditioner == "auto" and len(kinds) > 1:
+        if self.preconditioner == "auto" and len(kinds) > 1 and not few:
             # A TT fit in whitened coordinates is worth it only where the
             # correlations matter: where the full-covariance Gaussian beats
             # the standard one on the held-out rows (breast cancer by about 9
@@ -2435,7 +2477,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         def with_mixture(gaussian):
             """:meth:`_gaussian_mixture_candidate` of a Gaussian candidate, in
             its coordinates (where there are held-out rows to choose it)."""
-            if validation is None:
+            if validation is None or few:
                 return gaussian
             kind = gaussian[4]
             _, _, score_rows, log_det = in_coordinates(kind)
