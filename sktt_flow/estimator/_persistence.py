@@ -57,6 +57,7 @@ import torch
 from sklearn.utils.validation import check_is_fitted
 
 from sktt_flow.flows import (
+    FIXED_LAYERS,
     FixedAffine,
     FixedBoundsMap,
     FixedLinearAffine,
@@ -365,6 +366,9 @@ def save_estimator(estimator: TensorizingFlowDensity, path: str | os.PathLike) -
         # (marginal_gaussianization) after the standardisation, 0 for none
         "marginal_map_knots": _marginal_map_knots(model),
         "defensive_weight": model.defensive_weight,
+        # whether the model has trainable flow layers: a data fit with too few
+        # held-out rows to choose (MIN_CHOICE_ROWS) has none whatever ``flow``
+        "flow_layers": any(not isinstance(layer, FIXED_LAYERS) for layer in model.flows),
         # the model on the Gaussian next to the one on the TT, its tensors in
         # the state as companion.*; None for the others
         "companion": _companion_entry(model, mode),
@@ -652,6 +656,18 @@ def _has_whitening(model: TensorizingFlow, data_mode: bool) -> bool:
     features may follow."""
     flows, _ = split_feature_map(model.flows)
     return data_mode and len(flows) >= 2 and isinstance(flows[-2], FixedLinearAffine)
+
+
+def _stored_flow(metadata: dict, flow: str | Callable, where: str) -> str | Callable:
+    """The flow the model was built with: ``flow`` (the parameter), or
+    ``"none"`` where the metadata's ``flow_layers`` flag (absent in files
+    that predate it: the parameter's) says the model has no flow layers."""
+    flow_layers = metadata.get("flow_layers", True)
+    if not isinstance(flow_layers, bool):
+        raise ValueError(
+            f"{where} is truncated or corrupted: {_METADATA} has an invalid 'flow_layers'."
+        )
+    return flow if flow_layers else "none"
 
 
 def _stored_whitening(metadata: dict, where: str) -> bool:
@@ -1159,6 +1175,7 @@ def _build_single_model(
     where: str,
 ) -> TensorizingFlow:
     """:func:`_build_model` of a model without a companion."""
+    flow = _stored_flow(metadata, flow, where)
     _check_architecture(metadata, flow, estimator, state, where)
     try:
         n_features = metadata["n_features"]

@@ -156,6 +156,27 @@ def test_round_trip_is_identical_for_every_flow(flow, data, tmp_path):
     assert_same_model(loaded, model, data[1])
 
 
+def test_round_trip_of_a_fit_with_too_few_rows_to_choose(data, tmp_path):
+    """A data fit with fewer than MIN_CHOICE_ROWS held-out rows (20 rows) is
+    one Gaussian with no flow layers whatever ``flow``: the file says so
+    (``flow_layers``) and loads back to the same model; an invalid flag is
+    refused. Fails if the architecture were rebuilt from ``flow`` alone
+    (saving was then refused: 31 numbers stored, 73,847 expected)."""
+    model = TensorizingFlowDensity(random_state=0).fit(data[0][:20])
+    assert model.base_ == "gaussian" and model.flow == "realnvp"
+    path = tmp_path / "model.sktt"
+    model.save(path)
+    loaded = TensorizingFlowDensity.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(data[1]), model.score_samples(data[1]))
+    np.testing.assert_array_equal(
+        loaded.sample(50, random_state=3), model.sample(50, random_state=3)
+    )
+    assert read_members(path)[0]["flow_layers"] is False
+    assert_each_edit_is_refused(
+        path, [(lambda metadata: metadata.update(flow_layers="no"), "'flow_layers'")], tmp_path
+    )
+
+
 def test_round_trip_keeps_feature_names_and_pickles(fitted, data, tmp_path):
     """Without pandas here, feature names are set by hand: they come back as
     sklearn stores them; the loaded estimator still pickles (joblib works)."""
