@@ -4,9 +4,9 @@ Early stopping ends a training when its held-out score has not improved for a
 patience. A flow whose held-out score creeps up by noise-sized steps resets
 that patience again and again, and a model that keeps a trained state only
 where the held-out rows confirm it (by a paired test against the start) then
-trains for nothing: on 5,000 rows of the density benchmark's toys, every flow
+trains for nothing: on the density benchmark's sets of 5,000 rows, every flow
 that ended unconfirmed ran 12 to 51 passes, while every flow that was kept
-had been clearly ahead of its start by the fifth or sixth pass. The futility
+had been clearly ahead of its start by its sixth pass at the latest. The futility
 rule here ends a training once a patience has gone by without any pass
 clearly ahead of the start, as a group sequential trial stops for futility
 (Jennison and Turnbull, "Group Sequential Methods with Applications to
