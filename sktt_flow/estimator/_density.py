@@ -1907,7 +1907,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         fitted["marginal_gaussianization_"] = option
         if score_held_out and n_validation:
             fitted["_held_out_log_density"] = self._log_density_in_chunks(
-                self._inference_flow(fitted), features[validation_rows], device, fitted["flow_"]
+                features[validation_rows], device, fitted
             )
         if history is not None:
             # Report the scores as log-densities of the original features.
@@ -3587,27 +3587,27 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
-        return self._log_density_in_chunks(self._inference_flow(), X, self.device_, self.flow_)
+        return self._log_density_in_chunks(X, self.device_)
 
     def _log_density_in_chunks(
-        self,
-        model: TensorizingFlow,
-        X: np.ndarray,
-        device: torch.device,
-        exact: TensorizingFlow,
+        self, X: np.ndarray, device: torch.device, fitted: dict | None = None
     ) -> np.ndarray:
-        """``model``'s log-densities (float64) of the rows ``X`` (float64), in
-        chunks of :data:`CHUNK_SIZE` rows on ``device``.
+        """The fitted model's log-densities (float64) of the rows ``X``
+        (float64), in chunks of :data:`CHUNK_SIZE` rows on ``device``, in the
+        precision of :meth:`_inference_flow` (of the attributes ``fitted`` of
+        a fit not yet set, where given).
 
-        ``exact`` is the fitted float64 model, of which ``model`` may be the
-        float32 copy: the rows that the copy cannot score in its range
-        (:data:`FLOAT32_TRUSTED_LOG_DENSITY`) are scored by ``exact``. A row
+        Where that is the float32 copy of the float64 model ``flow_``, the
+        rows that the copy cannot score in its range
+        (:data:`FLOAT32_TRUSTED_LOG_DENSITY`) are scored by ``flow_``. A row
         that overflows float64 too (NaN: its coordinates in the model's
         standardised units beyond about 1e308, where the coupling networks
         compute ``inf - inf``) has log-density ``-inf``, as in
         :meth:`sklearn.mixture.GaussianMixture.score_samples`: its density is
         below ``exp(-1e300)``, zero in floating point.
         """
+        model = self._inference_flow(fitted)
+        exact = (self.__dict__ if fitted is None else fitted)["flow_"]
         log_density = self._log_density_in_precision(model, X, device)
         if model is not exact:
             untrusted = np.flatnonzero(
