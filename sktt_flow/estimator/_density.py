@@ -459,6 +459,22 @@ def _whitening(train: np.ndarray, scored: np.ndarray, covariance: str):
     return layer, to_whitened, float(np.log(diagonal).sum())
 
 
+def _with_base(log_flow: torch.Tensor, log_fixed: torch.Tensor) -> tuple[float, torch.Tensor]:
+    """The weight of a data model's defensive component (its base through
+    the fixed layers, ``log_fixed``) next to its flow (``log_flow``), fitted
+    to held-out rows within ``[DATA_DEFENSIVE_WEIGHT,
+    MAX_DATA_DEFENSIVE_WEIGHT]``, and the mixture's log-density of each row:
+    how a flow on the TT is judged, in training
+    (:meth:`TensorizingFlowDensity._defended_rows`) and after it
+    (:meth:`TensorizingFlowDensity._held_out_mixture`)."""
+    return fit_mixture(
+        log_flow,
+        log_fixed,
+        min_weight=DATA_DEFENSIVE_WEIGHT,
+        max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
+    )
+
+
 def _with_partner(partner_scores: torch.Tensor, log_density: torch.Tensor) -> torch.Tensor:
     """The held-out log-densities of a companion's model (``log_density``)
     mixed with the TT's model's (``partner_scores``) at the weight that
@@ -2224,12 +2240,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             _, log_fixed = model.component_log_probs(held_out)
 
         def mixed(log_flow: torch.Tensor) -> torch.Tensor:
-            return fit_mixture(
-                log_flow,
-                log_fixed,
-                min_weight=DATA_DEFENSIVE_WEIGHT,
-                max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
-            )[1]
+            return _with_base(log_flow, log_fixed)[1]
 
         return mixed
 
@@ -2268,13 +2279,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if held_out is None:
             return DATA_DEFENSIVE_WEIGHT, None
         with torch.no_grad():
-            log_flow, log_fixed = model.component_log_probs(held_out)
-        return fit_mixture(
-            log_flow,
-            log_fixed,
-            min_weight=DATA_DEFENSIVE_WEIGHT,
-            max_weight=MAX_DATA_DEFENSIVE_WEIGHT,
-        )
+            return _with_base(*model.component_log_probs(held_out))
 
     def _data_tt_settings(self, held_out: bool) -> dict:
         """``tt_rank``, ``n_basis`` and ``smoothness`` of a TT base fitted to
