@@ -1091,7 +1091,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Width of the conditioner networks.
     log_target : callable, default=None
         Unnormalised log-density for variational inference: takes a tensor
-        ``(m, n_features)`` on the estimator's device and dtype and returns
+        ``(m, n_features)`` on the estimator's device and dtype (float64 while
+        an automatic box searches for the modes, and with ``feature_bounds``:
+        write it for the dtype of its input) and returns
         ``m`` values, differentiable in torch (reverse KL uses its gradient;
         with ``flow="none"`` no gradient is needed). ``-inf`` means zero
         density; NaN and ``+inf`` are errors. Its integral over the real line

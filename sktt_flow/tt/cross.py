@@ -321,7 +321,8 @@ class LogDensityEvaluator:
         except Exception as error:
             raise ValueError(
                 f"{self.name} raised {type(error).__name__} on a batch of "
-                f"{batch.shape[0]} points (first point {_format(batch[0])}): {error}"
+                f"{batch.shape[0]} {str(batch.dtype).removeprefix('torch.')} points "
+                f"(first point {_format(batch[0])}): {error}"
             ) from error
         if not isinstance(values, torch.Tensor):
             try:

@@ -165,7 +165,7 @@ def raises(x):
         (wrong_shape, "must return .* values for a batch of"),
         (returns_nan, "returned NaN or \\+inf"),
         (returns_plus_inf, "returned NaN or \\+inf"),
-        (raises, "log_target raised TargetError on a batch of \\d+ points"),
+        (raises, "log_target raised TargetError on a batch of \\d+ float32 points"),
     ],
 )
 def test_bad_log_target_is_a_clear_error(log_target, message):
@@ -176,6 +176,25 @@ def test_bad_log_target_is_a_clear_error(log_target, message):
     if log_target is raises:
         assert isinstance(info.value.__cause__, TargetError)
     np.testing.assert_array_equal(fitted.score_samples(np.zeros((3, 2))), before)
+
+
+_FLOAT32_PRECISION = torch.tensor([[1.0, 0.3], [0.3, 0.5]]).inverse()
+
+
+def float32_constants_log_target(x):
+    """A Gaussian written with a float32 matrix: fine on float32 points only."""
+    return -0.5 * ((x @ _FLOAT32_PRECISION) * x).sum(dim=1)
+
+
+def test_float64_points_of_the_mode_search_are_named_in_the_error():
+    """With an automatic box the mode search calls log_target on float64
+    points (documented in the contract); a target that can only take float32
+    fails there with an error that says which dtype it was given, and fits
+    on an explicit box, where it receives float32 only."""
+    TensorizingFlowDensity(log_target=float32_constants_log_target, **VARIATIONAL).fit()
+    automatic = {**VARIATIONAL, "domain": "auto", "n_features": 2}
+    with pytest.raises(ValueError, match=r"on a batch of \d+ float64 points"):
+        TensorizingFlowDensity(log_target=float32_constants_log_target, **automatic).fit()
 
 
 # ---------------------------------------------------------- numerical faults
