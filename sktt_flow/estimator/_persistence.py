@@ -171,7 +171,9 @@ def _to_json(value: Any, name: str) -> Any:
     if isinstance(value, torch.device):
         return str(value)
     if isinstance(value, (np.ndarray, torch.Tensor)):
-        return np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value).tolist()
+        # item by item, as a list: an array's infinities and NaN too
+        array = np.asarray(value.cpu() if isinstance(value, torch.Tensor) else value)
+        return _to_json(array.tolist(), name)
     if isinstance(value, (list, tuple)):
         return [_to_json(item, name) for item in value]
     if isinstance(value, dict) and all(isinstance(key, str) for key in value):
