@@ -291,6 +291,25 @@ FAR_OUTSIDE_DOMAIN_SHARE = 0.05
 #: that matter (tenths of a nat and more).
 N_SELF_CHECK_SAMPLES = 4096
 
+#: The largest float64 spacing of the rows' distances to a finite bound of
+#: ``feature_bounds``, relative to the feature's standard deviation, that
+#: data mode accepts (:func:`_check_bounds_resolve_the_data`): a bound 1e12
+#: standard deviations away (spacing 1.2e-4 of one) is fitted exactly, one at
+#: 1e14 (0.016) cost 0.014 nats per row.
+MAX_BOUND_ROUNDING_TO_SPREAD = 1e-3
+
+#: The test of :func:`_warn_if_box_cuts_mass`: a share of the variational
+#: base's weighted draws above ``BOX_CUT_SHARE`` (four draws' worth of the
+#: self-check's 4096) within ``BOX_CUT_EDGE`` of the box's width from a side
+#: says the target's density at that side would carry, continued over one
+#: more width, some 5% of the mass. A unit Gaussian cut at six standard
+#: deviations puts 4e-9 of its weight there; one cut at one standard
+#: deviation (a box of [-1, 1]), 0.7% per side; the slab of a 1-D
+#: spike-and-slab under a box that holds the spike (+-0.24 for a spike of
+#: width 0.01; half the mass cut), 0.3%.
+BOX_CUT_EDGE = 0.02
+BOX_CUT_SHARE = 1e-3
+
 #: Random starts of the mode search at each scale: standard normal, and
 #: ``WIDE_START_SCALES`` times wider.
 N_WIDE_STARTS = 32
@@ -381,6 +400,7 @@ _CROSS_RESERVED = frozenset(
         "dtype",
         "verbose",
         "callable_name",
+        "known_seeds",
     }
 )
 
@@ -554,6 +574,42 @@ def _share_far_outside(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> floa
     width = high - low
     far = (x < low - width) | (x > high + width)
     return float(far.any(axis=1).mean())
+
+
+def _warn_if_box_cuts_mass(draws: tuple[torch.Tensor, torch.Tensor], box, automatic: bool):
+    """Warn where the kept variational base's exact draws ``(y, log w)``,
+    weighted by the target, pile up against sides of its ``box``
+    (:func:`~sktt_flow.geometry.widen_box_at_edges`, the test that moves an
+    automatic box's sides out): the base, and the model whose flow starts
+    from it, then miss the target's mass beyond those sides, and the
+    self-check cannot see it (its ESS is that of the target cut to the
+    box). An automatic box ends so when a wider one built a worse base.
+    The strip is thinner than the one that moves an automatic box's sides
+    (:data:`BOX_CUT_EDGE`): there, mass near a side only calls for a wider
+    box to try, and modes six of their standard deviations inside the box
+    put 0.7% of the weight within its outer 5% (five unit Gaussians at 0 and
+    +-30, a box of +-36: no mass cut, log Z exact to 2e-5)."""
+    wider = widen_box_at_edges(*draws, box, edge=BOX_CUT_EDGE, threshold=BOX_CUT_SHARE)
+    if wider is None:
+        return
+    sides = np.flatnonzero((wider != box).any(axis=1)).tolist()
+    shown = ", ".join(str(k) for k in sides[:8]) + (", ..." if len(sides) > 8 else "")
+    if automatic:
+        remedy = (
+            "domain='auto' kept this box because a wider one built a worse base: give a "
+            "wider domain (with n_basis high enough to resolve it), or mode_starts where "
+            "the mass lies"
+        )
+    else:
+        remedy = "widen the domain there, or use domain='auto'"
+    warnings.warn(
+        "The TT base's exact draws, weighted by log_target, pile up against the box's "
+        f"sides in coordinate(s) {shown} of its coordinates: the box cuts the target's "
+        "mass there, which the model may miss (log_normalizer_ then runs low, however "
+        f"good ess_ looks). {remedy.capitalize()}.",
+        ConvergenceWarning if automatic else UserWarning,
+        stacklevel=6,
+    )
 
 
 def _is_single_pair(domain) -> bool:
@@ -820,6 +876,34 @@ def _off_bounds(points: np.ndarray, bounds_map: FixedBoundsMap, name: str):
             "of an open support, so every value must lie strictly inside them."
         )
     return z.numpy(), log_det.numpy()
+
+
+def _check_bounds_resolve_the_data(X: np.ndarray, bounds_map: FixedBoundsMap) -> None:
+    """Refuse ``feature_bounds`` so far from the rows ``X`` (float64, (n, d))
+    that float64 cannot resolve their distances to a bound: the map onto
+    the real line takes ``log(x - low)``, whose argument is rounded to
+    float64's spacing at ``|x - low|``. Where that spacing exceeds
+    :data:`MAX_BOUND_ROUNDING_TO_SPREAD` of a feature's standard deviation,
+    rows a few spacings apart merge, the base fits spikes at the rounded
+    values and the model in ``x`` is not normalised (500 standard normal
+    rows with bounds at +-1e15: the density integrated to 10.1, the test
+    rows scored +0.70 nats against -1.40; at +-1e14, -1.414; at +-1e12,
+    exact)."""
+    low, high = bounds_map.low.numpy(), bounds_map.high.numpy()
+    spread = X.std(axis=0)
+    for side, bound in (("low", low), ("high", high)):
+        finite = np.isfinite(bound)
+        distance = np.where(finite, np.abs(X - np.where(finite, bound, 0.0)).max(axis=0), 0.0)
+        coarse = np.flatnonzero(np.spacing(distance) > MAX_BOUND_ROUNDING_TO_SPREAD * spread)
+        if coarse.size:
+            k = int(coarse[0])
+            raise ValueError(
+                f"feature_bounds' {side} side of feature {k} ({bound[k]:g}) is so far from the "
+                f"data (standard deviation {spread[k]:.3g}) that float64 resolves the rows' "
+                f"distances to it only to {np.spacing(distance[k]):.3g}: distinct rows would "
+                "merge on the way onto the real line, and the model would not be normalised. "
+                "Give bounds near the support's real ends, or -inf/inf for a side without one."
+            )
 
 
 def _box_off_bounds(low: np.ndarray, high: np.ndarray, bounds_map: FixedBoundsMap):
@@ -1597,6 +1681,32 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
         return True
 
+    def _check_same_flow_layers(self) -> None:
+        """A warm start continues the fitted flow's layers: refuse one whose
+        ``flow``, ``n_flow_layers`` or ``hidden_units`` now describe other
+        layers (changed with ``set_params`` after ``fit``), which the fit
+        would ignore and ``save`` then refuse. A model without trainable
+        layers (``flow="none"``, or too few held-out rows to train one) has
+        no flow to continue, and keeps none."""
+        fitted = [layer for layer in self.flow_.flows if not isinstance(layer, FIXED_LAYERS)]
+        if not fitted:
+            return
+        fresh = self._flow_layers(self.n_features_in_, tail_bound=1.0, seed=0)
+
+        def shapes(layers) -> list:
+            return [
+                (type(layer), [tuple(p.shape) for p in layer.parameters()]) for layer in layers
+            ]
+
+        if shapes(fitted) != shapes(fresh):
+            raise ValueError(
+                f"warm_start=True continues the fitted flow ({len(fitted)} layers of "
+                f"{type(fitted[0]).__name__}), but flow={self.flow!r}, "
+                f"n_flow_layers={self.n_flow_layers} and hidden_units={self.hidden_units} "
+                "describe other layers (changed with set_params after fit?): set them back, "
+                "or set warm_start=False to start over."
+            )
+
     def _bounds_map(self, n_features: int) -> FixedBoundsMap | None:
         """``feature_bounds`` as the fixed map onto the bounded features
         (float64, on the CPU), or None without bounds."""
@@ -1695,6 +1805,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 "set_params(log_target=...)."
             )
         warm = self._is_warm("data")
+        if warm:
+            self._check_same_flow_layers()
         X = validate_data(self, X, reset=not warm, dtype=np.float64, ensure_min_samples=2)
         features = X
         device = resolve_device(self.device)
@@ -1737,6 +1849,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         feature_map = bounds_map
         feature_log_det = np.zeros(n_samples)
         if bounds_map is not None:
+            _check_bounds_resolve_the_data(X, bounds_map)
             X, feature_log_det = _off_bounds(X, bounds_map, "X")
         generator, layer_seed, _ = self._generators(device, seed)
         n_validation = (
@@ -2340,6 +2453,25 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             if bounds_map is not None:
                 low, high = _box_off_bounds(low, high, bounds_map)
             domain = np.stack([(low - mean) / scale, (high - mean) / scale], axis=1)
+            # The base lives in the standardised features, in the training dtype.
+            check_domain_resolution(
+                domain[:, 0], domain[:, 1], dtype, name="domain (in the standardised features)"
+            )
+            inside = (train >= domain[:, 0]) & (train <= domain[:, 1])
+            if not inside.all(axis=1).any():
+                # A train fitted to no rows is zero: say which feature misses them.
+                missed = np.flatnonzero(~inside.any(axis=0))
+                where = (
+                    f"in feature(s) {missed[:10].tolist()}"
+                    if missed.size
+                    else "in all features at once"
+                )
+                raise ValueError(
+                    f"domain holds none of the training rows ({where}): in data mode it is "
+                    "the box of the TT base, in the features' units, and must hold the "
+                    "data's mass. Give a box around the data, or domain=None to take it from "
+                    "the data's quantiles."
+                )
             if self.preconditioner == "full":
                 raise ValueError(
                     'preconditioner="full" cannot be used with a domain in data mode: the '
@@ -2772,9 +2904,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             history = self._train_variational(model, evaluate, generator, diagnostic_seed)
             output_layer = None
         else:
-            non_gaussian = False
+            non_gaussian, modes = False, None
             if automatic:
-                coordinates, non_gaussian = self._automatic_coordinates(
+                coordinates, non_gaussian, modes = self._automatic_coordinates(
                     evaluate, counter, n_features, generator, device, symmetry
                 )
             else:
@@ -2807,6 +2939,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     device,
                     train_dtype,
                     symmetry=symmetry,
+                    modes=modes,
                 )
                 if self.base == "tempered":
                     placed, checks = self._tempered_base(
@@ -3195,7 +3328,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     )
         if search.n_modes == 0:
             if candidates:
-                return candidates, True
+                return candidates, True, None
             fates = {fate: search.fates.count(fate) for fate in set(search.fates)}
             raise ValueError(
                 "domain='auto' found no mode of log_target, and every Langevin chain left "
@@ -3256,7 +3389,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 candidates.append(
                     (*self._automatic_candidate(kind, shift.cpu(), matrix.cpu(), box), True)
                 )
-        return candidates, bool(search.non_gaussian.all())
+        return candidates, bool(search.non_gaussian.all()), modes
 
     def _automatic_candidate(self, kind, shift, matrix, box) -> tuple:
         """``(kind, shift, matrix, box)``, once the points of the box, in the
@@ -3388,7 +3521,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return base, kind, box, shift, matrix
 
     def _variational_base(
-        self, coordinates, evaluate, generator, seed, device, dtype, *, symmetry=None
+        self, coordinates, evaluate, generator, seed, device, dtype, *, symmetry=None, modes=None
     ):
         """The TT base of the variational model, in the best of the candidate coordinates.
 
@@ -3406,6 +3539,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         :class:`~sktt_flow.flows.SymmetrizedBase` of that group before its
         self-check, and ``log_target`` is checked for invariance on exact
         draws of the first base built.
+
+        ``modes`` (float64, (m, n_features), in the target's coordinates: the
+        modes of :meth:`_automatic_coordinates`) are handed to TT-cross as
+        known seeds, in each candidate's coordinates where its box holds
+        them: cross's own seeds, ascents from random points of the box,
+        missed a narrow mode that the search had found (10% of the mass, d =
+        4: log Z short by log 0.9, ESS 1.000).
         """
         options = dict(self.cross_options or {})
         reserved = options.keys() & _CROSS_RESERVED
@@ -3433,6 +3573,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 if not one_orbit:
                     box = _symmetric_box(box, group, center)
             log_target = pull_back(self._fit_log_target(), shift, matrix, dtype, device)
+            known = None
+            if modes is not None:
+                known = torch.linalg.solve(matrix, (modes - shift).T).T
+                limits = torch.as_tensor(box, dtype=known.dtype)
+                known = known[((known >= limits[:, 0]) & (known <= limits[:, 1])).all(dim=1)]
             # The warnings of a candidate that is not kept would only confuse:
             # only the kept one's are shown.
             with warnings.catch_warnings(record=True) as caught:
@@ -3447,6 +3592,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     dtype=dtype,
                     verbose=self.verbose,
                     callable_name="log_target",
+                    known_seeds=known,
                     **options,
                 )
             n_evaluations += base.cross_report.n_evaluations
@@ -3533,6 +3679,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         best, best_checks, best_draws, best_warnings = kept
         for caught in best_warnings:
             warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
+        draws = best_draws
+        if draws is None:
+            # an explicit box: exact draws of its base, for the check below only
+            _, draws = _self_check(best[0], best[3], best[4], evaluate, seed, device)
+        _warn_if_box_cuts_mass(draws, best[2], automatic)
         return best, best_checks, best_draws, n_evaluations
 
     @staticmethod
@@ -3698,6 +3849,20 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 else:
                     x = model.sample_points(padded, **draws)
                 samples[start : start + size] = x[:size].cpu().numpy()
+        bounds_map = split_bounds_map(model.flows)[1]
+        if with_log_prob and bounds_map is not None:
+            # Draws that the bounds map clamped next to a bound carry the
+            # log-density of the z beyond the dtype's resolution, not of the
+            # returned point: up to 70 nats apart where the data pile up
+            # within 1e-15 of a bound (0.05-0.25% of the draws there). They
+            # are scored as score_samples scores them.
+            clamped = np.flatnonzero(
+                bounds_map.next_to_a_bound(torch.from_numpy(samples).to(bounds_map.low)).cpu()
+            )
+            if clamped.size:
+                log_density[clamped] = self._log_density_in_precision(
+                    model, samples[clamped], generator.device
+                )
         return samples, log_density
 
     def sample_and_score(self, n_samples: int = 1, random_state=None):
@@ -3723,7 +3888,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         log_density : ndarray of shape (n_samples,)
             ``score_samples(X)`` without a second pass through the flow (the
             two agree to the rounding of that precision: the flow's forward
-            and inverse maps round differently).
+            and inverse maps round differently). With ``feature_bounds``,
+            a draw returned as the value next to a bound (its distance to
+            the bound below the dtype's resolution) is scored as
+            ``score_samples`` scores it.
         """
         return self._sample(n_samples, random_state, with_log_prob=True)
 

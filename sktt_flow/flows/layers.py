@@ -253,7 +253,8 @@ class FixedBoundsMap(Flow):
     Raises
     ------
     ValueError
-        On shapes other than (d,), NaN, or ``low >= high`` in a feature.
+        On shapes other than (d,), NaN, ``low >= high`` in a feature, or
+        ``high - low`` beyond the dtype's range.
     """
 
     def __init__(self, low: torch.Tensor, high: torch.Tensor):
@@ -273,6 +274,13 @@ class FixedBoundsMap(Flow):
         if empty:
             raise ValueError(
                 f"low must be below high in every feature; it is not in feature(s) {empty[:10]}."
+            )
+        two_sided = torch.isfinite(low) & torch.isfinite(high)
+        overflowing = torch.nonzero(two_sided & ~torch.isfinite(high - low)).flatten().tolist()
+        if overflowing:
+            raise ValueError(
+                "high - low overflows the dtype in feature(s) "
+                f"{overflowing[:10]}: the logistic map needs a finite width."
             )
         self.register_buffer("low", low.clone())
         self.register_buffer("high", high.clone())
@@ -314,9 +322,22 @@ class FixedBoundsMap(Flow):
         )
         # A z too large for the dtype to resolve the distance to a bound
         # gives the nearest value inside, never the bound itself.
+        inside_low, inside_high = self._nearest_inside()
+        return torch.clamp(x, inside_low, inside_high), log_det.sum(dim=1)
+
+    def _nearest_inside(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The values next to ``low`` and ``high`` inside the box, (d,) each."""
         inside_low = torch.nextafter(self.low, torch.full_like(self.low, math.inf))
         inside_high = torch.nextafter(self.high, torch.full_like(self.high, -math.inf))
-        return torch.clamp(x, inside_low, inside_high), log_det.sum(dim=1)
+        return inside_low, inside_high
+
+    def next_to_a_bound(self, x: torch.Tensor) -> torch.Tensor:
+        """Rows of ``x`` (N, d) with a feature at the value next to a bound
+        inside the box, (N,) bool: where :meth:`forward` clamps a ``z``
+        beyond the dtype's resolution, so that its log-determinant (at ``z``)
+        is not that of the returned point (at ``inverse(x)``, much nearer)."""
+        inside_low, inside_high = self._nearest_inside()
+        return ((x == inside_low) | (x == inside_high)).any(dim=1)
 
     def inverse(self, x: torch.Tensor):
         two_sided, lower_only, upper_only, low, high, width = self._kinds()

@@ -72,6 +72,7 @@ def fit_log_density(
     batch_size: int = 100_000,
     n_seeds: int = 128,
     n_seed_steps: int = 25,
+    known_seeds=None,
     cross_method: str = "one-site",
     kick_rank: int = 2,
     patience: int = 3,
@@ -137,6 +138,10 @@ def fit_log_density(
     n_seeds, n_seed_steps : int
         Random starts and gradient-ascent steps that seed the index sets
         with high-density points (see :func:`~sktt_flow.tt.cross.find_seeds`).
+    known_seeds : array-like of shape (m, d), default=None
+        Points known to carry mass (the modes a search found), added to
+        those seeds where none came near them (see
+        :func:`~sktt_flow.tt.cross.tt_cross`).
     cross_method : {"one-site", "two-site"}, default="one-site"
         One-site cross costs ``r n (r + kick_rank)`` evaluations per core
         and half-sweep; two-site costs ``r n n r`` per bond. Both adapt
@@ -224,6 +229,14 @@ def fit_log_density(
     low = torch.as_tensor(low, dtype=torch.float64, device=device)
     high = torch.as_tensor(high, dtype=torch.float64, device=device)
     box = torch.stack([low, high], dim=1)
+    if known_seeds is not None:
+        known_seeds = torch.as_tensor(known_seeds, dtype=torch.float64, device=device)
+        if known_seeds.ndim != 2 or known_seeds.shape[1] != low.shape[0]:
+            raise ValueError(
+                f"known_seeds must have shape (m, {low.shape[0]}), got {tuple(known_seeds.shape)}."
+            )
+        if not bool(torch.isfinite(known_seeds).all()):
+            raise ValueError("known_seeds must be finite.")
     generator = torch_generator(random_state, device)
 
     def build(nodal_cores: list[torch.Tensor]) -> TTDistribution:
@@ -250,6 +263,7 @@ def fit_log_density(
             patience=patience,
             domain=box,
             seeds=seeds,
+            known_seeds=known_seeds,
             build_candidate=build,
             n_check_samples=n_check_samples,
             min_ess=min_ess,

@@ -262,6 +262,23 @@ def test_a_ragged_domain_names_domain(X, log_target):
         model.fit(None if log_target else X)
 
 
+@pytest.mark.parametrize(
+    ("domain", "dtype", "message"),
+    [
+        ([[1000.0, 1001.0], [-3.0, 3.0]], "float64", r"domain holds none .* feature\(s\) \[0\]"),
+        ([[-3.0, 3.0], [5.0, 6.0]], "float32", r"domain holds none .* feature\(s\) \[1\]"),
+        ([[0.5, 0.5 + 1e-9], [-3.0, 3.0]], "float32", "holds only about"),
+    ],
+)
+def test_a_data_domain_without_the_data_names_domain(X, domain, dtype, message):
+    """Was "The train is zero" from deep inside the TT's fit, or a
+    LinAlgError of an SVD, for a box the data never reach or that float32
+    cannot resolve."""
+    model = TensorizingFlowDensity(**SMALL, domain=domain, dtype=dtype)
+    with pytest.raises(ValueError, match=message):
+        model.fit(X)
+
+
 def test_warm_start_refuses_a_switch_of_mode_and_keeps_the_model(X):
     """Was accepted, and failed later blaming set_params."""
     model = TensorizingFlowDensity(**SMALL, warm_start=True).fit(X)
@@ -274,6 +291,20 @@ def test_warm_start_refuses_a_switch_of_mode_and_keeps_the_model(X):
     ).fit()
     with pytest.raises(ValueError, match=r"warm_start=True .* variational mode.* data mode"):
         variational.set_params(log_target=None, domain=None).fit(X)
+
+
+@pytest.mark.parametrize(
+    "change", [{"flow": "nsf"}, {"n_flow_layers": 3}, {"hidden_units": 4}, {"flow": "none"}]
+)
+def test_warm_start_refuses_other_flow_layers_and_keeps_the_model(X, change):
+    """Was a fit that kept the old layers without a word, and an estimator
+    that save() then refused; the parameters set back, it continues."""
+    model = TensorizingFlowDensity(**SMALL, warm_start=True).fit(X)
+    before = model.score_samples(X[:10])
+    with pytest.raises(ValueError, match="warm_start=True continues the fitted flow"):
+        model.set_params(**change).fit(X)
+    np.testing.assert_array_equal(model.score_samples(X[:10]), before)
+    model.set_params(**{name: SMALL.get(name, "realnvp") for name in change}).fit(X)
 
 
 def test_warm_start_continues_a_model_of_the_data(X):

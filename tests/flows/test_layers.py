@@ -285,11 +285,12 @@ def test_bounds_map_keeps_the_digits_near_either_bound():
         ([0.0, math.nan], [1.0, 2.0], "NaN"),
         ([0.0, 2.0], [1.0, 2.0], r"feature\(s\) \[1\]"),
         ([math.inf], [math.inf], "below"),
+        ([0.0, -1e308], [1.0, 1e308], r"overflows the dtype in feature\(s\) \[1\]"),
     ],
 )
 def test_bounds_map_rejects_bad_bounds(low, high, match):
     with pytest.raises(ValueError, match=match):
-        FixedBoundsMap(torch.tensor(low), torch.tensor(high))
+        FixedBoundsMap(*(torch.tensor(side, dtype=torch.float64) for side in (low, high)))
 
 
 # -------------------------------------------------------- AffineAutoregressive
