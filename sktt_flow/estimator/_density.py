@@ -1325,7 +1325,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         that data far from zero keep their digits, and results are float64
         arrays either way. float32 scores about twice as fast on a CPU, and
         its log-densities differ from the float64 ones by about ``1e-6``
-        times their magnitude (the user guide's "Precision" section). Read
+        times their magnitude (the user guide's "Precision" section), more
+        where the model has near-zero-width spikes (integer-valued columns,
+        ``marginal_gaussianization="sharp"`` on rounded data: up to 1e-2,
+        measured), which amplify rounding: use float64 there. Read
         at each call, so ``set_params`` switches a fitted model without
         refitting. The variational diagnostics (``elbo_``, ``ess_``,
         ``log_normalizer_``) are computed in float64 whatever this is.
