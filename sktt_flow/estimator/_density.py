@@ -894,7 +894,10 @@ def _check_bounds_resolve_the_data(X: np.ndarray, bounds_map: FixedBoundsMap) ->
     for side, bound in (("low", low), ("high", high)):
         finite = np.isfinite(bound)
         distance = np.where(finite, np.abs(X - np.where(finite, bound, 0.0)).max(axis=0), 0.0)
-        coarse = np.flatnonzero(np.spacing(distance) > MAX_BOUND_ROUNDING_TO_SPREAD * spread)
+        # a constant column has nothing to resolve (and a spread of zero)
+        coarse = np.flatnonzero(
+            (spread > 0) & (np.spacing(distance) > MAX_BOUND_ROUNDING_TO_SPREAD * spread)
+        )
         if coarse.size:
             k = int(coarse[0])
             raise ValueError(

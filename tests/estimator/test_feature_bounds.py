@@ -338,6 +338,9 @@ def test_bounds_too_far_for_float64_to_resolve_the_data_are_refused():
     near = TensorizingFlowDensity(feature_bounds=(-1e12, 1e12), **options).fit(X)
     plain = TensorizingFlowDensity(**options).fit(X)
     assert abs(near.score(X) - plain.score(X)) < 0.01
+    # a constant column (standard deviation 0) has nothing to resolve
+    constant = np.c_[np.full(500, 2.0), np.exp(X[:, 0])]
+    TensorizingFlowDensity(feature_bounds=(0.0, np.inf), **options).fit(constant)
 
 
 def test_bounds_given_as_an_array_with_infinities_are_saved(tmp_path):
