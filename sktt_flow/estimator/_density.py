@@ -291,11 +291,12 @@ FAR_OUTSIDE_DOMAIN_SHARE = 0.05
 #: that matter (tenths of a nat and more).
 N_SELF_CHECK_SAMPLES = 4096
 
-#: The largest float64 spacing of the rows' distances to a finite bound of
-#: ``feature_bounds``, relative to the feature's standard deviation, that
-#: data mode accepts (:func:`_check_bounds_resolve_the_data`): a bound 1e12
-#: standard deviations away (spacing 1.2e-4 of one) is fitted exactly, one at
-#: 1e14 (0.016) cost 0.014 nats per row.
+#: The coarsest resolution in ``x`` that float64's rounding of the rows'
+#: distances to the bounds of ``feature_bounds`` may leave, relative to the
+#: feature's standard deviation, that data mode accepts
+#: (:func:`_check_bounds_resolve_the_data`): a bound 1e12 standard deviations
+#: away (1.2e-4 of one) is fitted exactly, one at 1e14 (0.016) cost 0.014
+#: nats per row.
 MAX_BOUND_ROUNDING_TO_SPREAD = 1e-3
 
 #: The test of :func:`_warn_if_box_cuts_mass`: a share of the variational
@@ -576,24 +577,52 @@ def _share_far_outside(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> floa
     return float(far.any(axis=1).mean())
 
 
-def _warn_if_box_cuts_mass(draws: tuple[torch.Tensor, torch.Tensor], box, automatic: bool):
-    """Warn where the kept variational base's exact draws ``(y, log w)``,
-    weighted by the target, pile up against sides of its ``box``
-    (:func:`~sktt_flow.geometry.widen_box_at_edges`, the test that moves an
-    automatic box's sides out): the base, and the model whose flow starts
-    from it, then miss the target's mass beyond those sides, and the
-    self-check cannot see it (its ESS is that of the target cut to the
-    box). An automatic box ends so when a wider one built a worse base.
-    The strip is thinner than the one that moves an automatic box's sides
-    (:data:`BOX_CUT_EDGE`): there, mass near a side only calls for a wider
-    box to try, and modes six of their standard deviations inside the box
-    put 0.7% of the weight within its outer 5% (five unit Gaussians at 0 and
-    +-30, a box of +-36: no mass cut, log Z exact to 2e-5)."""
-    wider = widen_box_at_edges(*draws, box, edge=BOX_CUT_EDGE, threshold=BOX_CUT_SHARE)
+def _warn_if_box_cuts_mass(
+    draws: tuple[torch.Tensor, torch.Tensor], box, automatic: bool, log_target
+) -> None:
+    """Warn where the target's mass goes on beyond sides of the kept
+    variational base's ``box``: the base, and the model whose flow starts
+    from it, then miss it, and the self-check cannot see it (its ESS is that
+    of the target cut to the box). An automatic box ends so when a wider one
+    built a worse base.
+
+    Two tests on the base's exact draws ``(y, log w)``. First, the weighted
+    draws pile up against a side (:func:`~sktt_flow.geometry.widen_box_at_edges`,
+    the test that moves an automatic box's sides out, with a thinner strip,
+    :data:`BOX_CUT_EDGE`: modes six of their standard deviations inside the
+    box put 0.7% of the weight within its outer 5%; five unit Gaussians at 0
+    and +-30 under a box of +-36 cut no mass, log Z exact to 2e-5). Second,
+    the target goes on beyond it: the draws in the strip, moved out across
+    the side by the strip's width and weighted by ``log_target`` there
+    (``log_target`` of the points ``y``), estimate the target's share of the
+    strip just outside, which must exceed :data:`BOX_CUT_SHARE` too. A
+    density whose support ends at the side (an exponential on ``[0, 40]``,
+    ``-inf`` below 0) puts none there.
+    """
+    y, log_weights = draws
+    wider = widen_box_at_edges(y, log_weights, box, edge=BOX_CUT_EDGE, threshold=BOX_CUT_SHARE)
     if wider is None:
         return
-    sides = np.flatnonzero((wider != box).any(axis=1)).tolist()
-    shown = ", ".join(str(k) for k in sides[:8]) + (", ..." if len(sides) > 8 else "")
+    weights = torch.softmax(log_weights, dim=0)
+    cut = []
+    for k, side in zip(*np.nonzero(wider != box), strict=True):
+        strip = BOX_CUT_EDGE * (box[k, 1] - box[k, 0])
+        if side == 0:
+            rows = torch.nonzero(y[:, k] <= box[k, 0] + strip).squeeze(1)
+        else:
+            rows = torch.nonzero(y[:, k] >= box[k, 1] - strip).squeeze(1)
+        inside = y[rows]
+        outside = inside.clone()
+        outside[:, k] += strip if side == 1 else -strip
+        log_inside, log_outside = log_target(inside), log_target(outside)
+        log_ratio = torch.where(
+            torch.isfinite(log_inside), log_outside - log_inside, -math.inf
+        ).nan_to_num(nan=-math.inf)
+        if float((weights[rows] * log_ratio.exp()).sum()) > BOX_CUT_SHARE and k not in cut:
+            cut.append(int(k))
+    if not cut:
+        return
+    shown = ", ".join(str(k) for k in cut[:8]) + (", ..." if len(cut) > 8 else "")
     if automatic:
         remedy = (
             "domain='auto' kept this box because a wider one built a worse base: give a "
@@ -604,9 +633,9 @@ def _warn_if_box_cuts_mass(draws: tuple[torch.Tensor, torch.Tensor], box, automa
         remedy = "widen the domain there, or use domain='auto'"
     warnings.warn(
         "The TT base's exact draws, weighted by log_target, pile up against the box's "
-        f"sides in coordinate(s) {shown} of its coordinates: the box cuts the target's "
-        "mass there, which the model may miss (log_normalizer_ then runs low, however "
-        f"good ess_ looks). {remedy.capitalize()}.",
+        f"sides in coordinate(s) {shown} of its coordinates, and log_target goes on beyond "
+        "them: the box cuts the target's mass there, which the model may miss "
+        f"(log_normalizer_ then runs low, however good ess_ looks). {remedy.capitalize()}.",
         ConvergenceWarning if automatic else UserWarning,
         stacklevel=6,
     )
@@ -879,34 +908,45 @@ def _off_bounds(points: np.ndarray, bounds_map: FixedBoundsMap, name: str):
 
 
 def _check_bounds_resolve_the_data(X: np.ndarray, bounds_map: FixedBoundsMap) -> None:
-    """Refuse ``feature_bounds`` so far from the rows ``X`` (float64, (n, d))
-    that float64 cannot resolve their distances to a bound: the map onto
-    the real line takes ``log(x - low)``, whose argument is rounded to
-    float64's spacing at ``|x - low|``. Where that spacing exceeds
+    """Refuse ``feature_bounds`` so far from the rows ``X`` (float64, (n, d),
+    strictly inside the bounds) that float64 cannot resolve the rows on the
+    way onto the real line: the map takes ``log(x - low)`` (and ``log(high -
+    x)``), whose arguments are rounded to float64's spacing at the distances
+    to the bounds. Where the resolution in ``x`` that leaves exceeds
     :data:`MAX_BOUND_ROUNDING_TO_SPREAD` of a feature's standard deviation,
     rows a few spacings apart merge, the base fits spikes at the rounded
     values and the model in ``x`` is not normalised (500 standard normal
     rows with bounds at +-1e15: the density integrated to 10.1, the test
     rows scored +0.70 nats against -1.40; at +-1e14, -1.414; at +-1e12,
-    exact)."""
+    exact). With two bounds the nearer one sets the resolution (the logit's
+    slope is ``1 / (x - low) + 1 / (high - x)``): exponential rows with bounds
+    ``(0, 1e16)`` are resolved."""
     low, high = bounds_map.low.numpy(), bounds_map.high.numpy()
-    spread = X.std(axis=0)
-    for side, bound in (("low", low), ("high", high)):
-        finite = np.isfinite(bound)
-        distance = np.where(finite, np.abs(X - np.where(finite, bound, 0.0)).max(axis=0), 0.0)
-        # a constant column has nothing to resolve (and a spread of zero)
-        coarse = np.flatnonzero(
-            (spread > 0) & (np.spacing(distance) > MAX_BOUND_ROUNDING_TO_SPREAD * spread)
+    has_low, has_high = np.isfinite(low), np.isfinite(high)
+    to_low = np.abs(X - np.where(has_low, low, 0.0))
+    to_high = np.abs(np.where(has_high, high, 0.0) - X)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        # the rounding of each logarithm's argument, relative, over the slope
+        two_sided = (np.spacing(to_low) / to_low + np.spacing(to_high) / to_high) / (
+            1.0 / to_low + 1.0 / to_high
         )
-        if coarse.size:
-            k = int(coarse[0])
-            raise ValueError(
-                f"feature_bounds' {side} side of feature {k} ({bound[k]:g}) is so far from the "
-                f"data (standard deviation {spread[k]:.3g}) that float64 resolves the rows' "
-                f"distances to it only to {np.spacing(distance[k]):.3g}: distinct rows would "
-                "merge on the way onto the real line, and the model would not be normalised. "
-                "Give bounds near the support's real ends, or -inf/inf for a side without one."
-            )
+    resolution = np.where(
+        has_low & has_high,
+        two_sided,
+        np.where(has_low, np.spacing(to_low), np.where(has_high, np.spacing(to_high), 0.0)),
+    ).max(axis=0)
+    spread = X.std(axis=0)
+    # a constant column has nothing to resolve (and a spread of zero)
+    coarse = np.flatnonzero((spread > 0) & (resolution > MAX_BOUND_ROUNDING_TO_SPREAD * spread))
+    if coarse.size:
+        k = int(coarse[0])
+        raise ValueError(
+            f"feature_bounds of feature {k} ({low[k]:g}, {high[k]:g}) are so far from the "
+            f"data (standard deviation {spread[k]:.3g}) that float64 resolves the rows "
+            f"only to {resolution[k]:.3g} on the way onto the real line: distinct rows would "
+            "merge, and the model would not be normalised. Give bounds near the support's "
+            "real ends, or -inf/inf for a side without one."
+        )
 
 
 def _box_off_bounds(low: np.ndarray, high: np.ndarray, bounds_map: FixedBoundsMap):
@@ -1179,8 +1219,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     log_target : callable, default=None
         Unnormalised log-density for variational inference: takes a tensor
         ``(m, n_features)`` on the estimator's device and dtype (float64 while
-        an automatic box searches for the modes, and with ``feature_bounds``:
-        write it for the dtype of its input) and returns
+        an automatic box searches for the modes, in the check of
+        ``symmetry`` and with ``feature_bounds``: write it for the dtype of
+        its input) and returns
         ``m`` values, differentiable in torch (reverse KL uses its gradient;
         with ``flow="none"`` no gradient is needed). ``-inf`` means zero
         density; NaN and ``+inf`` are errors. Its integral over the real line
@@ -1855,8 +1896,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         feature_map = bounds_map
         feature_log_det = np.zeros(n_samples)
         if bounds_map is not None:
-            _check_bounds_resolve_the_data(X, bounds_map)
-            X, feature_log_det = _off_bounds(X, bounds_map, "X")
+            bounded, (X, feature_log_det) = X, _off_bounds(X, bounds_map, "X")
+            _check_bounds_resolve_the_data(bounded, bounds_map)
         generator, layer_seed, _ = self._generators(device, seed)
         n_validation = (
             max(1, round(self.validation_fraction * n_samples)) if self.validation_fraction else 0
@@ -2461,7 +2502,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             domain = np.stack([(low - mean) / scale, (high - mean) / scale], axis=1)
             # The base lives in the standardised features, in the training dtype.
             check_domain_resolution(
-                domain[:, 0], domain[:, 1], dtype, name="domain (in the standardised features)"
+                domain[:, 0],
+                domain[:, 1],
+                dtype,
+                name="domain (in the standardised features)",
+                remedy="give a box as wide as the data's spread",
             )
             inside = (train >= domain[:, 0]) & (train <= domain[:, 1])
             if not inside.all(axis=1).any():
@@ -2892,6 +2937,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # likewise a tempered base, whose layers were built in float64
         exact_base = None
         if warm:
+            self._check_same_flow_layers()
             if isinstance(self.flow_.q0, SymmetrizedBase):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()
@@ -3689,7 +3735,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if draws is None:
             # an explicit box: exact draws of its base, for the check below only
             _, draws = _self_check(best[0], best[3], best[4], evaluate, seed, device)
-        _warn_if_box_cuts_mass(draws, best[2], automatic)
+        _, _, kept_box, kept_shift, kept_matrix = best
+        _warn_if_box_cuts_mass(
+            draws,
+            kept_box,
+            automatic,
+            lambda y: evaluate(kept_shift.to(y) + y @ kept_matrix.T.to(y)),
+        )
         return best, best_checks, best_draws, n_evaluations
 
     @staticmethod
@@ -3861,7 +3913,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # log-density of the z beyond the dtype's resolution, not of the
             # returned point: up to 70 nats apart where the data pile up
             # within 1e-15 of a bound (0.05-0.25% of the draws there). They
-            # are scored as score_samples scores them.
+            # are scored again at the returned point, by the same model.
             clamped = np.flatnonzero(
                 bounds_map.next_to_a_bound(torch.from_numpy(samples).to(bounds_map.low)).cpu()
             )
@@ -3896,8 +3948,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             two agree to the rounding of that precision: the flow's forward
             and inverse maps round differently). With ``feature_bounds``,
             a draw returned as the value next to a bound (its distance to
-            the bound below the dtype's resolution) is scored as
-            ``score_samples`` scores it.
+            the bound below the dtype's resolution) is scored again at the
+            returned point.
         """
         return self._sample(n_samples, random_state, with_log_prob=True)
 

@@ -161,7 +161,7 @@ def _to_json(value: Any, name: str) -> Any:
     if value is None or isinstance(value, (bool, str)):
         return value
     if isinstance(value, np.generic):
-        return value.item()
+        return _to_json(value.item(), name)
     if isinstance(value, (Integral, Real)):
         if isinstance(value, Integral):
             return int(value)

@@ -65,7 +65,11 @@ def check_domain(domain, n_features: int | None = None) -> tuple[np.ndarray, np.
 
 
 def check_domain_resolution(
-    low: np.ndarray, high: np.ndarray, dtype: torch.dtype, name: str = "domain"
+    low: np.ndarray,
+    high: np.ndarray,
+    dtype: torch.dtype,
+    name: str = "domain",
+    remedy: str = "shift the coordinates of log_target closer to zero",
 ) -> None:
     """Refuse a box that ``dtype`` cannot resolve: far from zero and narrow.
 
@@ -81,6 +85,8 @@ def check_domain_resolution(
         The precision in which points of the box are computed.
     name : str
         What the message calls the box.
+    remedy : str
+        What the message suggests besides float64.
     """
     spacing = np.spacing(np.maximum(np.abs(low), np.abs(high)).astype(_NUMPY_DTYPES[dtype]))
     steps = (high - low) / spacing.astype(np.float64)
@@ -91,7 +97,7 @@ def check_domain_resolution(
             f"{name} row {k} is [{low[k]:.10g}, {high[k]:.10g}]: in {dtype} it holds only "
             f"about {steps[k]:.2g} distinct values (fewer than {MIN_STEPS_ACROSS_BOX}), so "
             f"the model could not tell its points apart ({coarse.size} such row(s)). Use "
-            'dtype="float64", or shift the coordinates of log_target closer to zero.'
+            f'dtype="float64", or {remedy}.'
         )
 
 

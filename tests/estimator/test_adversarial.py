@@ -307,6 +307,17 @@ def test_warm_start_refuses_other_flow_layers_and_keeps_the_model(X, change):
     model.set_params(**{name: SMALL.get(name, "realnvp") for name in change}).fit(X)
 
 
+def test_a_variational_warm_start_refuses_other_flow_layers():
+    """The same for a variational model (its flow is built as a data
+    model's, between fixed maps)."""
+    model = TensorizingFlowDensity(
+        **SMALL, log_target=standard_normal_log_target, domain=BOX, warm_start=True
+    ).fit()
+    with pytest.raises(ValueError, match="warm_start=True continues the fitted flow"):
+        model.set_params(n_flow_layers=3).fit()
+    model.set_params(n_flow_layers=SMALL["n_flow_layers"]).fit()
+
+
 def test_warm_start_continues_a_model_of_the_data(X):
     """The standardisation is kept and training goes on from the fitted flow."""
     model = TensorizingFlowDensity(**SMALL, warm_start=True).fit(X + 1e9)

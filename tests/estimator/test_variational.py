@@ -184,13 +184,22 @@ def test_a_box_that_cuts_the_mass_is_warned_about():
     mass: the base is exact on the box (ESS 1.000, log Z 1.074 against
     1.838), so only the weighted draws piling up against its sides (0.7% of
     the weight within 2% of the width from each side) show the cut. [-6, 6]^2
-    cuts nothing and is not warned about."""
+    cuts nothing and is not warned about, nor is a box that ends where the
+    target's support does (an exponential on [0, 40], -inf below 0: log Z
+    exact, its draws piled up against 0)."""
     options = {"log_target": lambda x: -0.5 * (x**2).sum(-1), "flow": "none", "random_state": 0}
     with pytest.warns(UserWarning, match="pile up against the box's sides in coordinate"):
         TensorizingFlowDensity(domain=[[-1.0, 1.0]] * 2, **options).fit()
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*pile up")
         TensorizingFlowDensity(domain=[[-6.0, 6.0]] * 2, **options).fit()
+        exponential = TensorizingFlowDensity(
+            log_target=lambda x: torch.where(x[:, 0] >= 0.0, -x[:, 0], -math.inf),
+            domain=[[0.0, 40.0]],
+            flow="none",
+            random_state=0,
+        ).fit()
+    assert abs(exponential.log_normalizer_) < 1e-3
 
 
 def test_the_box_cut_test_reads_mass_at_the_sides_not_near_them():
@@ -210,14 +219,31 @@ def test_the_box_cut_test_reads_mass_at_the_sides_not_near_them():
     draws = centres[torch.randint(5, (4096,), generator=generator)]
     draws = draws + torch.randn(4096, 2, generator=generator, dtype=torch.float64)
     box = np.array([[-36.0, 36.0]] * 2)
+
+    def five_modes(y):
+        return torch.logsumexp(-0.5 * ((y[:, None] - centres.double()) ** 2).sum(-1), dim=1)
+
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*pile up")
         # exact draws of the target: equal weights
-        _warn_if_box_cuts_mass((draws, torch.zeros(4096, dtype=torch.float64)), box, True)
+        _warn_if_box_cuts_mass(
+            (draws, torch.zeros(4096, dtype=torch.float64)), box, True, five_modes
+        )
     uniform = 4.0 * torch.rand(4096, 2, generator=generator, dtype=torch.float64) - 2.0
-    log_weights = -0.5 * (uniform / 2.0).square().sum(dim=1)  # uniform base, Gaussian target
+
+    def gaussian(y):
+        return -0.5 * (y / 2.0).square().sum(dim=1)
+
+    # a uniform base, the Gaussian target
+    cut = ((uniform, gaussian(uniform)), np.array([[-2.0, 2.0]] * 2), True)
     with pytest.warns(ConvergenceWarning, match="coordinate\\(s\\) 0, 1 of"):
-        _warn_if_box_cuts_mass((uniform, log_weights), np.array([[-2.0, 2.0]] * 2), True)
+        _warn_if_box_cuts_mass(*cut, gaussian)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*pile up")
+        # the same draws of a target that is zero beyond the box
+        _warn_if_box_cuts_mass(
+            *cut, lambda y: torch.where((y.abs() <= 2.0).all(dim=1), gaussian(y), -math.inf)
+        )
 
 
 def test_training_keeps_a_state_no_worse_than_the_base(gaussian_model):

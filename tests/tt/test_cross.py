@@ -586,3 +586,31 @@ def test_ginzburg_landau_50_base_alone_reaches_ess_09():
     assert diagnostics.ess >= 0.9
     assert target.log_normalizer - diagnostics.elbo < 0.05
     assert base.cross_report.n_evaluations <= 2_000_000
+
+
+def test_a_known_seed_counts_as_reached_near_a_seed_in_half_the_coordinates():
+    """The rule that adds a known point (a mode of a search) to cross's seeds:
+    reached, and not added, where some seed lies within two grid nodes of it
+    in half of the coordinates and within half the grid in all of them (short
+    ascents in high dimension are never near a mode in every coordinate);
+    added where the nearest seed is near in fewer, or far along one axis."""
+    from types import SimpleNamespace
+
+    from sktt_flow.tt.basis import gauss_legendre
+    from sktt_flow.tt.cross import _Cross
+
+    low, high = torch.full((4,), -6.0, dtype=torch.float64), torch.full((4,), 6.0)
+    nodes, _ = gauss_legendre(16, low, high.double())
+    cross = SimpleNamespace(nodes=nodes, n=16, low=low, high=high.double())
+    seeds = torch.tensor([[4.0, 0.0, 0.0, 0.0], [4.0, 0.3, -0.2, 0.1]], dtype=torch.float64)
+    known = torch.tensor(
+        [
+            [4.2, 0.1, 0.0, 0.0],  # near in every coordinate: reached
+            [4.0, 0.0, 2.5, 2.5],  # near in two of four, three nodes off in two: reached
+            [-5.5, 0.0, 0.0, 0.0],  # near in three, ten nodes off in one: not
+            [-4.0, -4.0, -4.0, 0.0],  # near in one of four: not
+        ],
+        dtype=torch.float64,
+    )
+    unreached = _Cross._unreached(cross, known, seeds)
+    torch.testing.assert_close(unreached, known[2:])
