@@ -3797,9 +3797,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             chunks: memory does not grow with ``n_samples`` beyond the output.
             Rows far enough from the data for float32's range to run out
             (a log-density below -2e31, some 1e16 standard deviations out)
-            are scored in float64; a row beyond
-            float64's range (about 1e308 standard deviations), whose density
-            is zero in floating point, scores ``-inf``.
+            are scored in float64. From about 1e154 standard deviations out
+            the base's Gaussian tail is capped (its square would overflow:
+            :mod:`sktt_flow.tt.tails`), so rows there score about -2.2e307,
+            all alike; a row beyond float64's range (about 1e308 standard
+            deviations), whose density is zero in floating point, scores
+            ``-inf``.
         """
         check_is_fitted(self)
         X = validate_data(self, X, reset=False, dtype=np.float64)
