@@ -1854,7 +1854,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         warm = self._is_warm("data")
         if warm:
             self._check_same_flow_layers()
-        X = validate_data(self, X, reset=not warm, dtype=np.float64, ensure_min_samples=2)
+        # C order: torch cannot take an array of negative strides (X[::-1])
+        X = validate_data(
+            self, X, reset=not warm, dtype=np.float64, order="C", ensure_min_samples=2
+        )
         features = X
         device = resolve_device(self.device)
         train_dtype = _DTYPES[self.dtype]
@@ -3805,7 +3808,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             ``-inf``.
         """
         check_is_fitted(self)
-        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = validate_data(self, X, reset=False, dtype=np.float64, order="C")
         return self._log_density_in_chunks(X, self.device_)
 
     def _log_density_in_chunks(

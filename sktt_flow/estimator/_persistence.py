@@ -596,13 +596,14 @@ def _selection_to_json(selection: dict | None) -> dict | None:
         "n_basis": int(selection["n_basis"]),
         "smoothness": float(selection["smoothness"]),
         # strict JSON: a non-finite score (a failed candidate) is left out
+        # the keys hold the settings as given (numpy integers from a search's grid)
         "scores": [
-            [*key, float(score)]
+            [*_to_json(list(key), "tt_.selection"), float(score)]
             for key, score in selection["scores"].items()
             if math.isfinite(score)
         ],
         "start_scores": [
-            [*key, float(score)]
+            [*_to_json(list(key), "tt_.selection"), float(score)]
             for key, score in selection["start_scores"].items()
             if math.isfinite(score)
         ],

@@ -318,6 +318,20 @@ def test_a_variational_warm_start_refuses_other_flow_layers():
     model.set_params(n_flow_layers=SMALL["n_flow_layers"]).fit()
 
 
+def test_arrays_of_negative_strides_are_scored_and_fitted(X):
+    """X[::-1] and np.flip reached torch.from_numpy and torch.tensor, which
+    refuse negative strides: scoring, and fits through feature_bounds."""
+    model = TensorizingFlowDensity(**SMALL).fit(X)
+    np.testing.assert_array_equal(model.score_samples(X[::-1]), model.score_samples(X)[::-1])
+    np.testing.assert_array_equal(model.score_samples(X[:, ::-1][:, ::-1]), model.score_samples(X))
+    positive = np.exp(X)
+    bounded = {**SMALL, "feature_bounds": (0.0, np.inf)}
+    np.testing.assert_array_equal(
+        TensorizingFlowDensity(**bounded).fit(positive[::-1].copy()).score_samples(positive),
+        TensorizingFlowDensity(**bounded).fit(positive[::-1]).score_samples(positive),
+    )
+
+
 def test_warm_start_continues_a_model_of_the_data(X):
     """The standardisation is kept and training goes on from the fitted flow."""
     model = TensorizingFlowDensity(**SMALL, warm_start=True).fit(X + 1e9)

@@ -1031,3 +1031,15 @@ def test_saved_file_has_the_mode_a_plain_open_gives(tiny_models, tmp_path, umask
     path.chmod(0o600)
     tiny_models["data"].save(path)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_settings_from_a_search_grid_of_numpy_integers_are_saved(data, tmp_path):
+    """A grid written with np.arange hands np.int64 to tt_rank; the TT's
+    selection kept it in its keys, which strict JSON refused."""
+    model = TensorizingFlowDensity(
+        tt_rank=np.int64(2), n_basis=8, max_iter=2, flow="none", random_state=0
+    ).fit(data[0])
+    path = tmp_path / "numpy_rank.sktt"
+    model.save(path)
+    loaded = TensorizingFlowDensity.load(path)
+    np.testing.assert_array_equal(loaded.score_samples(data[1]), model.score_samples(data[1]))
