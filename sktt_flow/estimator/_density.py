@@ -1641,8 +1641,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Parameters
         ----------
         X : array-like of shape (n_samples, n_features), or None
-            Training data (data mode): dense, finite, real, at least 2 rows
-            (sparse matrices are not supported: densify them first). Must be
+            Training data (data mode): dense, finite, real, at least 2
+            training rows after the held-out ones (``validation_fraction``;
+            3 rows with the default, 2 with ``validation_fraction=0``;
+            sparse matrices are not supported: densify them first). Must be
             None in variational mode (``log_target`` set).
         y : None
             Ignored; present for API consistency.
