@@ -29,6 +29,7 @@ from sklearn.utils._param_validation import (
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from sktt_flow.diagnostics import clearly_better, importance_diagnostics
+from sktt_flow.estimator._persistence import cores_disagree_with_params
 from sktt_flow.flows import (
     FIXED_LAYERS,
     FLOW_NAMES,
@@ -105,8 +106,11 @@ SAMPLE_CHUNK_FACTOR = {"cpu": 4, "cuda": 1}
 #: BLAS picks its kernels by size, so in float32 a row's log-density moved by
 #: an ulp (4e-6 nats on a 16-D model) with the number of rows evaluated
 #: alongside it; in multiples of 64 it was the same bit for bit from one row
-#: to 5000. scikit-learn's checks compare scores of batches and subsets to
-#: 1e-7. Padding one row costs 63 more, a fraction of a millisecond.
+#: to 2048 (beyond, the TT base's chunks of more rows round differently, by
+#: up to 2e-6 nats at d = 16; float64 differs by 1e-14: see the user guide's
+#: precision section). scikit-learn's checks compare scores of batches and
+#: subsets to 1e-7 relative. Padding one row costs 63 more, a fraction of a
+#: millisecond.
 ROW_MULTIPLE = 64
 
 #: Log-densities that a model evaluated in float32 gives below this (or NaN)
@@ -1205,7 +1209,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Variational mode with an automatic box: points where the mode search
         starts besides the standard-normal ones (a guess of the mode, the
         modes you know of a multimodal target); also gives the dimension
-        when ``n_features`` is not set.
+        when ``n_features`` is not set. A fit to data refuses it.
     flow : {"realnvp", "nsf", "maf", "none"} or callable, default="realnvp"
         The flow on top of the base: affine couplings (RealNVP), rational-
         quadratic neural spline couplings (NSF), masked autoregressive affine
@@ -1237,7 +1241,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         :meth:`TTDistribution.from_log_density <sktt_flow.TTDistribution.from_log_density>`
         that build the base by TT-cross, e.g. ``{"cross_method": "two-site",
         "max_evals": 10**7, "tol": 1e-5}`` for long chains where the one-site
-        default stagnates.
+        default stagnates. A fit to data refuses it.
     symmetry : {"sign_flip"}, array-like of shape (m, n_features, n_features) or None, default=None
         Variational mode: a finite group of linear maps ``x -> g x`` of the
         coordinates of ``log_target`` under which it is invariant,
@@ -1281,7 +1285,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         Gaussian candidate is not symmetrised.
     n_features : int, default=None
         Dimension for variational inference when ``domain`` is automatic or
-        a single ``(low, high)`` pair shared by all coordinates.
+        a single ``(low, high)`` pair shared by all coordinates. A fit to
+        data refuses it (the data give the dimension).
     max_iter : int, default=300
         Maximum number of iterations of each training stage: epochs of the
         base's and of the flow's maximum likelihood in data mode; in
@@ -1398,7 +1403,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     warm_start : bool, default=False
         Refit by continuing to train the current flow (and base, with
         ``train_base``) instead of starting over; the base and the
-        standardisation are kept.
+        standardisation are kept, whatever ``base``, ``tt_rank`` or
+        ``n_basis`` now say. A ``ValueError`` (the model unchanged) where the
+        parameters no longer describe the fitted model: other flow layers
+        (``flow``, ``n_flow_layers``, ``hidden_units``), an integer
+        ``n_basis`` other than the TT's, an integer ``tt_rank`` below its
+        rank, another mode, another ``marginal_gaussianization``.
 
     Attributes
     ----------
@@ -1685,6 +1695,18 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         "marginal_gaussianization='none' (feature_bounds maps a known "
                         "support)."
                     )
+                variational_only = [
+                    name
+                    for name in ("n_features", "mode_starts", "cross_options")
+                    if getattr(self, name) is not None
+                ]
+                if self.log_target is None and variational_only:
+                    raise ValueError(
+                        f"{' and '.join(variational_only)} set for variational inference "
+                        "(the dimension, the mode search and TT-cross of log_target), which "
+                        "a fit to data does not run and would ignore. Set them to None, or "
+                        "set log_target."
+                    )
                 if self.log_target is None and self.base == "tempered":
                     raise ValueError(
                         'base="tempered" builds its layers from log_target (variational '
@@ -1756,6 +1778,26 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 "or set warm_start=False to start over."
             )
 
+    def _check_same_base(self) -> None:
+        """A warm start keeps the fitted base: refuse an integer ``n_basis``
+        or ``tt_rank`` that no longer describes the fitted TT (changed with
+        ``set_params`` after ``fit``), which the fit would ignore and
+        ``save`` then refuse (the rule of
+        :func:`~sktt_flow.estimator._persistence.cores_disagree_with_params`).
+        ``base`` and the others that choose a base are not checked: a warm
+        start keeps the base whatever they say (the few rows of
+        ``MIN_CHOICE_ROWS`` give a Gaussian base to ``base="tt"``)."""
+        if self.tt_ is None or self.base_ == "tempered":
+            return
+        shapes = [tuple(core.shape) for core in self.tt_.cores]
+        disagreement = cores_disagree_with_params(self, shapes)
+        if disagreement is not None:
+            raise ValueError(
+                "warm_start=True keeps the fitted TT base, which the parameters no longer "
+                f"describe: {disagreement} (changed with set_params after fit?). Set them "
+                "back, or set warm_start=False to fit a new base."
+            )
+
     def _bounds_map(self, n_features: int) -> FixedBoundsMap | None:
         """``feature_bounds`` as the fixed map onto the bounded features
         (float64, on the CPU), or None without bounds."""
@@ -1797,15 +1839,23 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     ) -> list:
         # normflows initialises its layers from torch's global generator: fork
         # it so that random_state alone decides, and the caller's state is kept.
+        # Likewise in float32 whatever torch's default dtype (the layers are
+        # cast to the training dtype later): the same seed draws other
+        # numbers in float64, and a fit would depend on the caller's setting.
+        caller_dtype = torch.get_default_dtype()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            return build_flow_layers(
-                self.flow if flow is None else flow,
-                n_features,
-                n_layers=self.n_flow_layers,
-                hidden_units=self.hidden_units,
-                tail_bound=tail_bound,
-            )
+            torch.set_default_dtype(torch.float32)
+            try:
+                return build_flow_layers(
+                    self.flow if flow is None else flow,
+                    n_features,
+                    n_layers=self.n_flow_layers,
+                    hidden_units=self.hidden_units,
+                    tail_bound=tail_bound,
+                )
+            finally:
+                torch.set_default_dtype(caller_dtype)
 
     def _stage_options(self) -> dict:
         """The settings every training stage shares (the base's and the flow's)."""
@@ -1856,6 +1906,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         warm = self._is_warm("data")
         if warm:
             self._check_same_flow_layers()
+            self._check_same_base()
         # C order: torch cannot take an array of negative strides (X[::-1])
         X = validate_data(
             self, X, reset=not warm, dtype=np.float64, order="C", ensure_min_samples=2
@@ -2690,8 +2741,26 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 return gaussian
             kind = gaussian[4]
             _, _, score_rows, log_det = in_coordinates(kind)
+            standardised = None
+            if kind != "diagonal":
+                # The diagonal and spherical mixtures also in the standardised
+                # coordinates, the features' own axes, where whitening is kept
+                # (see _gaussian_mixture_candidate).
+                _, fit_rows, diagonal_score_rows, _ = in_coordinates("diagonal")
+                standardised = (
+                    float64_rows("diagonal")[0],
+                    diagonal_score_rows,
+                    spline_tail_bound(None, fit_rows),
+                )
             return self._gaussian_mixture_candidate(
-                gaussian, float64_rows(kind)[0], score_rows, log_det, seed, device, dtype
+                gaussian,
+                float64_rows(kind)[0],
+                score_rows,
+                log_det,
+                seed,
+                device,
+                dtype,
+                standardised=standardised,
             )
 
         # The flow on the Gaussian is trained even where the TT is clearly
@@ -2728,7 +2797,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         return scores
 
     def _gaussian_mixture_candidate(
-        self, gaussian, fit_rows, score_rows, log_det, seed, device, dtype
+        self, gaussian, fit_rows, score_rows, log_det, seed, device, dtype, *, standardised=None
     ):
         """The companion's base (or the model's, where a Gaussian beats the
         TT): the standard Gaussian candidate ``gaussian``
@@ -2765,25 +2834,57 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         gained 0.4-1.5 nats per test row on digits, breast cancer and
         diabetes. The EM starts (k-means) are seeded by ``seed`` and do not
         draw from the fit's generator.
+
+        Where ``gaussian`` is in whitened coordinates, ``standardised`` holds
+        the training rows, the scored rows and the spline tail bound in the
+        standardised ones, and each round also fits the diagonal and
+        spherical mixtures there; the kept candidate carries its coordinates.
+        The full and tied covariances do not depend on the coordinates (but
+        for EM's k-means start), the diagonal and spherical ones do: on
+        Gaussian clusters of different spreads along the features' axes
+        (make_blobs, 2,000 x 20, spreads 0.1 to 10) the diagonal mixture of
+        4 scored -0.7 to 2.4 nats per test row in the Ledoit–Wolf whitened
+        coordinates and 0.7 to 3.6 in the standardised ones, and the fitted
+        model was 0.25 to 1.03 behind a tuned ``GaussianMixture``.
         """
         scores, _, whitening, _, kind, tail_bound = gaussian
+        # The coordinate systems searched: (kind, whitening, float64 training
+        # rows, scored rows, log-determinant, spline tail bound, types).
+        systems = [
+            (
+                kind,
+                whitening,
+                fit_rows,
+                score_rows,
+                log_det,
+                tail_bound,
+                COMPANION_COVARIANCE_TYPES,
+            )
+        ]
+        if standardised is not None:
+            systems.append(
+                ("diagonal", None, *standardised[:2], 0.0, standardised[2], ("diag", "spherical"))
+            )
 
-        def fitted(mixture: GaussianMixture, description: str):
-            """``mixture`` fitted by EM to ``fit_rows`` as a base with its
-            held-out scores, or None where a component collapsed."""
+        def fitted(mixture: GaussianMixture, system, description: str):
+            """``mixture`` fitted by EM to the training rows of ``system`` as a
+            base with its held-out scores, or None where a component
+            collapsed."""
+            _, _, system_fit_rows, system_score_rows, system_log_det, *_ = system
             with warnings.catch_warnings():
                 # an EM that stops before convergence is still a candidate, judged
                 # on the held-out rows like the others
                 warnings.simplefilter("ignore", ConvergenceWarning)
                 try:
-                    base = _gaussian_mixture_base(mixture.fit(fit_rows))
+                    base = _gaussian_mixture_base(mixture.fit(system_fit_rows))
                 except (ValueError, np.linalg.LinAlgError):
                     # a component collapsed onto too few rows: no candidate
                     return None
             base = base.to(device=device, dtype=dtype)
-            return self._held_out_scores(base, score_rows, log_det, description), base
+            scores = self._held_out_scores(base, system_score_rows, system_log_det, description)
+            return scores, base
 
-        best = (scores, None, None)
+        best = (scores, None, None, systems[0])
         # The best candidate of the rounds after the held-out score stopped
         # rising (None before): kept only where clearly better (below). Those
         # rounds skip the full covariances, d (d + 1) / 2 numbers per
@@ -2794,24 +2895,26 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         n_components = 2
         while n_components <= min(MAX_COMPANION_COMPONENTS, len(fit_rows) // 2):
             round_best = None
-            for covariance_type in COMPANION_COVARIANCE_TYPES:
-                if later is not None and covariance_type == "full":
-                    continue
-                mixture = GaussianMixture(
-                    n_components,
-                    covariance_type=covariance_type,
-                    tol=COMPANION_EM_TOL,
-                    random_state=seed,
-                )
-                candidate = fitted(
-                    mixture,
-                    f"Gaussian mixture: {n_components} Gaussians ({covariance_type}) in "
-                    f"{kind!r} coordinates",
-                )
-                if candidate is not None and (
-                    round_best is None or candidate[0].mean() > round_best[0].mean()
-                ):
-                    round_best = (*candidate, mixture)
+            for system in systems:
+                for covariance_type in system[-1]:
+                    if later is not None and covariance_type == "full":
+                        continue
+                    mixture = GaussianMixture(
+                        n_components,
+                        covariance_type=covariance_type,
+                        tol=COMPANION_EM_TOL,
+                        random_state=seed,
+                    )
+                    candidate = fitted(
+                        mixture,
+                        system,
+                        f"Gaussian mixture: {n_components} Gaussians ({covariance_type}) in "
+                        f"{system[0]!r} coordinates",
+                    )
+                    if candidate is not None and (
+                        round_best is None or candidate[0].mean() > round_best[0].mean()
+                    ):
+                        round_best = (*candidate, mixture, system)
             if round_best is None:
                 break  # every type collapsed: more components collapse too
             if later is None and (best[1] is None or round_best[0].mean() > best[0].mean()):
@@ -2821,7 +2924,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             n_components *= 2
         if later is not None and clearly_better(later[0], best[0], CONFIRMATION_STANDARD_ERRORS):
             best = later
-        best_scores, best_base, best_mixture = best
+        best_scores, best_base, best_mixture, best_system = best
         if best_base is not None:
             # The kept mixture's EM goes on from where the search stopped it
             # (warm_start: the same iterations as one run) to scikit-learn's
@@ -2836,6 +2939,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     best_mixture.set_params(
                         tol=COMPANION_EM_FINAL_TOL, max_iter=remaining, warm_start=True
                     ),
+                    best_system,
                     "Gaussian mixture: the same, EM continued",
                 )
                 if remaining > 0
@@ -2853,6 +2957,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     means_init=best_mixture.means_,
                     precisions_init=best_mixture.precisions_,
                 ),
+                best_system,
                 "Gaussian mixture: the same, refitted with reg_covar "
                 f"{COMPANION_NARROW_REG_COVAR:g}",
             )
@@ -2864,7 +2969,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             best_scores, scores, CONFIRMATION_STANDARD_ERRORS
         ):
             return gaussian
-        return (best_scores, best_base, whitening, None, kind, tail_bound)
+        best_kind, best_whitening, *_, best_tail_bound, _ = best_system
+        return (best_scores, best_base, best_whitening, None, best_kind, best_tail_bound)
 
     def _fit_variational(self, X) -> dict:
         if X is not None:
@@ -2943,6 +3049,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         exact_base = None
         if warm:
             self._check_same_flow_layers()
+            self._check_same_base()
             if isinstance(self.flow_.q0, SymmetrizedBase):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()

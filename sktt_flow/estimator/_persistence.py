@@ -934,6 +934,26 @@ def _quadratic_through(values: tuple[int, ...], x: int) -> int:
     )
 
 
+def cores_disagree_with_params(estimator, shapes) -> str | None:
+    """What in the estimator's ``n_basis`` and ``tt_rank`` the TT cores of
+    shapes ``shapes`` (``(r, n, r')`` each) contradict, or None: an integer
+    ``n_basis`` is every core's number of basis functions, an integer
+    ``tt_rank`` bounds every bond rank (rounding may leave smaller ones).
+    A model file must agree (:func:`load_estimator` rebuilds from the
+    parameters), and so must a warm start, which keeps the cores."""
+    if isinstance(estimator.n_basis, Integral) and any(
+        shape[1] != estimator.n_basis for shape in shapes
+    ):
+        return (
+            f"params n_basis={estimator.n_basis}, but the cores have "
+            f"{sorted({shape[1] for shape in shapes})} basis functions"
+        )
+    largest_rank = max(max(shape[0], shape[2]) for shape in shapes)
+    if isinstance(estimator.tt_rank, Integral) and largest_rank > estimator.tt_rank:
+        return f"params tt_rank={estimator.tt_rank}, but the cores have rank {largest_rank}"
+    return None
+
+
 def _flow_state_size(flow: str, n_features: int, n_layers: int, hidden_units: int) -> int:
     """Numbers in the state of the built-in flow ``flow``, without building it.
 
@@ -1088,18 +1108,9 @@ def _check_architecture(
             and np.array_equal(state[f"{train}high"].numpy(), high)
         ):
             raise ValueError(f"{where}: the domain in {_METADATA} does not match {_STATE}.")
-        if isinstance(estimator.n_basis, Integral) and any(
-            shape[1] != estimator.n_basis for shape in shapes
-        ):
-            raise mismatch(
-                f"params n_basis={estimator.n_basis}, but the cores have "
-                f"{sorted({shape[1] for shape in shapes})} basis functions"
-            )
-        largest_rank = max(max(shape[0], shape[2]) for shape in shapes)
-        if isinstance(estimator.tt_rank, Integral) and largest_rank > estimator.tt_rank:
-            raise mismatch(
-                f"params tt_rank={estimator.tt_rank}, but the cores have rank {largest_rank}"
-            )
+        disagreement = cores_disagree_with_params(estimator, shapes)
+        if disagreement is not None:
+            raise mismatch(disagreement)
 
     # The flow: its size is computed, not built (a custom callable's layers
     # depend on n_features alone, checked above).

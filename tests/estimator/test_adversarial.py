@@ -318,6 +318,54 @@ def test_a_variational_warm_start_refuses_other_flow_layers():
     model.set_params(n_flow_layers=SMALL["n_flow_layers"]).fit()
 
 
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_basis": 12}, "n_basis=12, but the cores have \\[8\\]"),
+        ({"tt_rank": 3}, "tt_rank=3, but the cores have rank 4"),
+    ],
+)
+def test_warm_start_refuses_base_parameters_the_cores_contradict(X, change, message):
+    """Was a fit that kept the fitted TT without a word, and an estimator
+    that save() then refused; a larger tt_rank, which the cores still
+    satisfy (ranks are bounds), and "auto" are continued as before."""
+    model = TensorizingFlowDensity(
+        **{**SMALL, "base": "tt", "tt_rank": 4, "warm_start": True}
+    ).fit(X)
+    before = model.score_samples(X[:10])
+    with pytest.raises(ValueError, match=f"keeps the fitted TT base.*{message}"):
+        model.set_params(**change).fit(X)
+    np.testing.assert_array_equal(model.score_samples(X[:10]), before)
+    model.set_params(tt_rank=6, n_basis="auto").fit(X)
+    assert model.tt_.n_basis == 8 and max(model.tt_.tt_ranks) == 4
+
+
+def test_a_fit_does_not_depend_on_torch_default_dtype(X):
+    """The flow's layers were initialised in torch's default dtype: under
+    torch.set_default_dtype(torch.float64) the same random_state drew other
+    initial weights, and the fitted scores differed by up to 7e-3."""
+    expected = TensorizingFlowDensity(**SMALL).fit(X).score_samples(X[:20])
+    caller = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        scores = TensorizingFlowDensity(**SMALL).fit(X).score_samples(X[:20])
+    finally:
+        torch.set_default_dtype(caller)
+    np.testing.assert_array_equal(scores, expected)
+    assert torch.get_default_dtype() == caller
+
+
+@pytest.mark.parametrize(
+    "change", [{"n_features": 2}, {"mode_starts": [[0.0, 0.0]]}, {"cross_options": {"tol": 1e-3}}]
+)
+def test_variational_only_parameters_are_refused_in_data_mode(X, change):
+    """Were accepted and ignored by a fit to data (as symmetry,
+    mass_covering_iter and base="tempered" are not)."""
+    (name,) = change
+    with pytest.raises(ValueError, match=f"{name} set for variational inference"):
+        TensorizingFlowDensity(**SMALL, **change).fit(X)
+
+
 def test_arrays_of_negative_strides_are_scored_and_fitted(X):
     """X[::-1] and np.flip reached torch.from_numpy and torch.tensor, which
     refuse negative strides: scoring, and fits through feature_bounds."""

@@ -13,7 +13,7 @@ import torch
 from scipy import stats
 from sklearn.base import clone
 from sklearn.covariance import LedoitWolf, empirical_covariance
-from sklearn.datasets import load_diabetes
+from sklearn.datasets import load_diabetes, make_blobs
 from sklearn.decomposition import PCA
 from sklearn.exceptions import NotFittedError
 from sklearn.mixture import GaussianMixture
@@ -780,6 +780,51 @@ def test_the_mixture_search_goes_on_past_a_dip(monkeypatch, late_gain, kept):
     full = [k for k, kind in fitted if kind == "full"]
     assert full == [2, 4, 8, 16]  # none after the round where the score stopped rising
     assert (64, "tied") in fitted and (64, "spherical") in fitted
+
+
+def test_the_mixture_search_tries_diagonal_covariances_in_the_features_axes():
+    """Where the companion's Gaussian is whitened, the diagonal and
+    spherical mixtures are also fitted in the standardised coordinates, and
+    the kept one carries its coordinates. Four isotropic clusters of
+    spreads 0.1, 1, 4 and 10 in 6-D (480 training, 120 held-out rows): the
+    search in the Ledoit-Wolf coordinates alone keeps a mixture 0.2-0.3 nats
+    per held-out row behind one in the standardised coordinates (in 20-D,
+    0.7-1.0 nats per test row of the fitted model). Fails if the search
+    ignores the standardised rows, or returns that mixture with the
+    whitening (its density would be off by the whitening's map); judged on
+    2,000 fresh rows, by more than four paired standard errors."""
+    rows, _ = make_blobs(
+        2600, n_features=6, centers=4, cluster_std=[0.1, 1, 4, 10], random_state=2
+    )
+    rows = (rows - rows[:600].mean(0)) / rows[:600].std(0)
+    train, held_out, test = rows[:480], rows[480:600], rows[600:]
+    whitening, (whitened_train, whitened_held_out), log_det = density_module._whitening(
+        train, held_out, "ledoit-wolf"
+    )
+    ones = torch.ones(6, dtype=torch.float64)
+    standard = GaussianBase(torch.zeros_like(ones), ones)
+    held_out_scores = standard.log_prob(torch.as_tensor(whitened_held_out)) - log_det
+    gaussian = (held_out_scores, standard, whitening, None, "ledoit-wolf", 5.0)
+    model = TensorizingFlowDensity()
+    arguments = (whitened_train, torch.as_tensor(whitened_held_out), log_det, 0)
+    options = (torch.device("cpu"), torch.float64)
+    whitened_only = model._gaussian_mixture_candidate(gaussian, *arguments, *options)
+    both = model._gaussian_mixture_candidate(
+        gaussian, *arguments, *options, standardised=(train, torch.as_tensor(held_out), 4.0)
+    )
+    assert whitened_only[4] == "ledoit-wolf" and whitened_only[2] is whitening
+    assert both[4] == "diagonal" and both[2] is None and both[5] == 4.0
+
+    def test_scores(candidate):
+        _, base, layer, *_ = candidate
+        points, log_det_inverse = torch.as_tensor(test), 0.0
+        if layer is not None:
+            points, log_det_inverse = layer.inverse(points)
+        with torch.no_grad():
+            return base.log_prob(points) + log_det_inverse
+
+    gain = test_scores(both) - test_scores(whitened_only)
+    assert gain.mean() > 4 * gain.std() / np.sqrt(len(gain))
 
 
 def test_the_kept_mixture_is_em_continued_to_the_default_threshold(data, monkeypatch):
