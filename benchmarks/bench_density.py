@@ -126,7 +126,7 @@ Usage (from the repository root; times on one shared core)::
     python benchmarks/bench_density.py                  # 11 datasets x 3 splits: ~1.5-2 h
     python benchmarks/bench_density.py --only moons digits
     python benchmarks/bench_density.py --only mog8d --merge
-    python benchmarks/bench_density.py --out-of-suite    # 5 datasets x 3 splits: ~20 min
+    python benchmarks/bench_density.py --out-of-suite    # 6 datasets x 3 splits: ~25 min
     python benchmarks/bench_density.py --large          # 5 datasets at 50,000 rows: ~2-3 h
     python benchmarks/bench_density.py --large --only moons --merge   # ~25 min
     python benchmarks/bench_density.py --large \

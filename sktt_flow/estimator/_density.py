@@ -1215,7 +1215,11 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         quadratic neural spline couplings (NSF), masked autoregressive affine
         layers (MAF: density in one pass, sampling in ``n_features`` passes),
         no flow (the TT base alone), or a callable ``n_features -> list`` of
-        normflows flow layers. Built-in flows start at the identity.
+        normflows flow layers. Built-in flows start at the identity, their
+        weights drawn in float32 from ``random_state`` whatever torch's
+        default dtype (then cast to ``dtype``); a callable's layers are built
+        under the caller's default dtype, with torch's global generator
+        seeded from ``random_state``.
     n_flow_layers : int, default=8
         Coupling or autoregressive layers.
     hidden_units : int, default=64
@@ -1491,7 +1495,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     preconditioner_ : str
         The coordinates of the base that were kept (``"none"``,
         ``"diagonal"`` or ``"full"``; in data mode ``"diagonal"``, the
-        standardisation, or ``"full"``, whitened).
+        standardisation, or ``"full"``, whitened). In data mode, the
+        coordinates of the model on the kept base; a companion model
+        (``companion_weight_``) has its own, a diagonal or spherical Gaussian
+        mixture the standardised ones.
     base_elbo_, base_ess_, base_kl_ : float
         Variational mode with an automatic box: the self-check of the kept
         base alone (the TT, the tempered layers, or the Laplace Gaussian),
@@ -1701,11 +1708,12 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     if getattr(self, name) is not None
                 ]
                 if self.log_target is None and variational_only:
+                    pronoun = "them" if len(variational_only) > 1 else "it"
                     raise ValueError(
-                        f"{' and '.join(variational_only)} set for variational inference "
-                        "(the dimension, the mode search and TT-cross of log_target), which "
-                        "a fit to data does not run and would ignore. Set them to None, or "
-                        "set log_target."
+                        f"{', '.join(variational_only)} set for variational inference (the "
+                        "dimension, the mode search and the TT-cross of log_target), which a "
+                        f"fit to data does not run and would ignore. Set {pronoun} to None, "
+                        "or set log_target."
                     )
                 if self.log_target is None and self.base == "tempered":
                     raise ValueError(
@@ -1839,23 +1847,30 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
     ) -> list:
         # normflows initialises its layers from torch's global generator: fork
         # it so that random_state alone decides, and the caller's state is kept.
-        # Likewise in float32 whatever torch's default dtype (the layers are
-        # cast to the training dtype later): the same seed draws other
-        # numbers in float64, and a fit would depend on the caller's setting.
+        # Built-in flows are initialised in float32 whatever torch's default
+        # dtype (the layers are cast to the training dtype later): the same
+        # seed draws other numbers in float64, and a fit would depend on the
+        # caller's setting. Only where the caller changed it: the default is
+        # process-wide, and threads fitting at once would see each other's.
+        # A callable's layers are the caller's to initialise.
+        flow = self.flow if flow is None else flow
         caller_dtype = torch.get_default_dtype()
+        pinned = isinstance(flow, str) and caller_dtype != torch.float32
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            torch.set_default_dtype(torch.float32)
+            if pinned:
+                torch.set_default_dtype(torch.float32)
             try:
                 return build_flow_layers(
-                    self.flow if flow is None else flow,
+                    flow,
                     n_features,
                     n_layers=self.n_flow_layers,
                     hidden_units=self.hidden_units,
                     tail_bound=tail_bound,
                 )
             finally:
-                torch.set_default_dtype(caller_dtype)
+                if pinned:
+                    torch.set_default_dtype(caller_dtype)
 
     def _stage_options(self) -> dict:
         """The settings every training stage shares (the base's and the flow's)."""
@@ -2845,7 +2860,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         (make_blobs, 2,000 x 20, spreads 0.1 to 10) the diagonal mixture of
         4 scored -0.7 to 2.4 nats per test row in the Ledoit–Wolf whitened
         coordinates and 0.7 to 3.6 in the standardised ones, and the fitted
-        model was 0.25 to 1.03 behind a tuned ``GaussianMixture``. The cost
+        model, before the standardised candidates (2026-12-07), was 0.25 to
+        1.06 nats per test row behind a tuned ``GaussianMixture`` (0.04 with
+        them; ``spread_blobs20`` of ``benchmarks/bench_density.py``). The cost
         is small next to the full covariances': on ``tanh30`` of
         ``benchmarks/bench_fit_time.py`` (10,000 rows of 30 features,
         whitened) the search took 21.7 s against 20.2 s without them (the

@@ -349,10 +349,10 @@ def test_a_fit_does_not_depend_on_torch_default_dtype(X):
     torch.set_default_dtype(torch.float64)
     try:
         scores = TensorizingFlowDensity(**SMALL).fit(X).score_samples(X[:20])
+        assert torch.get_default_dtype() == torch.float64  # the caller's, restored
     finally:
         torch.set_default_dtype(caller)
     np.testing.assert_array_equal(scores, expected)
-    assert torch.get_default_dtype() == caller
 
 
 @pytest.mark.parametrize(

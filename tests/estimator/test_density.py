@@ -827,6 +827,37 @@ def test_the_mixture_search_tries_diagonal_covariances_in_the_features_axes():
     assert gain.mean() > 4 * gain.std() / np.sqrt(len(gain))
 
 
+def test_the_fit_hands_the_mixture_search_the_standardised_rows(monkeypatch):
+    """The wiring of the test above inside a fit: where the Gaussian is
+    whitened (strongly correlated features), the mixture search gets the
+    same training and held-out rows in the standardised coordinates (the
+    whitened ones mapped back by the whitening, ``z = L w``) and their
+    spline tail bound. Fails if the fit passes no standardised rows, other
+    rows, or the whitened rows' tail bound."""
+    calls = []
+    search = TensorizingFlowDensity._gaussian_mixture_candidate
+
+    def recording(self, gaussian, fit_rows, score_rows, log_det, *args, **kwargs):
+        calls.append((gaussian, fit_rows, score_rows, kwargs.get("standardised")))
+        return search(self, gaussian, fit_rows, score_rows, log_det, *args, **kwargs)
+
+    monkeypatch.setattr(TensorizingFlowDensity, "_gaussian_mixture_candidate", recording)
+    generator = np.random.default_rng(0)
+    mixing = np.array([[1.0, 0.9, 0.8], [0.0, 0.3, 0.2], [0.0, 0.0, 0.2]])
+    X = (generator.normal(size=(600, 3)) + 3.0 * (generator.random((600, 1)) < 0.5)) @ mixing
+    TensorizingFlowDensity(**{**SMALL, "dtype": "float64"}).fit(X)
+    (gaussian, fit_rows, score_rows, standardised) = calls[-1]
+    assert gaussian[4] != "diagonal" and standardised is not None
+    matrix = gaussian[2].matrix.numpy()
+    train, scored, tail_bound = standardised
+    np.testing.assert_allclose(train, fit_rows @ matrix.T, atol=1e-10)
+    np.testing.assert_allclose(scored.numpy(), score_rows.numpy() @ matrix.T, atol=1e-10)
+    assert tail_bound == pytest.approx(
+        density_module.spline_tail_bound(None, scored.new_tensor(train))
+    )
+    assert tail_bound != pytest.approx(gaussian[5])
+
+
 def test_the_kept_mixture_is_em_continued_to_the_default_threshold(data, monkeypatch):
     """The companion's candidate mixtures stop EM at ``COMPANION_EM_TOL``
     (their choice is made on held-out rows), and only the kept one goes on
