@@ -2888,35 +2888,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         """
         scores, _, whitening, _, kind, tail_bound = gaussian
         # The coordinate systems searched: (kind, whitening, float64 training
-        # rows, scored rows, log-determinant, spline tail bound, types).
-        systems = [
-            (
-                kind,
-                whitening,
-                fit_rows,
-                score_rows,
-                log_det,
-                tail_bound,
-                COMPANION_COVARIANCE_TYPES,
-            )
-        ]
+        # rows, scored rows, log-determinant, spline tail bound).
+        systems = [(kind, whitening, fit_rows, score_rows, log_det, tail_bound)]
         if standardised is not None:
-            systems.append(
-                (
-                    "diagonal",
-                    None,
-                    *standardised[:2],
-                    0.0,
-                    standardised[2],
-                    COMPANION_COVARIANCE_TYPES,
-                )
-            )
+            systems.append(("diagonal", None, *standardised[:2], 0.0, standardised[2]))
 
         def fitted(mixture: GaussianMixture, system, description: str):
             """``mixture`` fitted by EM to the training rows of ``system`` as a
             base with its held-out scores, or None where a component
             collapsed."""
-            _, _, system_fit_rows, system_score_rows, system_log_det, *_ = system
+            _, _, system_fit_rows, system_score_rows, system_log_det, _ = system
             with warnings.catch_warnings():
                 # an EM that stops before convergence is still a candidate, judged
                 # on the held-out rows like the others
@@ -2943,7 +2924,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             round_best = None
             for system in systems:
                 system_best = None
-                for covariance_type in system[-1]:
+                for covariance_type in COMPANION_COVARIANCE_TYPES:
                     if later is not None and covariance_type == "full":
                         continue
                     mixture = GaussianMixture(
@@ -3021,7 +3002,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             best_scores, scores, CONFIRMATION_STANDARD_ERRORS
         ):
             return gaussian
-        best_kind, best_whitening, *_, best_tail_bound, _ = best_system
+        best_kind, best_whitening, *_, best_tail_bound = best_system
         return (best_scores, best_base, best_whitening, None, best_kind, best_tail_bound)
 
     def _fit_variational(self, X) -> dict:
