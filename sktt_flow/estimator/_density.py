@@ -105,12 +105,10 @@ SAMPLE_CHUNK_FACTOR = {"cpu": 4, "cuda": 1}
 #: a vector that does not fill their SIMD blocks with scalar code, and the
 #: BLAS picks its kernels by size, so in float32 a row's log-density moved by
 #: an ulp (4e-6 nats on a 16-D model) with the number of rows evaluated
-#: alongside it; in multiples of 64 it was the same bit for bit from one row
-#: to 2048 (beyond, the TT base's chunks of more rows round differently, by
-#: up to 2e-6 nats at d = 16; float64 differs by 1e-14: see the user guide's
-#: precision section). scikit-learn's checks compare scores of batches and
-#: subsets to 1e-7 relative. Padding one row costs 63 more, a fraction of a
-#: millisecond.
+#: alongside it; in multiples of 64 it is the same bit for bit from one row
+#: to any number (float64 differs by 1e-14: see the user guide's precision
+#: section). scikit-learn's checks compare scores of batches and subsets to
+#: 1e-7 relative. Padding one row costs 63 more, a fraction of a millisecond.
 ROW_MULTIPLE = 64
 
 #: Log-densities that a model evaluated in float32 gives below this (or NaN)

@@ -8,6 +8,7 @@ from sktt_flow.tt.algebra import (
     basis_core_matrices,
     check_cores,
     coefficients_to_nodal,
+    contract_running_product,
     left_orthogonalize,
     log_norm_squared,
     log_norm_squared_by_tree,
@@ -69,6 +70,31 @@ def test_running_product_is_the_same_on_few_and_many_points():
     assert torch.autograd.gradcheck(
         lambda *m: evaluate(list(m), slice(0, 11)), leaves, eps=1e-6, atol=1e-8
     )
+
+
+@pytest.mark.parametrize("rank", [2, 4, 7, 16, 17])
+def test_running_product_rounds_alike_on_few_and_many_points(rank):
+    """In float32, bit for bit: a point's value does not depend on whether
+    it is contracted with fewer or more than ``BROADCAST_MAX_POINTS``
+    others (scikit-learn's batch and subset checks; the estimator's float32
+    scores of large calls). Fails with fused multiply-adds in the loop
+    (addcmul_), whose single rounding the broadcast sum does not share, and
+    if torch's sum over the first axis stops adding its terms in order (it
+    adds 18 or more in a cascade: rounded differently, beyond what
+    TTDistribution.log_prob hands this loop, ranks up to 7)."""
+    generator = torch.Generator().manual_seed(rank)
+    n_points = BROADCAST_MAX_POINTS + 64
+    running = torch.randn(rank, n_points, generator=generator)
+    core_values = torch.randn(rank, 3, n_points, generator=generator)
+    many = contract_running_product(running, core_values)
+    few = torch.cat(
+        [
+            contract_running_product(running[:, block], core_values[..., block])
+            for block in (slice(0, 64), slice(64, 1024), slice(1024, None))
+        ],
+        dim=1,
+    )
+    np.testing.assert_array_equal(few.numpy(), many.numpy())
 
 
 def test_tt_svd_is_exact_without_truncation():
