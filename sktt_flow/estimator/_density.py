@@ -1744,7 +1744,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
 
         A warm start continues a model of the same mode only: a variational
         model has no standardisation to continue on data, and a model of the
-        data has no box for a target.
+        data has no box for a target; and only with the parameters that
+        describe its layers and its TT (:meth:`_check_same_flow_layers`,
+        :meth:`_check_same_base`).
         """
         if not (self.warm_start and hasattr(self, "flow_")):
             return False
@@ -1756,6 +1758,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 f"({'log_target is set' if mode == 'variational' else 'log_target is None'}). "
                 "Set warm_start=False to start over."
             )
+        self._check_same_flow_layers()
+        self._check_same_base()
         return True
 
     def _check_same_flow_layers(self) -> None:
@@ -1917,9 +1921,6 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 "set_params(log_target=...)."
             )
         warm = self._is_warm("data")
-        if warm:
-            self._check_same_flow_layers()
-            self._check_same_base()
         # C order: torch cannot take an array of negative strides (X[::-1])
         X = validate_data(
             self, X, reset=not warm, dtype=np.float64, order="C", ensure_min_samples=2
@@ -3079,8 +3080,6 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # likewise a tempered base, whose layers were built in float64
         exact_base = None
         if warm:
-            self._check_same_flow_layers()
-            self._check_same_base()
             if isinstance(self.flow_.q0, SymmetrizedBase):
                 exact_group = self.flow_.q0.matrices.detach().clone()
                 exact_center = self.flow_.q0.center.detach().clone()
