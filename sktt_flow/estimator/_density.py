@@ -77,7 +77,7 @@ from sktt_flow.training import (
 )
 from sktt_flow.training.mass_covering import IMPORTANCE_BATCH_SIZE
 from sktt_flow.training.reverse_kl import CONFIRMATION_STANDARD_ERRORS
-from sktt_flow.tt.cross import LogDensityEvaluator
+from sktt_flow.tt.cross import LogDensityEvaluator, NoTrainFoundError
 from sktt_flow.tt.distribution import TTDistribution
 from sktt_flow.utils.device import resolve_device
 from sktt_flow.utils.random import torch_generator
@@ -3244,10 +3244,17 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         covering = self._train_mass_covering(model, evaluate, generator, diagnostic_seed + 3)
         fitted.update(self._finalize(model, device))
         draw = torch_generator(diagnostic_seed + 1, device)
-        # model is the float64 one (_finalize), whatever inference_dtype
+        # model is the float64 one (_finalize), whatever inference_dtype; its
+        # draws are in the target's coordinates, where log_target is
+        # evaluated in float64 too: in the training dtype a summed
+        # log-likelihood of 1e7 nats rounds to whole nats, and in float32
+        # log_normalizer_ was 0.33 off and elbo_ above the true log Z.
         x, log_q = self._sample_and_log_prob(model, N_DIAGNOSTIC_SAMPLES, draw)
+        in_float64 = self._log_target_evaluator(
+            n_features, torch.float64, device, counter, own=True
+        )
         diagnostics = importance_diagnostics(
-            evaluate(torch.from_numpy(x).to(device)), torch.from_numpy(log_q).to(device)
+            in_float64(torch.from_numpy(x).to(device)), torch.from_numpy(log_q).to(device)
         )
         if not automatic:
             far = _share_far_outside(x, *domain_box)
@@ -3566,8 +3573,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             identity = torch.eye(n_features, dtype=modes.dtype)[None]
             if _one_per_orbit(modes, covariances, identity).numel() == representatives.numel():
                 one_orbit = None  # the group fixes every mode: no image to leave out
-        for kind in kinds:
-            shift, matrix = affine_from_laplace(modes, covariances, kind)
+        for kind, (shift, matrix) in self._laplace_coordinates(modes, covariances, kinds):
             if symmetry is not None:
                 # a point the group fixes, so that it acts linearly on y
                 shift = (symmetry.group @ shift).mean(dim=0)
@@ -3577,13 +3583,45 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # After the orbit's coordinates, tried only when those fail (see
             # MAX_ESS_FOR_ONE_ORBIT): around one mode of each orbit, the group
             # acting about the origin of x. The fifth entry marks them.
-            for kind in kinds:
-                shift, matrix = affine_from_laplace(*one_orbit, kind)
+            for kind, (shift, matrix) in self._laplace_coordinates(*one_orbit, kinds):
                 box = box_from_modes(*one_orbit, coordinates=(shift, matrix))
                 candidates.append(
                     (*self._automatic_candidate(kind, shift.cpu(), matrix.cpu(), box), True)
                 )
         return candidates, bool(search.non_gaussian.all()), modes
+
+    def _laplace_coordinates(self, modes, covariances, kinds) -> list[tuple]:
+        """``(kind, affine_from_laplace(modes, covariances, kind))`` for each
+        of ``kinds`` that has coordinates.
+
+        ``"full"`` has none where the pooled covariance of the modes' Laplace
+        Gaussians has no Cholesky factor in float64: modes whose spreads
+        differ by many orders of magnitude (found on a centred hierarchical
+        model of 30 groups, whose funnel's neck has directions of almost no
+        spread next to the others'; the fit stopped with an error from deep
+        inside). It is then left out of ``preconditioner="auto"``'s
+        candidates, and ``preconditioner="full"`` is refused by name.
+        """
+        coordinates = []
+        for kind in kinds:
+            try:
+                coordinates.append((kind, affine_from_laplace(modes, covariances, kind)))
+            except ValueError:
+                # well-formed inputs here: the pooled covariance is not
+                # positive definite ("full")
+                if len(kinds) == 1:
+                    raise ValueError(
+                        f"preconditioner={kind!r}: the covariance pooled from the Laplace "
+                        "approximations of the modes found has no Cholesky factor (modes "
+                        "whose spreads differ by many orders of magnitude, as in a funnel's "
+                        "neck). Use preconditioner='diagonal' or 'auto', or give a domain."
+                    ) from None
+                if self.verbose:
+                    print(
+                        f"domain='auto': no {kind!r} coordinates (the pooled Laplace "
+                        "covariance has no Cholesky factor)"
+                    )
+        return coordinates
 
     def _automatic_candidate(self, kind, shift, matrix, box) -> tuple:
         """``(kind, shift, matrix, box)``, once the points of the box, in the
@@ -3814,12 +3852,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     )
             return (base, kind, box, shift, matrix), checks, draws, caught
 
-        kept = None
+        kept = no_train = None
         for candidate in coordinates:
             one_orbit = len(candidate) > 4 and candidate[4]
             if one_orbit and kept is not None and kept[1].ess >= MAX_ESS_FOR_ONE_ORBIT:
                 break  # the orbit's coordinates are good enough (they come first)
-            built = build(*candidate)
+            try:
+                built = build(*candidate)
+            except NoTrainFoundError as error:
+                # A box where TT-cross sees no mass (the raw coordinates of a
+                # centred hierarchical model of 30 groups, whose funnel's neck
+                # the grid missed, stopped the fit while the Langevin box
+                # fitted): the next candidate, unless none builds.
+                if not automatic:
+                    raise
+                no_train = no_train or error
+                if self.verbose:
+                    print(f"coordinates {candidate[0]!r}: no train ({error})")
+                continue
             for _ in range(MAX_BOX_ADJUSTMENTS if automatic else 0):
                 # The box from the Laplace covariances is a guess (six local
                 # standard deviations of a Gaussian); the base's own draws,
@@ -3855,7 +3905,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 for proposal in proposals:
                     if proposal is None:
                         continue
-                    rebuilt = build(kind, shift, matrix, proposal, one_orbit)
+                    try:
+                        rebuilt = build(kind, shift, matrix, proposal, one_orbit)
+                    except NoTrainFoundError:
+                        continue  # a box that misses the mass does not win
                     if rebuilt[1].elbo > built[1].elbo:
                         built, improved = rebuilt, True
                         break
@@ -3870,6 +3923,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 # (GinzburgLandau1D(50): 5.8 million evaluations for the
                 # three, where the first alone reaches ESS 0.98).
                 break
+        if kept is None:
+            raise no_train
         best, best_checks, best_draws, best_warnings = kept
         for caught in best_warnings:
             warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)

@@ -74,11 +74,22 @@ if TYPE_CHECKING:  # the distribution imports this module
 __all__ = [
     "CrossReport",
     "LogDensityEvaluator",
+    "NoTrainFoundError",
     "SelfCheck",
     "find_seeds",
     "resolution_shares",
     "tt_cross",
 ]
+
+
+class NoTrainFoundError(ValueError):
+    """TT-cross saw no mass on its grid: the target was ``-inf`` at every
+    point it evaluated, or no fiber gave a finite, non-zero train.
+
+    A property of the domain (and resolution) as much as of the target: a
+    caller that tries several boxes can go on to the next.
+    """
+
 
 #: Fraction of the highest Legendre degrees whose energy share is the
 #: resolution check of a coordinate.
@@ -1057,7 +1068,7 @@ class _Cross:
         """Raise the error that says why no train can be returned."""
         report = self.report
         if not self.any_finite:
-            raise ValueError(
+            raise NoTrainFoundError(
                 f"{self.name} was -inf at every evaluated point ({report.n_evaluations} "
                 "points): the density is zero on the domain as far as cross can see. "
                 "Check the domain: it must hold the mass."
@@ -1067,7 +1078,7 @@ class _Cross:
                 f"max_evals={self.max_evals} is too small for one sweep of TT-cross "
                 f"({report.n_evaluations} evaluations spent); raise it."
             )
-        raise ValueError(
+        raise NoTrainFoundError(
             f"TT-cross found no finite, non-zero train of sqrt({self.name}) in "
             f"{report.n_sweeps} half-sweeps: every fiber it evaluated was zero (or the "
             f"interpolation broke down). {self.name} is -inf or negligible almost "

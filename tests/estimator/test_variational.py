@@ -14,7 +14,10 @@ from sklearn.base import clone
 from sklearn.exceptions import ConvergenceWarning
 
 from sktt_flow import TensorizingFlowDensity
+from sktt_flow.geometry import AFFINE_KINDS
 from sktt_flow.targets import GinzburgLandau1D
+from sktt_flow.tt import TTDistribution
+from sktt_flow.tt.cross import NoTrainFoundError
 from tests.conftest import requires_cuda
 
 #: A correlated 2-D Gaussian scaled by exp(1.5): log Z = 1.5 exactly.
@@ -928,3 +931,49 @@ def test_the_mixed_model_on_cuda(mixed_model):
     assert abs(model.elbo_ - mixed_model.elbo_) < 0.05
     samples, log_q = model.sample_and_score(2000, random_state=0)
     np.testing.assert_allclose(log_q, model.score_samples(samples), rtol=1e-5, atol=1e-5)
+
+
+def test_automatic_coordinates_leave_out_full_where_the_pooled_covariance_has_no_factor():
+    """Two modes on a line, each with its Laplace covariance along that line:
+    their pooled covariance is singular in float64, and "full" coordinates
+    have no Cholesky factor (a centred hierarchical model of 30 groups
+    stopped the fit there with an internal error). preconditioner="auto"
+    keeps the other kinds; "full" alone is refused by name. Fails if the
+    error of affine_from_laplace escapes."""
+    modes = torch.tensor([[0.0, 0.0], [1.0, 1.0]], dtype=torch.float64)
+    along_the_line = torch.tensor([[1.0, 1.0], [1.0, 1.0 + 1e-17]], dtype=torch.float64)
+    covariances = torch.stack([1e-20 * along_the_line] * 2)
+    estimator = TensorizingFlowDensity()
+    kept = estimator._laplace_coordinates(modes, covariances, AFFINE_KINDS)
+    assert [kind for kind, _ in kept] == [kind for kind in AFFINE_KINDS if kind != "full"]
+    with pytest.raises(ValueError, match=r"preconditioner='full'.*no Cholesky factor"):
+        estimator._laplace_coordinates(modes, covariances, ("full",))
+
+
+def test_automatic_box_goes_on_where_tt_cross_finds_no_train(monkeypatch):
+    """A candidate box on which TT-cross sees no mass (NoTrainFoundError: the
+    raw coordinates of a centred hierarchical model of 30 groups stopped the
+    fit) gives way to the next candidate; where no candidate builds, the fit
+    raises that error. Fails if the first failure escapes, or if a fit
+    without any train returned a model."""
+    real = TTDistribution.from_log_density
+    calls = []
+
+    def first_misses(*args, **kwargs):
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise NoTrainFoundError("TT-cross found no finite, non-zero train (test)")
+        return real(*args, **kwargs)
+
+    options = {"log_target": log_gamma_target, "n_features": 1, "base": "tt", "flow": "none"}
+    monkeypatch.setattr(TTDistribution, "from_log_density", first_misses)
+    model = TensorizingFlowDensity(**options, random_state=0).fit()
+    assert len(calls) >= 2
+    assert math.lgamma(LOG_GAMMA_SHAPE) - model.elbo_ < 0.05
+
+    def always_misses(*args, **kwargs):
+        raise NoTrainFoundError("TT-cross found no finite, non-zero train (test)")
+
+    monkeypatch.setattr(TTDistribution, "from_log_density", always_misses)
+    with pytest.raises(NoTrainFoundError, match=r"\(test\)"):
+        TensorizingFlowDensity(**options, random_state=0).fit()

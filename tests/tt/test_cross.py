@@ -19,6 +19,7 @@ from sktt_flow.tt.basis import gauss_legendre
 from sktt_flow.tt.cross import (
     CrossReport,
     LogDensityEvaluator,
+    NoTrainFoundError,
     find_seeds,
     resolution_shares,
     tt_cross,
@@ -213,11 +214,14 @@ def test_report_counts_calls_and_batches():
         (lambda x: torch.where(x[:, 0] > 0.5, math.nan, 0.0), ValueError, "NaN or \\+inf at"),
         (lambda x: torch.full((x.shape[0],), math.inf), ValueError, "NaN or \\+inf at"),
         (lambda x: ["a"] * x.shape[0], ValueError, "real numbers"),
-        (lambda x: torch.full((x.shape[0],), -math.inf), ValueError, "-inf at every"),
+        (lambda x: torch.full((x.shape[0],), -math.inf), NoTrainFoundError, "-inf at every"),
     ],
 )
 def test_bad_callables_get_clear_errors(log_h, error, message):
-    with pytest.raises(error, match=message):
+    """Only a grid without mass raises NoTrainFoundError, which the estimator's
+    automatic domain takes as "try the next box": a callable's own faults
+    must stop the fit."""
+    with pytest.raises(error, match=message) as info:
         TTDistribution.from_log_density(
             log_h,
             [[-1, 1]] * 2,
@@ -227,6 +231,7 @@ def test_bad_callables_get_clear_errors(log_h, error, message):
             n_seeds=8,
             n_seed_steps=2,
         )
+    assert isinstance(info.value, NoTrainFoundError) == (error is NoTrainFoundError)
 
 
 def test_a_callable_that_raises_is_reported_with_its_batch():
