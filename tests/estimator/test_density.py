@@ -26,6 +26,7 @@ import sktt_flow.tt.fit_samples as fit_samples_module
 from sktt_flow import TensorizingFlowDensity
 from sktt_flow.flows import (
     FIXED_LAYERS,
+    FixedAffine,
     FixedLinearAffine,
     GaussianBase,
     GaussianMixtureBase,
@@ -844,6 +845,85 @@ def test_the_mixture_search_tries_the_standardised_coordinates(make_rows, covari
             return base.log_prob(points) + log_det_inverse
 
     gain = test_scores(both) - test_scores(whitened_only)
+    assert gain.mean() > 4 * gain.std() / np.sqrt(len(gain))
+
+
+def three_gaussians(n_rows: int, n_features: int, seed: int) -> np.ndarray:
+    """Rows of a fixed mixture of three full-covariance Gaussians (the same
+    mixture whatever ``seed``, which draws the rows)."""
+    shape = np.random.default_rng(0)
+    factors = 0.5 * shape.standard_normal((3, n_features, n_features))
+    means = 2.0 * shape.standard_normal((3, n_features))
+    rng = np.random.default_rng(seed)
+    labels = rng.integers(0, 3, n_rows)
+    noise = rng.standard_normal((n_rows, n_features))
+    return means[labels] + np.einsum("nij,nj->ni", factors[labels], noise)
+
+
+@pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
+def test_a_mixture_base_is_refitted_to_more_rows_in_its_latent_coordinates(covariance_type):
+    """_refitted_mixture_base: EM from the base's own parameters on rows
+    mapped through the model's layers (here x = 10 + 3 z), in the base's
+    covariance family. Judged in the latent coordinates: the refit to 300
+    rows raises their likelihood above the base fitted to the first 200,
+    and above a refit to those 200 alone (so all the rows were used), which
+    does not lower the likelihood of its 200; the family's structure is
+    kept. Fails if the rows are not mapped (means in x
+    units), if the family changes, if the rows are cut, or if the base under
+    a trained flow is refitted."""
+    rows = three_gaussians(300, 5, seed=1)
+    shift, scale = torch.full((5,), 10.0, dtype=torch.float64), torch.full((5,), 3.0)
+    latent = (rows - 10.0) / 3.0
+    mixture = GaussianMixture(3, covariance_type=covariance_type, random_state=0)
+    base = density_module._gaussian_mixture_base(mixture.fit(latent[:200]))
+    model = TensorizingFlow(base, [FixedAffine(shift, scale.double())])
+
+    def likelihood(fitted, n_rows=300):
+        with torch.no_grad():
+            return float(fitted.log_prob(torch.as_tensor(latent[:n_rows])).mean())
+
+    refitted = density_module._refitted_mixture_base(model, rows)
+    on_fewer = density_module._refitted_mixture_base(model, rows[:200])
+    assert likelihood(refitted) > max(likelihood(on_fewer), likelihood(base))
+    # EM never lowers the likelihood of the rows it runs on
+    assert likelihood(on_fewer, 200) >= likelihood(base, 200) - 1e-12
+    cholesky = refitted.cholesky
+    diagonal_only = torch.diag_embed(torch.diagonal(cholesky, dim1=-2, dim2=-1))
+    if covariance_type == "full":
+        assert not torch.equal(cholesky, diagonal_only)
+    else:
+        assert torch.equal(cholesky, diagonal_only) or covariance_type == "tied"
+    if covariance_type == "tied":
+        assert torch.equal(cholesky, cholesky[:1].expand_as(cholesky))
+    if covariance_type == "spherical":
+        assert torch.equal(diagonal_only, diagonal_only[:, :1, :1] * torch.eye(5))
+    assert refitted.em_settings == base.em_settings
+    single = TensorizingFlow(GaussianBase(torch.zeros(5), torch.ones(5)), [])
+    assert density_module._refitted_mixture_base(single, rows) is None
+    # Under flow layers: refitted while they are at their start (the identity),
+    # not once trained.
+    layers = [layer.double() for layer in TensorizingFlowDensity()._flow_layers(5, 1.0, 0)]
+    flow_model = TensorizingFlow(base, [*layers, FixedAffine(shift, scale.double())])
+    assert density_module._refitted_mixture_base(flow_model, rows) is not None
+    with torch.no_grad():
+        for parameter in layers[0].parameters():
+            parameter.add_(0.01)
+    assert density_module._refitted_mixture_base(flow_model, rows) is None
+
+
+def test_the_fitted_mixture_bases_see_the_held_out_rows_at_the_end(monkeypatch):
+    """Once every choice is made, the companion's Gaussian mixture is fitted
+    again to all the rows (REFIT_MIXTURE_TO_ALL_ROWS): on 400 rows of three
+    full-covariance Gaussians in 8-D (40 held out) the model gained 0.036 +-
+    0.002 nats per fresh row. Judged on 20,000 fresh rows, by more than four
+    paired standard errors; fails without the refit."""
+    train = three_gaussians(400, 8, seed=1)
+    test = three_gaussians(20_000, 8, seed=2)
+    model = TensorizingFlowDensity(random_state=0).fit(train)
+    assert isinstance(model.flow_.companion.q0, GaussianMixtureBase)
+    monkeypatch.setattr(density_module, "REFIT_MIXTURE_TO_ALL_ROWS", False)
+    chosen_only = TensorizingFlowDensity(random_state=0).fit(train)
+    gain = model.score_samples(test) - chosen_only.score_samples(test)
     assert gain.mean() > 4 * gain.std() / np.sqrt(len(gain))
 
 

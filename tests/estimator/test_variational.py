@@ -526,9 +526,22 @@ def test_automatic_box_keeps_a_chain_near_exact():
     assert abs(model.log_normalizer_ - target.log_normalizer) < 0.01
 
 
+def positive_exponentials(x: torch.Tensor) -> torch.Tensor:
+    """Independent exponentials of rates 0.01 to 100: -inf where a coordinate
+    is not positive (the mode on the boundary, which no ascent reaches)."""
+    rates = torch.tensor([0.01, 0.1, 1.0, 10.0, 100.0], dtype=x.dtype)
+    return torch.where((x > 0).all(dim=1), -(x * rates).sum(dim=1), -math.inf)
+
+
 def test_errors_of_the_automatic_box():
-    with pytest.raises(ValueError, match="found no mode of log_target"):
+    with pytest.raises(ValueError, match="found no mode of log_target") as improper:
         TensorizingFlowDensity(log_target=lambda x: x.sum(dim=1), n_features=2).fit()
+    assert "feature_bounds" not in str(improper.value)
+    # Most starts outside the support: the message names feature_bounds.
+    with pytest.raises(ValueError, match=r"found no mode.*give the bounds as feature_bounds"):
+        TensorizingFlowDensity(
+            log_target=positive_exponentials, n_features=5, random_state=0
+        ).fit()
     with pytest.raises(ValueError, match="needs domain='auto'"):
         TensorizingFlowDensity(
             log_target=skewed_log_target, domain=[[-5, 5], [-5, 5]], preconditioner="full"
