@@ -272,10 +272,11 @@ COMPANION_EM_TOL = 1e-2
 #: lost 0.25 ± 0.08 nats per test row.
 COMPANION_NARROW_REG_COVAR = 1e-9
 
-#: Whether a data fit ends by fitting its Gaussian-mixture bases (the
-#: companion's, or the model's where a Gaussian beats the TT) again to all
-#: its rows, the held-out ones too, once every choice is made, where no
-#: trained flow sits on them (:func:`_refitted_mixture_base`). Against the
+#: Whether a data fit ends by fitting its companion's Gaussian mixture
+#: again to all its rows, the held-out ones too, once every choice is made,
+#: where no trained flow sits on it (:func:`_refitted_mixture_base`; not the
+#: model's own base where a Gaussian mixture beats the TT: a warm start
+#: trains its flow again, early stopped on the held-out rows). Against the
 #: same fits without it (2026-12-07, ``benchmarks/results/refit_mixture/``):
 #: 20-D clusters of very different spreads +0.010, +0.011 and 0.000 nats per
 #: test row on three splits, the eight Gaussians and the 8-D mixture within
@@ -627,9 +628,16 @@ def _refitted_mixture_base(model: TensorizingFlow, rows: np.ndarray) -> Gaussian
     latent = latent.double().cpu().numpy()
     if not np.isfinite(latent).all():
         return None
-    cholesky = base.cholesky.double().cpu().numpy()
-    precisions = np.linalg.inv(cholesky @ np.swapaxes(cholesky, 1, 2))
-    variances = np.diagonal(cholesky, axis1=1, axis2=2) ** 2
+    cholesky = base.cholesky.double().cpu()
+    # L^-T L^-1, made exactly symmetric: an inverse of L L^T is not, beyond
+    # scikit-learn's check, for the narrow covariances of reg_covar 1e-9
+    # (on 86 of 200 covariances of eigenvalues 1e-9 to 10)
+    inverse = torch.linalg.solve_triangular(
+        cholesky, torch.eye(base.n_features, dtype=torch.float64).expand_as(cholesky), upper=False
+    )
+    precisions = (inverse.mT @ inverse).numpy()
+    precisions = 0.5 * (precisions + np.swapaxes(precisions, 1, 2))
+    variances = np.diagonal(cholesky.numpy(), axis1=1, axis2=2) ** 2
     covariance_type = settings["covariance_type"]
     # The base trained in float32 (a companion is cast with its flow): its
     # weights sum to 1 within 1e-7, beyond scikit-learn's check.
@@ -2247,13 +2255,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if REFIT_MIXTURE_TO_ALL_ROWS and n_validation and not warm:
             # After the held-out scores above, which judge the fit as chosen
             # (marginal_gaussianization="auto" compares two fits by them).
-            refitted = False
-            for owner in (model, model.companion):
-                new_base = None if owner is None else _refitted_mixture_base(owner, features)
-                if new_base is not None:
-                    owner.q0 = new_base
-                    refitted = True
-            if refitted:
+            # The companion only: a warm start keeps it as it is, while it
+            # trains the model's own flow again, early stopped on held-out
+            # rows that a refitted base of its own would have seen.
+            new_base = (
+                None
+                if model.companion is None
+                else _refitted_mixture_base(model.companion, features)
+            )
+            if new_base is not None:
+                model.companion.q0 = new_base
                 fitted.update(self._finalize(model, device))
         if history is not None:
             # Report the scores as log-densities of the original features.
@@ -3354,7 +3365,14 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 n_features, torch.float64, device, counter, own=True
             )(draws)
         except ValueError as error:
-            if train_dtype == torch.float64:
+            # Only where log_target itself raised (a float64 point met a
+            # float32 constant), not on NaN or +inf values, nor out of memory.
+            own_fault = error.__cause__
+            if (
+                train_dtype == torch.float64
+                or not isinstance(own_fault, (RuntimeError, TypeError))
+                or isinstance(own_fault, torch.OutOfMemoryError)
+            ):
                 raise
             # A target written for float32 inputs only (fixed float32
             # constants), which an explicit box never hands float64 before.
@@ -3732,8 +3750,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             try:
                 coordinates.append((kind, affine_from_laplace(modes, covariances, kind)))
             except ValueError:
-                # well-formed inputs here: the pooled covariance is not
-                # positive definite ("full")
+                if kind != "full":
+                    raise
+                # well-formed inputs here: the pooled covariance has no
+                # Cholesky factor
                 if len(kinds) == 1:
                     raise ValueError(
                         f"preconditioner={kind!r}: the covariance pooled from the Laplace "
@@ -3939,19 +3959,24 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             # only the kept one's are shown.
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                base = TTDistribution.from_log_density(
-                    log_target,
-                    box,
-                    tt_rank=VARIATIONAL_TT_RANK if self.tt_rank == "auto" else self.tt_rank,
-                    n_basis=self.n_basis,
-                    random_state=generator,
-                    device=device,
-                    dtype=dtype,
-                    verbose=self.verbose,
-                    callable_name="log_target",
-                    known_seeds=known,
-                    **options,
-                )
+                try:
+                    base = TTDistribution.from_log_density(
+                        log_target,
+                        box,
+                        tt_rank=VARIATIONAL_TT_RANK if self.tt_rank == "auto" else self.tt_rank,
+                        n_basis=self.n_basis,
+                        random_state=generator,
+                        device=device,
+                        dtype=dtype,
+                        verbose=self.verbose,
+                        callable_name="log_target",
+                        known_seeds=known,
+                        **options,
+                    )
+                except NoTrainFoundError as error:
+                    # the evaluations of the failed run count too
+                    n_evaluations += error.n_evaluations
+                    raise
             n_evaluations += base.cross_report.n_evaluations
             if symmetry is not None:
                 base = SymmetrizedBase(base, group, center=center)

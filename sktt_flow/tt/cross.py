@@ -88,7 +88,12 @@ class NoTrainFoundError(ValueError):
 
     A property of the domain (and resolution) as much as of the target: a
     caller that tries several boxes can go on to the next.
+    ``n_evaluations`` holds the target evaluations the failed run spent.
     """
+
+    def __init__(self, message: str, n_evaluations: int = 0):
+        super().__init__(message)
+        self.n_evaluations = n_evaluations
 
 
 #: Fraction of the highest Legendre degrees whose energy share is the
@@ -1071,7 +1076,8 @@ class _Cross:
             raise NoTrainFoundError(
                 f"{self.name} was -inf at every evaluated point ({report.n_evaluations} "
                 "points): the density is zero on the domain as far as cross can see. "
-                "Check the domain: it must hold the mass."
+                "Check the domain: it must hold the mass.",
+                report.n_evaluations,
             )
         if over_budget and report.n_sweeps == 0:
             raise ValueError(
@@ -1083,7 +1089,8 @@ class _Cross:
             f"{report.n_sweeps} half-sweeps: every fiber it evaluated was zero (or the "
             f"interpolation broke down). {self.name} is -inf or negligible almost "
             "everywhere on the grid; tighten the domain around the mass, raise n_basis "
-            "so that the grid sees it, or raise n_seeds."
+            "so that the grid sees it, or raise n_seeds.",
+            report.n_evaluations,
         )
 
     def advice(self, check: SelfCheck | None, over_budget: bool) -> list[str]:

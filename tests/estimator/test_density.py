@@ -911,6 +911,27 @@ def test_a_mixture_base_is_refitted_to_more_rows_in_its_latent_coordinates(covar
     assert density_module._refitted_mixture_base(flow_model, rows) is None
 
 
+def test_a_narrow_mixture_base_is_refitted_too():
+    """Clusters near a 4-D subspace of 20 features, fitted with reg_covar
+    1e-9 and rounded through float32 as in training: the inverse of L L^T
+    is not symmetric enough for scikit-learn, which refused it, and the
+    refit was silently skipped. Fails if the precisions are not built
+    symmetric."""
+    rng = np.random.default_rng(0)
+    directions, centres = rng.standard_normal((4, 20)), 3.0 * rng.standard_normal((3, 4))
+    labels = rng.integers(0, 3, 2000)
+    rows = (centres[labels] + rng.standard_normal((2000, 4))) @ directions
+    rows = rows + 1e-4 * rng.standard_normal(rows.shape)
+    rows = (rows - rows.mean(0)) / rows.std(0)
+    mixture = GaussianMixture(3, covariance_type="full", reg_covar=1e-9, random_state=0)
+    base = density_module._gaussian_mixture_base(mixture.fit(rows[:1600])).float().double()
+    refitted = density_module._refitted_mixture_base(TensorizingFlow(base, []), rows)
+    assert refitted is not None
+    with torch.no_grad():
+        gain = refitted.log_prob(torch.as_tensor(rows)) - base.log_prob(torch.as_tensor(rows))
+    assert float(gain.mean()) > 0.0
+
+
 def test_the_fitted_mixture_bases_see_the_held_out_rows_at_the_end(monkeypatch):
     """Once every choice is made, the companion's Gaussian mixture is fitted
     again to all the rows (REFIT_MIXTURE_TO_ALL_ROWS): on 400 rows of three
