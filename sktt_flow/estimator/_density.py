@@ -271,6 +271,7 @@ COMPANION_EM_TOL = 1e-2
 #: search breast cancer's split 1 (30 correlated features, 40 held-out rows)
 #: lost 0.25 ± 0.08 nats per test row.
 COMPANION_NARROW_REG_COVAR = 1e-9
+COMPANION_EM_FINAL_TOL = 1e-3
 
 #: Whether a data fit ends by fitting its companion's Gaussian mixture
 #: again to all its rows, the held-out ones too, once every choice is made,
@@ -288,7 +289,6 @@ COMPANION_NARROW_REG_COVAR = 1e-9
 #: +0.014, a discretised column +0.016, log-normal incomes +0.024, no loss
 #: on the 14 sets.
 REFIT_MIXTURE_TO_ALL_ROWS = True
-COMPANION_EM_FINAL_TOL = 1e-3
 
 #: Fresh samples behind ``elbo_``, ``ess_`` and ``log_normalizer_`` after a
 #: variational fit.
@@ -636,16 +636,14 @@ def _refitted_mixture_base(model: TensorizingFlow, rows: np.ndarray) -> Gaussian
     latent = latent.double().cpu().numpy()
     if not np.isfinite(latent).all():
         return None
-    cholesky = base.cholesky.double().cpu()
-    # L^-T L^-1, made exactly symmetric: an inverse of L L^T is not, beyond
-    # scikit-learn's check, for the narrow covariances of reg_covar 1e-9
-    # (on 86 of 200 covariances of eigenvalues 1e-9 to 10)
-    inverse = torch.linalg.solve_triangular(
-        cholesky, torch.eye(base.n_features, dtype=torch.float64).expand_as(cholesky), upper=False
-    )
+    # L^-T L^-1 (L^-1 as the base itself computes it), made exactly
+    # symmetric: an inverse of L L^T is not, beyond scikit-learn's check, for
+    # the narrow covariances of reg_covar 1e-9 (on 86 of 200 covariances of
+    # eigenvalues 1e-9 to 10)
+    inverse = base._whitening_maps()[0].double().cpu()
     precisions = (inverse.mT @ inverse).numpy()
     precisions = 0.5 * (precisions + np.swapaxes(precisions, 1, 2))
-    variances = np.diagonal(cholesky.numpy(), axis1=1, axis2=2) ** 2
+    variances = np.diagonal(base.cholesky.double().cpu().numpy(), axis1=1, axis2=2) ** 2
     covariance_type = settings["covariance_type"]
     # The base trained in float32 (a companion is cast with its flow): its
     # weights sum to 1 within 1e-7, beyond scikit-learn's check.
@@ -3349,7 +3347,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             model.flows.append(copy.deepcopy(bounds_map).to(device))
             if companion is not None and not warm:
                 companion.flows.append(copy.deepcopy(bounds_map).to(device))
-            # the diagnostics below score the model's own draws, in x
+            # the mass-covering stage and the diagnostics' fallback below
+            # score the model's own draws, in x
             evaluate = self._log_target_evaluator(
                 n_features, train_dtype, device, counter, own=True
             )
@@ -3385,7 +3384,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             ):
                 raise
             # A target written for float32 inputs only (fixed float32
-            # constants), which an explicit box never hands float64 before.
+            # constants), which an explicit box never hands float64 before:
+            # evaluate, its evaluator in the training dtype, in x.
             warnings.warn(
                 f"log_target failed on the model's float64 draws ({error}); elbo_, ess_ "
                 f"and log_normalizer_ come from its {self.dtype} values, which round "
@@ -3395,9 +3395,7 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 UserWarning,
                 stacklevel=4,
             )
-            log_h = self._log_target_evaluator(n_features, train_dtype, device, counter, own=True)(
-                draws
-            )
+            log_h = evaluate(draws)
         diagnostics = importance_diagnostics(log_h, torch.from_numpy(log_q).to(device))
         effective_draws = diagnostics.ess * diagnostics.n_samples
         if effective_draws < MIN_EFFECTIVE_DIAGNOSTIC_DRAWS:
