@@ -9,6 +9,7 @@ import math
 import re
 import time
 import warnings
+from dataclasses import dataclass
 from numbers import Integral, Real
 from types import SimpleNamespace
 from typing import ClassVar
@@ -62,6 +63,7 @@ from sktt_flow.geometry import (
     box_of_weighted_draws,
     explore_mass,
     find_modes,
+    mass_beyond_sides,
     widen_box_at_edges,
 )
 from sktt_flow.training import (
@@ -326,17 +328,16 @@ N_SELF_CHECK_SAMPLES = 4096
 #: nats per row.
 MAX_BOUND_ROUNDING_TO_SPREAD = 1e-3
 
-#: The test of :func:`_warn_if_box_cuts_mass`: a share of the variational
-#: base's weighted draws above ``BOX_CUT_SHARE`` (four draws' worth of the
-#: self-check's 4096) within ``BOX_CUT_EDGE`` of the box's width from a side
-#: says the target's density at that side would carry, continued over one
-#: more width, some 5% of the mass. A unit Gaussian cut at six standard
-#: deviations puts 4e-9 of its weight there; one cut at one standard
-#: deviation (a box of [-1, 1]), 0.7% per side; the slab of a 1-D
-#: spike-and-slab under a box that holds the spike (+-0.24 for a spike of
-#: width 0.01; half the mass cut), 0.3%.
-BOX_CUT_EDGE = 0.02
-BOX_CUT_SHARE = 1e-3
+#: Share of the target's mass just outside the sides of the kept variational
+#: base's box (in strips of 5% of its width, all sides together, measured by
+#: :func:`~sktt_flow.geometry.mass_beyond_sides`) above which
+#: :func:`_warn_if_box_cuts_mass` warns: the model then misses at least as
+#: much, and ``log_normalizer_`` runs low by at least about as much (1e-3
+#: nats), more than the standard error of a good fit's. Five exponentials in
+#: log coordinates under the automatic box of six Laplace standard deviations
+#: lose 1.24%, 0.56% of it in those strips; a Gaussian cut at six standard
+#: deviations, 2e-9 per coordinate.
+BOX_CUT_MASS = 1e-3
 
 #: Random starts of the mode search at each scale: standard normal, and
 #: ``WIDE_START_SCALES`` times wider.
@@ -365,6 +366,14 @@ MIN_NARROWING_OF_GOOD_BASE = 0.7
 #: Self-check ESS of a variational base (after its box is adjusted) at which
 #: the remaining candidate coordinates are not tried.
 GOOD_ENOUGH_BASE_ESS = 0.95
+
+#: Self-check ESS of the Laplace Gaussian from which ``base="auto"`` with an
+#: automatic box trains no TT base where the mode search found one mode
+#: (its reverse KL is then about ``-log(ESS) / 2``, 0.005 nats or less, and
+#: the flow on it can gain the rest). The TT-cross was spent for nothing
+#: there: correlated Gaussians of 30 and 50 dimensions took 42 and 92 s
+#: (11 and 27 million evaluations) for the Gaussian model kept in the end.
+LAPLACE_EXACT_ESS = 0.99
 
 #: Self-check ESS under which an automatic box built from a poor Laplace
 #: approximation is worth a warning.
@@ -680,52 +689,68 @@ def _share_far_outside(x: np.ndarray, low: np.ndarray, high: np.ndarray) -> floa
     return float(far.any(axis=1).mean())
 
 
-def _warn_if_box_cuts_mass(
-    draws: tuple[torch.Tensor, torch.Tensor], box, automatic: bool, log_target
-) -> None:
-    """Warn where the target's mass goes on beyond sides of the kept
-    variational base's ``box``: the base, and the model whose flow starts
-    from it, then miss it, and the self-check cannot see it (its ESS is that
-    of the target cut to the box). An automatic box ends so when a wider one
-    built a worse base.
+@dataclass(frozen=True)
+class _BoxCut:
+    """What the kept variational TT base's draws say of the target's mass
+    beyond the sides of its box (:func:`_box_cut`)."""
 
-    Two tests on the base's exact draws ``(y, log w)``. First, the weighted
-    draws pile up against a side (:func:`~sktt_flow.geometry.widen_box_at_edges`,
-    the test that moves an automatic box's sides out, with a thinner strip,
-    :data:`BOX_CUT_EDGE`: modes six of their standard deviations inside the
-    box put 0.7% of the weight within its outer 5%; five unit Gaussians at 0
-    and +-30 under a box of +-36 cut no mass, log Z exact to 2e-5). Second,
-    the target goes on beyond it: the draws in the strip, moved out across
-    the side by the strip's width and weighted by ``log_target`` there
-    (``log_target`` of the points ``y``), estimate the target's share of the
-    strip just outside, which must exceed :data:`BOX_CUT_SHARE` too. A
-    density whose support ends at the side (an exponential on ``[0, 40]``,
-    ``-inf`` below 0) puts none there.
+    box: np.ndarray  # (d, 2), in the base's coordinates
+    next_strip: np.ndarray  # (d,): measured share just beyond each coordinate's sides
+    beyond: float  # extrapolated share beyond all sides
+
+
+def _box_cut(draws: tuple[torch.Tensor, torch.Tensor], box, log_target) -> _BoxCut | None:
+    """The target's mass beyond the sides of the kept variational base's
+    ``box``, where it may be cut (None where it is not).
+
+    The base, and a model whose flow starts from it, may then miss that
+    mass, and the base's self-check cannot see it (its ESS is that of the
+    target cut to the box): an automatic box ends so when a wider one built
+    a worse base. The test: the share of the target's mass in the strips
+    just outside the sides that the base's exact draws ``(y, log w)`` and
+    ``log_target`` (of points ``y``) measure
+    (:func:`~sktt_flow.geometry.mass_beyond_sides`) exceeds
+    :data:`BOX_CUT_MASS`. A density whose support ends at a side (an
+    exponential on ``[0, 40]``, ``-inf`` below 0) puts none beyond it.
     """
-    y, log_weights = draws
-    wider = widen_box_at_edges(y, log_weights, box, edge=BOX_CUT_EDGE, threshold=BOX_CUT_SHARE)
-    if wider is None:
+    next_strip, beyond = mass_beyond_sides(*draws, box, log_target)
+    per_coordinate = next_strip.sum(axis=1)
+    if not float(per_coordinate.sum()) > BOX_CUT_MASS:
+        return None
+    return _BoxCut(np.asarray(box, dtype=np.float64), per_coordinate, float(beyond.sum()))
+
+
+def _warn_if_box_cuts_mass(
+    cut: _BoxCut, y: torch.Tensor, log_weights: torch.Tensor, automatic: bool
+) -> None:
+    """Warn about the mass that the kept TT base's box cuts (``cut``) unless
+    the fitted model puts it back: ``y`` (N, d), the model's own draws in the
+    base's coordinates, and ``log_weights`` their importance log-weights
+    against the target say what share of the target's mass the model sees
+    beyond the box. A flow on the base, a companion model or the Gaussian
+    tail can carry mass out (a Student t of 3 degrees of freedom in 10
+    dimensions: 0.5% just beyond the TT's box, log Z right to 7e-4); a model
+    that sees less than half of what the strips just beyond the sides hold
+    misses it (five exponentials in log coordinates: 0.56% there, 1.24% in
+    all, and none of it seen by the model).
+    """
+    measured = float(cut.next_strip.sum())
+    low = torch.as_tensor(cut.box[:, 0], dtype=y.dtype, device=y.device)
+    high = torch.as_tensor(cut.box[:, 1], dtype=y.dtype, device=y.device)
+    outside = ((y < low) | (y > high)).any(dim=1)
+    seen = float(torch.softmax(log_weights, dim=0)[outside].sum())
+    if not seen < 0.5 * measured:
         return
-    weights = torch.softmax(log_weights, dim=0)
-    cut = []
-    for k, side in zip(*np.nonzero(wider != box), strict=True):
-        strip = BOX_CUT_EDGE * (box[k, 1] - box[k, 0])
-        if side == 0:
-            rows = torch.nonzero(y[:, k] <= box[k, 0] + strip).squeeze(1)
-        else:
-            rows = torch.nonzero(y[:, k] >= box[k, 1] - strip).squeeze(1)
-        inside = y[rows]
-        outside = inside.clone()
-        outside[:, k] += strip if side == 1 else -strip
-        log_inside, log_outside = log_target(inside), log_target(outside)
-        log_ratio = torch.where(
-            torch.isfinite(log_inside), log_outside - log_inside, -math.inf
-        ).nan_to_num(nan=-math.inf)
-        if float((weights[rows] * log_ratio.exp()).sum()) > BOX_CUT_SHARE and k not in cut:
-            cut.append(int(k))
-    if not cut:
-        return
-    shown = ", ".join(str(k) for k in cut[:8]) + (", ..." if len(cut) > 8 else "")
+    # the coordinates that hold most of it, largest first
+    order = np.argsort(-cut.next_strip, kind="stable")
+    coordinates = [int(k) for k in order if cut.next_strip[k] >= 0.1 * measured]
+    shown = ", ".join(str(k) for k in coordinates[:8]) + (", ..." if len(coordinates) > 8 else "")
+    # shares of the mass inside the box
+    amount = f"{measured:.2%} of its mass just beyond them" + (
+        f" (about {cut.beyond:.2%} in all if it keeps falling as it does across them)"
+        if cut.beyond < 1.0
+        else " (and it does not fall off fast across them)"
+    )
     if automatic:
         remedy = (
             "domain='auto' kept this box because a wider one built a worse base: give a "
@@ -735,12 +760,13 @@ def _warn_if_box_cuts_mass(
     else:
         remedy = "widen the domain there, or use domain='auto'"
     warnings.warn(
-        "The TT base's exact draws, weighted by log_target, pile up against the box's "
-        f"sides in coordinate(s) {shown} of its coordinates, and log_target goes on beyond "
-        "them: the box cuts the target's mass there, which the model may miss "
-        f"(log_normalizer_ then runs low, however good ess_ looks). {remedy.capitalize()}.",
+        f"log_target goes on beyond the TT base's box in coordinate(s) {shown} of its "
+        f"coordinates: its exact draws, weighted by log_target near the sides, put {amount}, "
+        f"where the fitted model's draws see {seen:.2%}: the model misses mass there "
+        "(log_normalizer_ runs low by about as much, however good ess_ looks). "
+        f"{remedy.capitalize()}.",
         ConvergenceWarning if automatic else UserWarning,
-        stacklevel=6,
+        stacklevel=5,
     )
 
 
@@ -3192,6 +3218,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         # the model on the Gaussian next to the model on the TT, and its weight
         # (_variational_mixture_weight)
         companion, companion_weight = None, 0.0
+        # the mass the kept TT base's box cuts (_box_cut), for the fitted model
+        box_cut = None
         # a symmetrised base's group and centre in float64, put back after training
         exact_group = exact_center = None
         # likewise a tempered base, whose layers were built in float64
@@ -3241,8 +3269,34 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     span = torch.as_tensor(high - low, device=device)
                     symmetry.check(torch.as_tensor(low, device=device) + uniform * span)
             candidates = []  # (name, (base, kind, box, shift, matrix), self-check or None)
-            if self.base in ("tt", "auto", "tempered"):
-                placed, checks, draws, n_cross_evaluations = self._variational_base(
+            # issued once the model is known to keep the TT base
+            tt_warnings, box_cut = [], None
+            gaussian = None  # the Laplace Gaussian, placed, and its self-check
+            if self.base == "auto" and automatic and symmetry is None:
+                if not non_gaussian and modes is not None and modes.shape[0] == 1:
+                    placed = self._gaussian_base(coordinates, device, train_dtype)
+                    checks, _ = _self_check(
+                        placed[0], *placed[3:], evaluate, diagnostic_seed, device
+                    )
+                    gaussian = (placed, checks)
+            # One mode, whose Laplace Gaussian is near exact: a TT-cross could
+            # gain at most what its ESS leaves, and costs millions of
+            # evaluations (LAPLACE_EXACT_ESS).
+            skip_tt = gaussian is not None and gaussian[1].ess >= LAPLACE_EXACT_ESS
+            if skip_tt and self.verbose:
+                print(
+                    f"domain='auto': one mode, whose Laplace Gaussian has self-check ESS "
+                    f"{gaussian[1].ess:.4f}: no TT base"
+                )
+            if self.base in ("tt", "auto", "tempered") and not skip_tt:
+                (
+                    placed,
+                    checks,
+                    draws,
+                    n_cross_evaluations,
+                    tt_warnings,
+                    box_cut,
+                ) = self._variational_base(
                     coordinates,
                     evaluate,
                     generator,
@@ -3259,7 +3313,9 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     exact_base = copy.deepcopy(placed[0])
                 name = "tempered" if self.base == "tempered" else "tt"
                 candidates.append((name, placed, checks))
-            if self.base == "gaussian" or (
+            if gaussian is not None:
+                candidates.append(("gaussian", *gaussian))
+            elif self.base == "gaussian" or (
                 self.base == "auto" and (automatic or _is_poor_cross(candidates[0][1][0]))
             ):
                 placed = self._gaussian_base(coordinates, device, train_dtype)
@@ -3287,11 +3343,19 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                 )
                 if weight >= MAX_COMPANION_WEIGHT:
                     name, placed, checks, model, output_layer, history = trained[1]
+                    # about a base the model does not keep, they would only confuse
+                    if self.verbose and tt_warnings:
+                        print(f"{len(tt_warnings)} warning(s) about the TT base left out")
+                    tt_warnings, box_cut = [], None
                 elif weight > MIN_COMPANION_WEIGHT:
                     *_, companion, companion_output_layer, _ = trained[1]
                     if companion_output_layer is not None:
                         companion.flows[-1] = companion_output_layer.to(device)
                     companion_weight = weight
+            for caught in tt_warnings:
+                warnings.warn_explicit(
+                    caught.message, caught.category, caught.filename, caught.lineno
+                )
             _, kind, _, kept_shift, kept_matrix = placed
             if isinstance(model.q0, SymmetrizedBase):
                 exact_group = _symmetry_in_base_coordinates(symmetry.group, kept_matrix)
@@ -3397,6 +3461,16 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             )
             log_h = evaluate(draws)
         diagnostics = importance_diagnostics(log_h, torch.from_numpy(log_q).to(device))
+        if box_cut is not None:
+            # the model's draws in the base's coordinates
+            u = draws if bounds_map is None else bounds_map.to(device).inverse(draws)[0]
+            y = torch.linalg.solve(kept_matrix.to(u), (u - kept_shift.to(u)).T).T
+            if isinstance(model.q0, SymmetrizedBase):
+                # to the image where the train lies, as the base's draws were
+                y = _fold(y, model.q0)
+            _warn_if_box_cuts_mass(
+                box_cut, y, log_h - torch.from_numpy(log_q).to(log_h), automatic
+            )
         effective_draws = diagnostics.ess * diagnostics.n_samples
         if effective_draws < MIN_EFFECTIVE_DIAGNOSTIC_DRAWS:
             warnings.warn(
@@ -3928,7 +4002,10 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         on them, which orders candidates as their reverse KL does (``log Z``
         is common to all). Returns ``((base, kind, box, shift, matrix),
         diagnostics of the kept one or None, its self-check draws ``(y, log
-        w)`` or None, cross evaluations)``.
+        w)`` or None, cross evaluations, the warnings of its cross, the mass
+        its box cuts)``: the warnings as records, for the caller to issue
+        where the model keeps this base, and the cut (:func:`_box_cut`, or
+        None) for the caller to check against the fitted model.
 
         With ``symmetry`` (see :meth:`_symmetry`; the shifts are fixed by its
         group) each box is first widened to the bounding box of its images
@@ -4096,20 +4173,15 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
         if kept is None:
             raise no_train
         best, best_checks, best_draws, best_warnings = kept
-        for caught in best_warnings:
-            warnings.warn_explicit(caught.message, caught.category, caught.filename, caught.lineno)
         draws = best_draws
         if draws is None:
             # an explicit box: exact draws of its base, for the check below only
             _, draws = _self_check(best[0], best[3], best[4], evaluate, seed, device)
         _, _, kept_box, kept_shift, kept_matrix = best
-        _warn_if_box_cuts_mass(
-            draws,
-            kept_box,
-            automatic,
-            lambda y: evaluate(kept_shift.to(y) + y @ kept_matrix.T.to(y)),
+        cut = _box_cut(
+            draws, kept_box, lambda y: evaluate(kept_shift.to(y) + y @ kept_matrix.T.to(y))
         )
-        return best, best_checks, best_draws, n_evaluations
+        return best, best_checks, best_draws, n_evaluations, best_warnings, cut
 
     @staticmethod
     def _finalize(model: TensorizingFlow, device: torch.device) -> dict:

@@ -18,6 +18,7 @@ from sktt_flow.geometry.box import (
     box_from_modes,
     box_of_weighted_draws,
     gaussian_tail_mass,
+    mass_beyond_sides,
     widen_box_at_edges,
 )
 from sktt_flow.geometry.exploration import Exploration, explore_mass
@@ -37,5 +38,6 @@ __all__ = [
     "find_modes",
     "gaussian_tail_mass",
     "laplace_covariance",
+    "mass_beyond_sides",
     "widen_box_at_edges",
 ]

@@ -109,12 +109,22 @@ def test_log_normalizer_matches_closed_form(tempered):
 def test_better_than_one_train_with_the_same_settings():
     """The point of the layers: on a sharper ridge the tempered base alone is
     closer to the target than the single train, which misses most of the
-    arms (measured: reverse KL 0.15 against 0.48, exact log Z); a schedule
-    that stopped at its first layer, or layers fitted to the wrong ratio,
-    would not be."""
+    arms; a schedule that stopped at its first layer, or layers fitted to
+    the wrong ratio, would not be. The median over three random states,
+    since one fit of either can land far from its usual (measured, exact log
+    Z: the tempered base 0.92, 0.17 and 0.07 for random states 0-2, 0.05 to
+    0.21 for 3-5; the single train 0.47, 0.37, 0.39)."""
     log_target = functools.partial(ridge, sigma_1=SHARP[0], sigma_2=SHARP[1], curvature=SHARP[2])
     log_z = math.log(2.0 * math.pi * SHARP[0] * SHARP[1])
-    kl = {base: log_z - fit(base=base, log_target=log_target).elbo_ for base in ("tempered", "tt")}
+    kl = {
+        base: np.median(
+            [
+                log_z - fit(base=base, log_target=log_target, random_state=seed).elbo_
+                for seed in range(3)
+            ]
+        )
+        for base in ("tempered", "tt")
+    }
     assert kl["tempered"] < 0.5 * kl["tt"]
 
 
