@@ -422,8 +422,8 @@ def mass_beyond_sides(
     A base on a box approximates the target restricted to it, so its
     importance weights cannot see what lies beyond: the self-check's ESS and
     ``log Z`` are those of the restricted target. The target itself can say.
-    The draws within ``edge`` of the box's width from a side (or beyond it),
-    with self-normalised weights, carry the target's share ``inner`` of that
+    The draws of the box within ``edge`` of its width from a side, with
+    self-normalised weights (over all draws), carry the target's share ``inner`` of that
     strip; moved out across the side by the strip's width and reweighted by
     ``h(moved) / h(draw)``, they estimate its share ``outer`` of the next
     strip out. A tail that keeps falling by the same factor from strip to
@@ -472,7 +472,12 @@ def mass_beyond_sides(
     for k in range(box.shape[0]):
         for side, inward in ((0, 1.0), (1, -1.0)):
             limit = box[k, side] + inward * strip[k]
-            near = y[:, k] <= limit if side == 0 else y[:, k] >= limit
+            # draws of the box only: a base's tail component puts a few beyond
+            # it, which moved further out would read the mass further out
+            if side == 0:
+                near = (y[:, k] >= box[k, 0]) & (y[:, k] <= limit)
+            else:
+                near = (y[:, k] <= box[k, 1]) & (y[:, k] >= limit)
             rows = torch.nonzero(near & (weights > 0)).squeeze(1)
             if rows.numel() == 0:
                 continue
