@@ -3378,9 +3378,8 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                         companion.flows[-1] = companion_output_layer.to(device)
                     companion_weight = weight
             for caught in tt_warnings:
-                warnings.warn_explicit(
-                    caught.message, caught.category, caught.filename, caught.lineno
-                )
+                # at the user's call of fit, as the fit's own warnings
+                warnings.warn(caught.message, stacklevel=4)
             _, kind, _, kept_shift, kept_matrix = placed
             if isinstance(model.q0, SymmetrizedBase):
                 exact_group = _symmetry_in_base_coordinates(symmetry.group, kept_matrix)

@@ -241,9 +241,9 @@ def test_warnings_about_the_tt_base_only_where_the_model_keeps_it(monkeypatch, g
     functions: the TT base is poor (self-check ESS 0.41) and its box cuts
     the mass, so base="auto" trains the Gaussian base too. Where the model
     keeps the TT (the Gaussian's weight 0), both warnings about it are
-    issued; where the Gaussian takes the whole weight, neither is (the
-    TT's box said the mass was cut on a fit whose log Z was right, on a
-    logistic regression of the iris data)."""
+    issued, both pointing at the call of fit; where the Gaussian takes the
+    whole weight, neither is (the TT's box said the mass was cut on a fit
+    whose log Z was right, on a logistic regression of the iris data)."""
     monkeypatch.setattr(
         TensorizingFlowDensity, "_variational_mixture_weight", lambda *_, **__: gaussian_weight
     )
@@ -258,14 +258,16 @@ def test_warnings_about_the_tt_base_only_where_the_model_keeps_it(monkeypatch, g
             max_iter=5,
             random_state=0,
         ).fit()
-    messages = [str(warning.message) for warning in caught]
     about_the_tt = [
-        message
-        for message in messages
-        if "TT-cross base is poor" in message or "beyond the TT base's box" in message
+        warning
+        for warning in caught
+        if "TT-cross base is poor" in str(warning.message)
+        or "beyond the TT base's box" in str(warning.message)
     ]
     assert model.base_ == ("tt" if gaussian_weight == 0.0 else "gaussian")
     assert len(about_the_tt) == (2 if gaussian_weight == 0.0 else 0)
+    # at the call of fit, here, not inside the package
+    assert all(warning.filename == __file__ for warning in about_the_tt)
 
 
 def test_one_mode_with_a_near_exact_laplace_gaussian_trains_no_tt(monkeypatch):
