@@ -346,3 +346,31 @@ def run_metadata(label: str, keys: Sequence[str]) -> dict[str, Any]:
         "sktt_flow_source_sha256": source_digest(),
         "git": git_commit(),
     }
+
+
+def lbfgs_ascent(log_prob: Callable, start, max_iter: int) -> tuple[torch.Tensor, int]:
+    """Ascend ``log_prob`` (of (1, d) float64 points) from ``start`` by L-BFGS
+    (float64, strong Wolfe line search): the point reached, detached, and the
+    iterations taken. The step's warnings (overflow where a start runs away)
+    are ignored: the caller judges the point."""
+    point = torch.as_tensor(start, dtype=torch.float64).clone().requires_grad_(True)
+    optimizer = torch.optim.LBFGS(
+        [point],
+        lr=1.0,
+        max_iter=max_iter,
+        tolerance_grad=1e-10,
+        tolerance_change=1e-14,
+        history_size=20,
+        line_search_fn="strong_wolfe",
+    )
+
+    def closure():
+        optimizer.zero_grad()
+        loss = -log_prob(point[None]).sum()
+        loss.backward()
+        return loss
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer.step(closure)
+    return point.detach(), int(optimizer.state[point].get("n_iter", 0))

@@ -92,6 +92,7 @@ from _common import (
     count_warnings,
     format_value,
     header_rule,
+    lbfgs_ascent,
     load_average,
     run_metadata,
     write_results,
@@ -613,30 +614,11 @@ def find_mode(
     best: tuple[torch.Tensor, float, int, int] | None = None
     escaped: list[tuple[float, np.ndarray]] = []
     for index, start in enumerate(starts):
-        point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS(
-            [point],
-            lr=1.0,
-            max_iter=LAPLACE_SETTINGS["max_iter_per_start"],
-            tolerance_grad=1e-10,
-            tolerance_change=1e-14,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure(point=point, optimizer=optimizer):
-            optimizer.zero_grad()
-            loss = -log_prob(point[None]).sum()
-            loss.backward()
-            return loss
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # overflow on the way out of the box
-            optimizer.step(closure)
-        n_iter = int(optimizer.state[point].get("n_iter", 0))
+        # overflow on the way out of the box is ignored
+        point, n_iter = lbfgs_ascent(log_prob, start, LAPLACE_SETTINGS["max_iter_per_start"])
         with torch.no_grad():
-            value = float(log_prob(point.detach()[None]))
-        where = point.detach().numpy()
+            value = float(log_prob(point[None]))
+        where = point.numpy()
         width = high - low
         inside = bool(np.all((where >= low - width) & (where <= high + width)))
         if not (np.all(np.isfinite(where)) and math.isfinite(value) and inside):
@@ -644,7 +626,7 @@ def find_mode(
             continue
         # ties (starts converging to the same mode) go to the earlier start
         if best is None or value > best[1] + 1e-9 * (1.0 + abs(best[1])):
-            best = (point.detach().clone(), value, n_iter, index)
+            best = (point, value, n_iter, index)
     notes = []
     if escaped:
         notes.append(

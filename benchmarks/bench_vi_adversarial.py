@@ -121,6 +121,7 @@ from _common import (
     count_warnings,
     format_value,
     header_rule,
+    lbfgs_ascent,
     load_average,
     run_metadata,
     write_results,
@@ -747,29 +748,12 @@ def fit_laplace(problem: Problem, seed: int, record: dict[str, Any]) -> torch.Te
     starts = [np.zeros(d)] + [rng.standard_normal(d) for _ in range(4)]
     best: tuple[torch.Tensor, float] | None = None
     for start in starts:
-        point = torch.tensor(start, dtype=torch.float64, requires_grad=True)
-        optimizer = torch.optim.LBFGS(
-            [point],
-            lr=1,
-            max_iter=LAPLACE_SETTINGS["max_iter_per_start"],
-            tolerance_grad=1e-10,
-            tolerance_change=1e-14,
-            history_size=20,
-            line_search_fn="strong_wolfe",
-        )
-
-        def closure(point=point, optimizer=optimizer):
-            optimizer.zero_grad()
-            loss = -counting(point[None]).sum()
-            loss.backward()
-            return loss
-
-        optimizer.step(closure)
+        point, _ = lbfgs_ascent(counting, start, LAPLACE_SETTINGS["max_iter_per_start"])
         with torch.no_grad():
-            value = float(counting(point.detach()[None]))
-        finite = math.isfinite(value) and bool(torch.isfinite(point.detach()).all())
+            value = float(counting(point[None]))
+        finite = math.isfinite(value) and bool(torch.isfinite(point).all())
         if finite and (best is None or value > best[1]):
-            best = (point.detach().clone(), value)
+            best = (point, value)
     if best is None:
         raise RuntimeError(
             f"no mode in reach: none of the {len(starts)} L-BFGS starts reached a finite "
