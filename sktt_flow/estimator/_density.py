@@ -3294,16 +3294,28 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
             candidates = []  # (name, (base, kind, box, shift, matrix), self-check or None)
             # issued once the model is known to keep the TT base
             tt_warnings, box_cut = [], None
-            gaussian = None  # the Laplace Gaussian, placed, and its self-check
-            if self.base == "auto" and automatic and symmetry is None:
-                # one mode found in all, not one described among others whose
-                # mass the Laplace Gaussian's draws would never visit
-                if n_modes == 1 and not non_gaussian:
-                    placed = self._gaussian_base(coordinates, device, train_dtype)
+
+            def checked_gaussian():
+                """The Gaussian base, placed, and its self-check (automatic boxes)."""
+                placed = self._gaussian_base(coordinates, device, train_dtype)
+                checks = None
+                if automatic:
                     checks, _ = _self_check(
                         placed[0], *placed[3:], evaluate, diagnostic_seed, device
                     )
-                    gaussian = (placed, checks)
+                return placed, checks
+
+            gaussian = None  # the Laplace Gaussian, placed, and its self-check
+            # one mode found in all, not one described among others whose mass
+            # the Laplace Gaussian's draws would never visit
+            if (
+                self.base == "auto"
+                and automatic
+                and symmetry is None
+                and n_modes == 1
+                and not non_gaussian
+            ):
+                gaussian = checked_gaussian()
             # One mode, whose Laplace Gaussian is near exact: a TT-cross could
             # gain at most what its ESS leaves, and costs millions of
             # evaluations (LAPLACE_EXACT_ESS).
@@ -3338,18 +3350,13 @@ class TensorizingFlowDensity(DensityMixin, BaseEstimator):
                     exact_base = copy.deepcopy(placed[0])
                 name = "tempered" if self.base == "tempered" else "tt"
                 candidates.append((name, placed, checks))
+            if gaussian is None and (
+                self.base == "gaussian"
+                or (self.base == "auto" and (automatic or _is_poor_cross(candidates[0][1][0])))
+            ):
+                gaussian = checked_gaussian()
             if gaussian is not None:
                 candidates.append(("gaussian", *gaussian))
-            elif self.base == "gaussian" or (
-                self.base == "auto" and (automatic or _is_poor_cross(candidates[0][1][0]))
-            ):
-                placed = self._gaussian_base(coordinates, device, train_dtype)
-                checks = None
-                if automatic:
-                    checks, _ = _self_check(
-                        placed[0], *placed[3:], evaluate, diagnostic_seed, device
-                    )
-                candidates.append(("gaussian", placed, checks))
             trained = []
             for name, placed, checks in candidates:
                 model, output_layer = self._variational_model(
