@@ -323,6 +323,15 @@ def test_one_mode_with_a_near_exact_laplace_gaussian_trains_no_tt(monkeypatch):
     assert calls == ["tt", "auto", "auto"]
 
 
+def _log_exponentials(n: int, generator: torch.Generator, above: float = -math.inf):
+    """``n`` exact draws of five independent ``log E``, ``E`` a unit
+    exponential (density ``exp(u - e^u)``), cut to ``u >= above``, by
+    inverting the CDF ``1 - exp(-e^u)``."""
+    uniform = torch.rand(n, 5, generator=generator, dtype=torch.float64)
+    low_cdf = -math.expm1(-math.exp(above))
+    return torch.log(-torch.log1p(-(low_cdf + (1.0 - low_cdf) * uniform)))
+
+
 def test_the_box_cut_test_reads_mass_at_the_sides_not_near_them():
     """The test on the kept base's weighted draws (_box_cut): five unit
     Gaussians at 0 and (+-30, +-30) under the box +-36 (six standard
@@ -368,9 +377,7 @@ def test_the_box_cut_test_reads_mass_at_the_sides_not_near_them():
     )
     assert ends is None
     # exact draws of five log-exponentials on [-6, 6] (4096, as the self-check's)
-    uniform = torch.rand(4096, 5, generator=generator, dtype=torch.float64)
-    low_cdf = -math.expm1(-math.exp(-6.0))
-    log_exponential = torch.log(-torch.log1p(-(low_cdf + (1.0 - low_cdf) * uniform)))
+    log_exponential = _log_exponentials(4096, generator, above=-6.0)
     cut = _box_cut(
         (log_exponential, equal), np.array([[-6.0, 6.0]] * 5), lambda u: (u - u.exp()).sum(dim=1)
     )
@@ -389,15 +396,11 @@ def test_a_cut_box_is_warned_about_only_where_the_model_misses_the_mass():
     generator = torch.Generator().manual_seed(1)
     equal = torch.zeros(4096, dtype=torch.float64)
     box = np.array([[-6.0, 6.0]] * 5)
-    low_cdf = -math.expm1(-math.exp(-6.0))
-    uniform = torch.rand(4096, 5, generator=generator, dtype=torch.float64)
-    in_box = torch.log(-torch.log1p(-(low_cdf + (1.0 - low_cdf) * uniform)))
+    in_box = _log_exponentials(4096, generator, above=-6.0)
     cut = _box_cut((in_box, equal), box, lambda u: (u - u.exp()).sum(dim=1))
     with pytest.warns(ConvergenceWarning, match=r"coordinate\(s\) .*\(about 1\.\d\d% in all"):
         _warn_if_box_cuts_mass(cut, in_box, equal, True)
-    whole = torch.log(
-        -torch.log1p(-torch.rand(20_000, 5, generator=generator, dtype=torch.float64))
-    )
+    whole = _log_exponentials(20_000, generator)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message=".*goes on beyond")
         _warn_if_box_cuts_mass(cut, whole, torch.zeros(20_000, dtype=torch.float64), True)
